@@ -1,0 +1,139 @@
+/**
+ * One agent process: spawned in its own process group, spoken to over stdin/stdout, killed with its
+ * whole tree. stderr is the upgrader's own (the agent's logs pass straight through). The agent's stdout
+ * is read through the bounded LineReader, so nothing it writes can grow the upgrader's memory.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import treeKill from 'tree-kill';
+import { LineReader, encode, parseAgentLine, PROTOCOL_VERSION, type AgentMessage, type Parsed, type UpgraderMessage } from './protocol.js';
+import { findProcessesByEnvironment, identify, processGroupExists, type ProcessIdentity } from './proc.js';
+
+export type AgentSpec = {
+  id: number;
+  root: string;
+  version: string;
+  versionDir: string;
+  entryPath: string;
+  role: 'active' | 'candidate';
+  fromVersion: string | null;
+};
+
+export type AgentCallbacks = {
+  onLine: (parsed: Parsed<AgentMessage> | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number }) => void;
+  onExit: (code: number | null, signal: NodeJS.Signals | null, error: Error | null) => void;
+};
+
+/** Environment variables that mark every process of an agent; inherited by its descendants. */
+export function agentMarker(root: string, id: number): string[] {
+  return [`UPGRADER_ROOT=${root}`, `UPGRADER_AGENT_ID=${process.pid}.${id}`];
+}
+
+export class AgentProcess {
+  readonly pid: number | undefined;
+  readonly identity: ProcessIdentity | null;
+  readonly spawnedAt = new Date();
+  private exited = false;
+  private readonly child: ChildProcess;
+
+  constructor(
+    readonly spec: AgentSpec,
+    callbacks: AgentCallbacks,
+  ) {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      UPGRADER_PROTOCOL: String(PROTOCOL_VERSION),
+      UPGRADER_ROOT: spec.root,
+      UPGRADER_VERSION: spec.version,
+      UPGRADER_ROLE: spec.role,
+      UPGRADER_AGENT_ID: `${process.pid}.${spec.id}`,
+    };
+    delete env.UPGRADER_FROM_VERSION;
+    // systemd's notification socket belongs to the upgrader alone.
+    delete env.NOTIFY_SOCKET;
+    delete env.WATCHDOG_USEC;
+    delete env.WATCHDOG_PID;
+    if (spec.fromVersion) env.UPGRADER_FROM_VERSION = spec.fromVersion;
+
+    this.child = spawn(spec.entryPath, [], {
+      cwd: spec.versionDir,
+      env,
+      stdio: ['pipe', 'pipe', 'inherit'],
+      detached: true, // its own session and process group, so the group can be signalled as a whole
+    });
+    this.pid = this.child.pid;
+    this.identity = this.pid ? identify(this.pid) : null;
+
+    const reader = new LineReader((event) => callbacks.onLine(event.kind === 'line' ? parseAgentLine(event.line) : event));
+    this.child.stdout!.on('data', (chunk: Buffer) => reader.push(chunk));
+    this.child.stdout!.on('end', () => reader.end());
+    // Writes to an agent that has gone fail with EPIPE; its exit is reported separately.
+    this.child.stdin!.on('error', () => undefined);
+
+    let spawnError: Error | null = null;
+    this.child.on('error', (error) => {
+      spawnError = error;
+      if (this.pid === undefined) this.finish(callbacks, null, null, error);
+    });
+    this.child.on('exit', (code, signal) => this.finish(callbacks, code, signal, spawnError));
+  }
+
+  private finish(callbacks: AgentCallbacks, code: number | null, signal: NodeJS.Signals | null, error: Error | null): void {
+    if (this.exited) return;
+    this.exited = true;
+    callbacks.onExit(code, signal, error);
+  }
+
+  get hasExited(): boolean {
+    return this.exited;
+  }
+
+  send(message: UpgraderMessage): void {
+    if (this.exited || !this.child.stdin!.writable) return;
+    this.child.stdin!.write(encode(message));
+  }
+
+  /** SIGTERM to the whole group, with SIGCONT so that a stopped process can act on it. */
+  terminate(): void {
+    this.signalGroup('SIGTERM');
+    this.signalGroup('SIGCONT');
+  }
+
+  /**
+   * SIGKILL to the group, to every descendant still linked to the agent (tree-kill), and to every
+   * process that carries this agent's marker in its environment (descendants that escaped with setsid).
+   */
+  killTree(): Promise<void> {
+    this.signalGroup('SIGKILL');
+    for (const pid of findProcessesByEnvironment(agentMarker(this.spec.root, this.spec.id))) {
+      signalQuietly(pid, 'SIGKILL');
+    }
+    return new Promise((resolve) => {
+      if (this.pid === undefined) return resolve();
+      treeKill(this.pid, 'SIGKILL', () => resolve());
+    });
+  }
+
+  /** True once the agent, its group and every marked descendant are gone. */
+  isGone(): boolean {
+    if (this.pid === undefined) return true;
+    if (!this.exited || processGroupExists(this.pid)) return false;
+    return findProcessesByEnvironment(agentMarker(this.spec.root, this.spec.id)).length === 0;
+  }
+
+  private signalGroup(signal: NodeJS.Signals): void {
+    if (this.pid !== undefined) signalQuietly(-this.pid, signal);
+  }
+
+  /** Closes our end of stdin: a well-behaved agent exits when it sees end of file. */
+  closeStdin(): void {
+    this.child.stdin!.end();
+  }
+}
+
+export function signalQuietly(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // Already gone, or never ours.
+  }
+}

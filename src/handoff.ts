@@ -1,0 +1,450 @@
+/**
+ * The handoff state machine: every decision the supervisor makes, as one pure function
+ * `transition(context, event, config) -> { next, effects }`. Nothing here touches a process,
+ * a file or a clock; supervisor.ts carries out the effects and turns the world back into events.
+ * docs/protocol.md has the same rules as a state x event table.
+ *
+ * States
+ *   idle       before the first agent is started
+ *   running    one active agent does the work (possibly on probation after an upgrade)
+ *   verifying  a candidate is starting and verifying itself; in live mode the old agent still works
+ *   draining   the old agent has been told `stop`; we wait for `stopped` or its exit
+ *   stopping   the upgrader was asked to stop; every agent is terminating
+ *   exited     nothing left to supervise; the upgrader exits with `exitCode`
+ *
+ * Invariants
+ *   - At most one agent is ever told to work: a candidate gets `go` only once the old agent has
+ *     sent `stopped` or is gone.
+ *   - `current` moves to the new version only after the candidate said `ready`, and moves back
+ *     whenever the version that had proved itself is started again.
+ *   - Durable effects that an outcome depends on (`required`) come first in their batch: if one fails,
+ *     the whole transition is dropped and an `io-failed` event is handled in the state before it.
+ */
+import type { HandoffMode, UpgraderMessage } from './protocol.js';
+import type { UpgradeResult } from './state.js';
+import { formatDuration } from './duration.js';
+
+export type Config = {
+  readyMs: number;
+  stopMs: number;
+  killMs: number;
+  probationMs: number;
+};
+
+export type StateName = 'idle' | 'running' | 'verifying' | 'draining' | 'stopping' | 'exited';
+export type Role = 'active' | 'candidate';
+
+export type AgentRef = { id: number; version: string; ready: boolean };
+
+/** An agent on its way out. `stopping`: told to stop; `terminating`: sent SIGTERM; `killing`: its tree got SIGKILL. */
+export type Dying = { id: number; version: string; phase: 'stopping' | 'terminating' | 'killing' };
+
+export type Handoff = {
+  from: string;
+  to: string;
+  mode: HandoffMode;
+  startedAt: string;
+  /** The old agent we are draining (told `stop`), until it sends `stopped` or exits. */
+  draining: number | null;
+  /** Set when the candidate failed while the old agent was already stopping: restart `from` once it is gone. */
+  failure: string | null;
+};
+
+export type Probation = { from: string; version: string; mode: HandoffMode; startedAt: string; previous: string | null };
+
+export type Context = {
+  state: StateName;
+  active: AgentRef | null;
+  candidate: AgentRef | null;
+  handoff: Handoff | null;
+  probation: Probation | null;
+  dying: Dying[];
+  /** The version that ran before `current`: what a rollback would return to. */
+  previous: string | null;
+  nextId: number;
+  exitCode: number | null;
+};
+
+export type TimerName = 'ready' | 'probation' | `dying:${number}`;
+
+export type Event =
+  | { type: 'start'; version: string; previous: string | null; probation: Probation | null }
+  | { type: 'upgrade-requested'; id: number; version: string; mode: HandoffMode; problem: string | null; at: string }
+  | { type: 'ready'; id: number }
+  | { type: 'stopped'; id: number }
+  | { type: 'protocol-error'; id: number; detail: string }
+  | { type: 'exited'; id: number; code: number | null; signal: NodeJS.Signals | null }
+  | { type: 'timeout'; timer: TimerName }
+  | { type: 'shutdown'; signal: string }
+  | { type: 'io-failed'; trigger: Event; error: string };
+
+export type Outcome = { from: string; to: string; mode: HandoffMode; startedAt: string; result: UpgradeResult; reason: string | null };
+
+export type Effect =
+  | { kind: 'spawn'; id: number; version: string; role: Role; fromVersion: string | null }
+  | { kind: 'send'; id: number; message: UpgraderMessage }
+  | { kind: 'terminate'; id: number }
+  | { kind: 'kill-tree'; id: number }
+  | { kind: 'commit-current'; version: string; required: boolean }
+  | { kind: 'persist'; required: boolean; outcome: Outcome | null }
+  | { kind: 'start-timer'; timer: TimerName; ms: number }
+  | { kind: 'cancel-timer'; timer: TimerName }
+  | { kind: 'exit'; code: number };
+
+export type Step = { next: Context; effects: Effect[] };
+
+export function initialContext(): Context {
+  return { state: 'idle', active: null, candidate: null, handoff: null, probation: null, dying: [], previous: null, nextId: 1, exitCode: null };
+}
+
+const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGILL: 4, SIGTRAP: 5, SIGABRT: 6, SIGBUS: 7, SIGFPE: 8, SIGKILL: 9, SIGUSR1: 10, SIGSEGV: 11, SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };
+
+/** The exit status a shell would report: the code, or 128 + the signal's number. */
+export function exitStatusOf(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  return 128 + (signal ? (SIGNAL_NUMBERS[signal] ?? 0) : 0);
+}
+
+function describeExit(code: number | null, signal: NodeJS.Signals | null): string {
+  return signal ? `was killed by ${signal}` : `exited with code ${code}`;
+}
+
+const dyingTimer = (id: number): TimerName => `dying:${id}`;
+
+function stay(ctx: Context): Step {
+  return { next: ctx, effects: [] };
+}
+
+function spawnActive(ctx: Context, version: string): { ctx: Context; effect: Effect } {
+  const id = ctx.nextId;
+  return {
+    ctx: { ...ctx, active: { id, version, ready: false }, nextId: id + 1 },
+    effect: { kind: 'spawn', id, version, role: 'active', fromVersion: null },
+  };
+}
+
+function outcomeOf(handoff: Handoff | Probation, from: string, to: string, result: UpgradeResult, reason: string | null): Outcome {
+  return { from, to, mode: handoff.mode, startedAt: handoff.startedAt, result, reason };
+}
+
+/** Puts an agent on its way out with SIGTERM now and its tree killed if it outlives `graceMs`. */
+function terminate(ctx: Context, agent: AgentRef | Dying, graceMs: number): Step {
+  const others = ctx.dying.filter((d) => d.id !== agent.id);
+  return {
+    next: { ...ctx, dying: [...others, { id: agent.id, version: agent.version, phase: 'terminating' }] },
+    effects: [{ kind: 'terminate', id: agent.id }, { kind: 'start-timer', timer: dyingTimer(agent.id), ms: graceMs }],
+  };
+}
+
+function killTree(ctx: Context, agent: AgentRef | Dying): Step {
+  const others = ctx.dying.filter((d) => d.id !== agent.id);
+  return {
+    next: { ...ctx, dying: [...others, { id: agent.id, version: agent.version, phase: 'killing' }] },
+    effects: [{ kind: 'cancel-timer', timer: dyingTimer(agent.id) }, { kind: 'kill-tree', id: agent.id }],
+  };
+}
+
+function then(first: Step, more: (ctx: Context) => Step): Step {
+  const second = more(first.next);
+  return { next: second.next, effects: [...first.effects, ...second.effects] };
+}
+
+// ---------------------------------------------------------------- the handoff, step by step
+
+function acceptUpgrade(ctx: Context, active: AgentRef, version: string, mode: HandoffMode, at: string, config: Config): Step {
+  const handoff: Handoff = { from: active.version, to: version, mode, startedAt: at, draining: null, failure: null };
+  const effects: Effect[] = [{ kind: 'persist', required: true, outcome: null }];
+  if (ctx.probation) effects.push({ kind: 'cancel-timer', timer: 'probation' });
+  const base: Context = { ...ctx, handoff, probation: null };
+  if (mode === 'live') {
+    const id = ctx.nextId;
+    return {
+      next: { ...base, state: 'verifying', candidate: { id, version, ready: false }, nextId: id + 1 },
+      effects: [
+        ...effects,
+        { kind: 'spawn', id, version, role: 'candidate', fromVersion: active.version },
+        { kind: 'start-timer', timer: 'ready', ms: config.readyMs },
+        { kind: 'persist', required: false, outcome: null },
+      ],
+    };
+  }
+  return drainOld(base, active, effects, config);
+}
+
+/** Tells the old agent to stop; it stays on the dying list until it exits. */
+function drainOld(ctx: Context, old: AgentRef, before: Effect[], config: Config): Step {
+  return {
+    next: {
+      ...ctx,
+      state: 'draining',
+      active: null,
+      handoff: { ...ctx.handoff!, draining: old.id },
+      dying: [...ctx.dying, { id: old.id, version: old.version, phase: 'stopping' }],
+    },
+    effects: [...before, { kind: 'send', id: old.id, message: { type: 'stop' } }, { kind: 'start-timer', timer: dyingTimer(old.id), ms: config.stopMs }],
+  };
+}
+
+function candidateReady(ctx: Context, config: Config): Step {
+  const handoff = ctx.handoff!;
+  const candidate = { ...ctx.candidate!, ready: true };
+  const commit: Effect = { kind: 'commit-current', version: handoff.to, required: true };
+  const base: Context = { ...ctx, candidate };
+  if (ctx.active) {
+    // Live mode, the old agent still works: only now is it asked to stop.
+    return drainOld(base, ctx.active, [commit, { kind: 'cancel-timer', timer: 'ready' }], config);
+  }
+  // Sequential mode, or the old agent died while the candidate verified: nobody works now, so go at once.
+  return promote({ ...base, state: 'verifying' }, [commit, { kind: 'cancel-timer', timer: 'ready' }], config);
+}
+
+/** The candidate becomes the active agent. `go` is sent before anything is written: the gap is one event-loop turn. */
+function promote(ctx: Context, before: Effect[], config: Config): Step {
+  const handoff = ctx.handoff!;
+  const candidate = ctx.candidate!;
+  const probation: Probation | null =
+    config.probationMs > 0 ? { from: handoff.from, version: handoff.to, mode: handoff.mode, startedAt: handoff.startedAt, previous: ctx.previous } : null;
+  const effects: Effect[] = [...before, { kind: 'send', id: candidate.id, message: { type: 'go' } }];
+  if (probation) effects.push({ kind: 'start-timer', timer: 'probation', ms: config.probationMs });
+  effects.push({ kind: 'persist', required: false, outcome: outcomeOf(handoff, handoff.from, handoff.to, 'succeeded', null) });
+  return {
+    next: { ...ctx, state: 'running', active: candidate, candidate: null, handoff: null, probation, previous: handoff.from },
+    effects,
+  };
+}
+
+/**
+ * The candidate failed (exit, timeout, protocol error, or `current` could not be moved to it).
+ * Its tree is killed; if it has already exited, only what it left behind is, and nothing waits for it.
+ */
+function failCandidate(ctx: Context, reason: string, config: Config, exited = false): Step {
+  const handoff = ctx.handoff!;
+  let step: Step = { next: { ...ctx, candidate: null }, effects: [{ kind: 'cancel-timer', timer: 'ready' }] };
+  if (ctx.candidate) {
+    const candidate = ctx.candidate;
+    step = exited
+      ? then(step, (c) => ({ next: c, effects: [{ kind: 'kill-tree', id: candidate.id }] }))
+      : then(step, (c) => killTree(c, candidate));
+  }
+  const outcome = outcomeOf(handoff, handoff.from, handoff.to, 'failed', reason);
+  if (handoff.draining !== null) {
+    // The old agent is already stopping and cannot be called back; start its version again once it is gone.
+    return then(step, (c) => ({
+      next: { ...c, handoff: { ...handoff, failure: reason } },
+      effects: [
+        { kind: 'commit-current', version: handoff.from, required: false },
+        { kind: 'persist', required: false, outcome },
+      ],
+    }));
+  }
+  if (ctx.active) {
+    const active = ctx.active;
+    return then(step, (c) => ({
+      next: { ...c, state: 'running', handoff: null },
+      effects: [
+        { kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: handoff.to, reason } },
+        { kind: 'persist', required: false, outcome },
+      ],
+    }));
+  }
+  return then(step, (c) => restartFrom(c, handoff, outcome));
+}
+
+/** Nobody works: start the version that proved itself again, as the active agent. */
+function restartFrom(ctx: Context, handoff: Handoff, outcome: Outcome): Step {
+  const spawned = spawnActive({ ...ctx, state: 'running', handoff: null }, handoff.from);
+  return {
+    next: spawned.ctx,
+    effects: [
+      { kind: 'commit-current', version: handoff.from, required: false },
+      spawned.effect,
+      { kind: 'persist', required: false, outcome },
+    ],
+  };
+}
+
+/** The old agent sent `stopped` or exited: the candidate may go (or, after a failure, the old version comes back). */
+function oldReleased(ctx: Context, config: Config): Step {
+  const handoff = ctx.handoff!;
+  const released: Context = { ...ctx, handoff: { ...handoff, draining: null } };
+  if (handoff.failure !== null) {
+    return restartFrom(released, handoff, outcomeOf(handoff, handoff.from, handoff.to, 'failed', handoff.failure));
+  }
+  if (ctx.candidate) return promote(released, [], config);
+  // Sequential mode: only now does the candidate start.
+  const id = ctx.nextId;
+  return {
+    next: { ...released, state: 'verifying', candidate: { id, version: handoff.to, ready: false }, nextId: id + 1 },
+    effects: [
+      { kind: 'spawn', id, version: handoff.to, role: 'candidate', fromVersion: handoff.from },
+      { kind: 'start-timer', timer: 'ready', ms: config.readyMs },
+      { kind: 'persist', required: false, outcome: null },
+    ],
+  };
+}
+
+function rollBackProbation(ctx: Context, probation: Probation, reason: string): Step {
+  const outcome = outcomeOf(probation, probation.from, probation.version, 'rolled-back', reason);
+  const spawned = spawnActive({ ...ctx, active: null, probation: null, previous: probation.previous }, probation.from);
+  return {
+    next: spawned.ctx,
+    effects: [
+      { kind: 'cancel-timer', timer: 'probation' },
+      { kind: 'commit-current', version: probation.from, required: false },
+      spawned.effect,
+      { kind: 'persist', required: false, outcome },
+    ],
+  };
+}
+
+function shutDown(ctx: Context, signal: string, config: Config): Step {
+  let step: Step = { next: { ...ctx, state: 'stopping', exitCode: 0 }, effects: [{ kind: 'cancel-timer', timer: 'ready' }, { kind: 'cancel-timer', timer: 'probation' }] };
+  if (ctx.handoff) {
+    const handoff = ctx.handoff;
+    const reason = `the upgrader received ${signal} during the handoff`;
+    step = then(step, (c) => ({
+      next: c,
+      effects: [
+        { kind: 'commit-current', version: handoff.from, required: false },
+        { kind: 'persist', required: false, outcome: outcomeOf(handoff, handoff.from, handoff.to, 'failed', reason) },
+      ],
+    }));
+  }
+  const live = [ctx.active, ctx.candidate, ...ctx.dying.filter((d) => d.phase === 'stopping')].filter((a): a is AgentRef | Dying => a !== null);
+  step = then(step, (c) => ({ next: { ...c, active: null, candidate: null, handoff: null, probation: null }, effects: [] }));
+  for (const agent of live) step = then(step, (c) => terminate(c, agent, config.stopMs));
+  return then(step, finishIfEmpty);
+}
+
+function finishIfEmpty(ctx: Context): Step {
+  if (ctx.state !== 'stopping' || ctx.active || ctx.candidate || ctx.dying.length > 0) return stay(ctx);
+  return { next: { ...ctx, state: 'exited' }, effects: [{ kind: 'persist', required: false, outcome: null }, { kind: 'exit', code: ctx.exitCode ?? 0 }] };
+}
+
+// ---------------------------------------------------------------- events, by what they concern
+
+function onExited(ctx: Context, event: Extract<Event, { type: 'exited' }>, config: Config): Step {
+  const { id } = event;
+  const dying = ctx.dying.find((d) => d.id === id);
+  if (dying) {
+    const next: Context = { ...ctx, dying: ctx.dying.filter((d) => d.id !== id) };
+    const cleared: Step = { next, effects: [{ kind: 'cancel-timer', timer: dyingTimer(id) }] };
+    if (ctx.state === 'draining' && ctx.handoff?.draining === id) return then(cleared, (c) => oldReleased(c, config));
+    return then(cleared, finishIfEmpty);
+  }
+  const how = describeExit(event.code, event.signal);
+  if (ctx.candidate?.id === id) {
+    return failCandidate(ctx, `the candidate ${ctx.candidate.version} ${how} before ${ctx.candidate.ready ? 'it was told go' : 'reporting ready'}`, config, true);
+  }
+  if (ctx.active?.id !== id) return stay(ctx);
+  const active = ctx.active;
+  if (ctx.state === 'verifying') {
+    // The old agent died while the candidate verifies: the candidate takes over as soon as it is ready.
+    return { next: { ...ctx, active: null }, effects: [{ kind: 'persist', required: false, outcome: null }] };
+  }
+  if (ctx.probation) {
+    return rollBackProbation(ctx, ctx.probation, `${active.version} ${how} during its probation`);
+  }
+  // The agent ended on its own: so do we, with its status, and the init system decides what comes next.
+  const code = exitStatusOf(event.code, event.signal);
+  return finishIfEmpty({ ...ctx, state: 'stopping', active: null, exitCode: code });
+}
+
+function onUpgradeRequest(ctx: Context, event: Extract<Event, { type: 'upgrade-requested' }>, config: Config): Step {
+  if (ctx.candidate?.id === event.id) return failCandidate(ctx, `protocol error: the candidate asked for an upgrade before it was told go`, config);
+  const active = ctx.active;
+  if (!active || active.id !== event.id) return stay(ctx);
+  const refuse = (reason: string): Step => ({
+    next: ctx,
+    effects: [{ kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: event.version, reason } }],
+  });
+  if (ctx.state !== 'running') return refuse(`a handoff to ${ctx.handoff?.to ?? 'another version'} is already in progress`);
+  if (event.problem) return refuse(event.problem);
+  if (event.version === active.version) return refuse(`${event.version} is the running version`);
+  return acceptUpgrade(ctx, active, event.version, event.mode, event.at, config);
+}
+
+function onTimeout(ctx: Context, timer: TimerName, config: Config): Step {
+  if (timer === 'ready') {
+    if (ctx.state !== 'verifying' || !ctx.candidate) return stay(ctx);
+    return failCandidate(ctx, `the candidate ${ctx.candidate.version} did not report ready within ${formatDuration(config.readyMs)}`, config);
+  }
+  if (timer === 'probation') {
+    if (!ctx.probation) return stay(ctx);
+    return { next: { ...ctx, probation: null }, effects: [{ kind: 'persist', required: false, outcome: null }] };
+  }
+  const id = Number(timer.slice('dying:'.length));
+  const dying = ctx.dying.find((d) => d.id === id);
+  if (!dying) return stay(ctx);
+  if (dying.phase === 'stopping') return terminate(ctx, dying, config.killMs);
+  if (dying.phase === 'terminating') return killTree(ctx, dying);
+  return stay(ctx);
+}
+
+function onIoFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, config: Config): Step {
+  const trigger = event.trigger;
+  if (trigger.type === 'upgrade-requested' && ctx.active) {
+    const reason = `the upgrade could not be recorded durably (${event.error}); nothing was changed`;
+    return { next: ctx, effects: [{ kind: 'send', id: ctx.active.id, message: { type: 'upgrade-failed', version: trigger.version, reason } }] };
+  }
+  if (trigger.type === 'ready' && ctx.handoff) {
+    return failCandidate(ctx, `current could not be pointed at ${ctx.handoff.to} (${event.error})`, config);
+  }
+  return stay(ctx);
+}
+
+/** The whole state machine. Unknown combinations of state and event change nothing. */
+export function transition(ctx: Context, event: Event, config: Config): Step {
+  if (ctx.state === 'exited') return stay(ctx);
+  switch (event.type) {
+    case 'start': {
+      if (ctx.state !== 'idle') return stay(ctx);
+      const spawned = spawnActive({ ...ctx, state: 'running', previous: event.previous, probation: event.probation }, event.version);
+      const effects: Effect[] = [spawned.effect];
+      if (event.probation) effects.push({ kind: 'start-timer', timer: 'probation', ms: config.probationMs });
+      effects.push({ kind: 'persist', required: false, outcome: null });
+      return { next: spawned.ctx, effects };
+    }
+    case 'shutdown':
+      if (ctx.state === 'stopping' || ctx.state === 'idle') return stay(ctx);
+      return shutDown(ctx, event.signal, config);
+    case 'exited':
+      return onExited(ctx, event, config);
+    case 'upgrade-requested':
+      return onUpgradeRequest(ctx, event, config);
+    case 'ready':
+      if (ctx.state === 'verifying' && ctx.candidate?.id === event.id && !ctx.candidate.ready) return candidateReady(ctx, config);
+      if (ctx.active?.id === event.id && !ctx.active.ready) {
+        return { next: { ...ctx, active: { ...ctx.active, ready: true } }, effects: [{ kind: 'persist', required: false, outcome: null }] };
+      }
+      return stay(ctx);
+    case 'stopped':
+      if (ctx.candidate?.id === event.id) return failCandidate(ctx, 'protocol error: the candidate sent stopped before it was told go', config);
+      if (ctx.state === 'draining' && ctx.handoff?.draining === event.id) return oldReleased(ctx, config);
+      return stay(ctx);
+    case 'protocol-error':
+      if (ctx.candidate?.id === event.id) return failCandidate(ctx, `protocol error from the candidate: ${event.detail}`, config);
+      return stay(ctx);
+    case 'timeout':
+      return onTimeout(ctx, event.timer, config);
+    case 'io-failed':
+      return onIoFailed(ctx, event, config);
+  }
+}
+
+/** The one-word state shown by `status` and written to the state file. */
+export function publicState(ctx: Context): 'starting' | 'running' | 'upgrading' | 'stopping' | 'stopped' {
+  switch (ctx.state) {
+    case 'idle':
+      return 'starting';
+    case 'running':
+      return 'running';
+    case 'verifying':
+    case 'draining':
+      return 'upgrading';
+    case 'stopping':
+      return 'stopping';
+    case 'exited':
+      return 'stopped';
+  }
+}

@@ -1,0 +1,152 @@
+/**
+ * The on-disk layout of a root:
+ *
+ *   <root>/versions/<version>/      one complete version; its entry point is <version>/bin/agent by default
+ *   <root>/current -> versions/<v>  relative symlink: the version to launch
+ *   <root>/state/                   the upgrader's own files (see state.ts and ownership.ts)
+ *
+ * Version names are checked against an allowlist before any path is built from them.
+ */
+import { accessSync, constants, lstatSync, readdirSync, readlinkSync, realpathSync, rmSync, statSync } from 'node:fs';
+import { join, sep } from 'node:path';
+import { UpgraderError } from './errors.js';
+import { isTempName, replaceSymlinkDurably } from './durable.js';
+
+export const VERSION_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
+export const DEFAULT_ENTRY = 'bin/agent';
+
+export function versionNameProblem(name: unknown): string | null {
+  if (typeof name !== 'string') return 'a version name must be a string';
+  if (name === '.' || name === '..' || !VERSION_NAME.test(name)) {
+    return `${JSON.stringify(name)} is not a valid version name (letters, digits, ".", "_", "+", "-", starting with a letter or digit, at most 128 characters)`;
+  }
+  return null;
+}
+
+export function assertVersionName(name: unknown): asserts name is string {
+  const problem = versionNameProblem(name);
+  if (problem) throw new UpgraderError('E_VERSION_NAME', `${problem[0]!.toUpperCase()}${problem.slice(1)}.`);
+}
+
+/** The entry point is a relative path inside the version directory; nothing may climb out of it. */
+export function entryProblem(entry: string): string | null {
+  if (entry === '' || entry.startsWith('/') || entry.split('/').some((part) => part === '..' || part === '')) {
+    return `--entry must be a relative path inside the version directory, not ${JSON.stringify(entry)}`;
+  }
+  return null;
+}
+
+export class Layout {
+  readonly versionsDir: string;
+  readonly currentLink: string;
+  readonly stateDir: string;
+
+  constructor(
+    readonly root: string,
+    readonly entry = DEFAULT_ENTRY,
+  ) {
+    this.versionsDir = join(root, 'versions');
+    this.currentLink = join(root, 'current');
+    this.stateDir = join(root, 'state');
+  }
+
+  /** Resolves the root to an absolute real path and checks it looks like a root. */
+  static open(root: string, entry = DEFAULT_ENTRY): Layout {
+    const problem = entryProblem(entry);
+    if (problem) throw new UpgraderError('E_USAGE', `${problem}.`);
+    let real: string;
+    try {
+      real = realpathSync(root);
+    } catch {
+      throw new UpgraderError('E_ROOT', `The root ${root} does not exist.`);
+    }
+    let isDir = false;
+    try {
+      isDir = statSync(join(real, 'versions')).isDirectory();
+    } catch {
+      // reported below
+    }
+    if (!isDir) throw new UpgraderError('E_ROOT', `The root ${real} has no versions/ directory: is it an upgrader root?`);
+    return new Layout(real, entry);
+  }
+
+  versionDir(version: string): string {
+    assertVersionName(version);
+    return join(this.versionsDir, version);
+  }
+
+  entryPath(version: string): string {
+    return join(this.versionDir(version), this.entry);
+  }
+
+  /**
+   * Why `version` cannot be launched, or null when it is complete: a real directory under versions/
+   * (not a symlink leading elsewhere) whose entry point is an executable file that stays inside it.
+   */
+  versionProblem(version: string): string | null {
+    const nameProblem = versionNameProblem(version);
+    if (nameProblem) return nameProblem;
+    const dir = join(this.versionsDir, version);
+    try {
+      if (!lstatSync(dir).isDirectory()) return `versions/${version} is not a directory`;
+    } catch {
+      return `version ${version} is not installed (no ${dir})`;
+    }
+    const entry = join(dir, this.entry);
+    try {
+      const realEntry = realpathSync(entry);
+      if (!realEntry.startsWith(realpathSync(dir) + sep)) return `the entry point ${entry} leads outside its version directory`;
+      if (!statSync(realEntry).isFile()) return `the entry point ${entry} is not a file`;
+      accessSync(realEntry, constants.X_OK);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return `version ${version} has no entry point ${entry}`;
+      if (code === 'EACCES') return `the entry point ${entry} is not executable`;
+      return `the entry point ${entry} cannot be used (${code ?? String(error)})`;
+    }
+    return null;
+  }
+
+  /** What `current` points at, or why it cannot be used. Never changes anything. */
+  readCurrent(): { version: string } | { problem: string } {
+    let target: string;
+    try {
+      target = readlinkSync(this.currentLink);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return { problem: `${this.currentLink} does not exist` };
+      if (code === 'EINVAL') return { problem: `${this.currentLink} is not a symbolic link` };
+      return { problem: `${this.currentLink} cannot be read (${code})` };
+    }
+    const match = /^versions\/([^/]+)\/?$/.exec(target);
+    if (!match) return { problem: `${this.currentLink} points at ${JSON.stringify(target)}, not at versions/<version>` };
+    const version = match[1]!;
+    const problem = this.versionProblem(version);
+    return problem ? { problem: `current points at ${version}, but ${problem}` } : { version };
+  }
+
+  /** Durably points `current` at a version, which must be complete. */
+  commitCurrent(version: string): void {
+    const problem = this.versionProblem(version);
+    if (problem) throw new UpgraderError('E_VERSION_MISSING', `Cannot point current at ${version}: ${problem}.`);
+    replaceSymlinkDurably(this.currentLink, `versions/${version}`);
+  }
+
+  /** Removes temporary links and files left by a crash in the root and the state directory. */
+  removeStaleTemporaries(): string[] {
+    const removed: string[] = [];
+    for (const dir of [this.root, this.stateDir]) {
+      let names: string[];
+      try {
+        names = readdirSync(dir);
+      } catch {
+        continue;
+      }
+      for (const name of names.filter(isTempName)) {
+        rmSync(join(dir, name), { force: true, recursive: true });
+        removed.push(join(dir, name));
+      }
+    }
+    return removed;
+  }
+}

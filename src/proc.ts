@@ -1,0 +1,77 @@
+/**
+ * What Linux's /proc tells about other processes. A PID alone is not an identity (PIDs are reused),
+ * so a process is named by its PID plus its start time in clock ticks since boot, plus the boot's id.
+ */
+import { readFileSync, readdirSync } from 'node:fs';
+
+export type ProcessIdentity = { pid: number; startTicks: number; bootId: string };
+
+let cachedBootId: string | undefined;
+export function bootId(): string {
+  cachedBootId ??= readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  return cachedBootId;
+}
+
+/** Fields of /proc/<pid>/stat after the command name, which may itself contain spaces and parentheses. */
+function statFields(pid: number): string[] | null {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  return text.slice(text.lastIndexOf(')') + 2).split(' ');
+}
+
+/** Field 22 of stat (starttime); index 19 once pid and comm are cut off. */
+export function startTicks(pid: number): number | null {
+  const fields = statFields(pid);
+  return fields ? Number(fields[19]) : null;
+}
+
+export function identify(pid: number): ProcessIdentity | null {
+  const ticks = startTicks(pid);
+  return ticks === null ? null : { pid, startTicks: ticks, bootId: bootId() };
+}
+
+/** Alive and the same process as recorded (not a zombie, not a newcomer that got the PID). */
+export function isSameProcessAlive(id: ProcessIdentity): boolean {
+  if (id.bootId !== bootId()) return false;
+  const fields = statFields(id.pid);
+  if (!fields) return false;
+  return fields[0] !== 'Z' && Number(fields[19]) === id.startTicks;
+}
+
+export function processGroupExists(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Every process whose environment holds all the given `NAME=value` pairs (a pair ending in `=` matches
+ * any value of that variable). Agents and everything they start
+ * inherit the variables the upgrader sets, so this finds descendants that escaped their process group
+ * (setsid) and lost their parent. Processes we may not inspect are skipped.
+ */
+export function findProcessesByEnvironment(pairs: string[]): number[] {
+  const found: number[] = [];
+  const wanted = pairs.map((pair) => Buffer.from(`\0${pair}${pair.endsWith('=') ? '' : '\0'}`));
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    if (pid === process.pid) continue;
+    let environ: Buffer;
+    try {
+      environ = readFileSync(`/proc/${pid}/environ`);
+    } catch {
+      continue;
+    }
+    const haystack = Buffer.concat([Buffer.from([0]), environ, Buffer.from([0])]);
+    if (wanted.every((pair) => haystack.includes(pair))) found.push(pid);
+  }
+  return found;
+}

@@ -1,0 +1,144 @@
+/**
+ * The upgrader's persistent state: <root>/state/state.json.
+ *
+ * It holds what a restarted upgrader needs to recover (an open handoff, the PIDs of the agents it ran)
+ * and what `upgrader status` shows (versions, agent, last upgrades). It is written whole, atomically and
+ * durably, wrapped in an envelope with a SHA-256 of its body, and validated when read back: a file that
+ * is empty, torn, tampered with or of an unknown schema is reported and ignored, never trusted.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { replaceFileAtomically } from './durable.js';
+import { HandoffMode } from './protocol.js';
+
+export const STATE_SCHEMA = 1;
+export const HISTORY_LIMIT = 20;
+
+const Version = z.string().min(1).max(128);
+const Iso = z.string();
+
+const RecordedAgent = z.object({
+  pid: z.number().int().positive(),
+  startTicks: z.number().int().nonnegative(),
+  bootId: z.string(),
+  version: Version,
+  role: z.enum(['active', 'candidate', 'retiring']),
+  ready: z.boolean(),
+  since: Iso,
+});
+export type RecordedAgent = z.infer<typeof RecordedAgent>;
+
+export const UpgradeResult = z.enum(['succeeded', 'failed', 'rolled-back']);
+export type UpgradeResult = z.infer<typeof UpgradeResult>;
+
+const UpgradeRecord = z.object({
+  from: Version,
+  to: Version,
+  mode: HandoffMode,
+  result: UpgradeResult,
+  reason: z.string().nullable(),
+  startedAt: Iso,
+  at: Iso,
+  durationMs: z.number().nonnegative(),
+});
+export type UpgradeRecord = z.infer<typeof UpgradeRecord>;
+
+const OpenHandoff = z.object({
+  from: Version,
+  to: Version,
+  mode: HandoffMode,
+  phase: z.string(),
+  startedAt: Iso,
+});
+
+export const PersistedState = z.object({
+  state: z.enum(['starting', 'running', 'upgrading', 'stopping', 'stopped']),
+  current: Version.nullable(),
+  previous: Version.nullable(),
+  agents: z.array(RecordedAgent),
+  handoff: OpenHandoff.nullable(),
+  probation: z
+    .object({ version: Version, from: Version, mode: HandoffMode, startedAt: Iso, previous: Version.nullable() })
+    .nullable(),
+  history: z.array(UpgradeRecord).max(HISTORY_LIMIT),
+  updatedAt: Iso,
+});
+export type PersistedState = z.infer<typeof PersistedState>;
+
+const Envelope = z.object({
+  format: z.literal('upgrader-state'),
+  schema: z.number(),
+  sha256: z.string(),
+  body: z.unknown(),
+});
+
+export function emptyState(): PersistedState {
+  return {
+    state: 'stopped',
+    current: null,
+    previous: null,
+    agents: [],
+    handoff: null,
+    probation: null,
+    history: [],
+    updatedAt: new Date(0).toISOString(),
+  };
+}
+
+const digest = (text: string) => createHash('sha256').update(text).digest('hex');
+
+export function encodeState(state: PersistedState): string {
+  const body = JSON.stringify(state);
+  return `{"format":"upgrader-state","schema":${STATE_SCHEMA},"sha256":"${digest(body)}","body":${body}}\n`;
+}
+
+export type ReadState = { ok: true; state: PersistedState } | { ok: false; missing: boolean; problem: string };
+
+export function decodeState(text: string): ReadState {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return { ok: false, missing: false, problem: text.trim() === '' ? 'the state file is empty' : 'the state file is not valid JSON (torn or overwritten)' };
+  }
+  const envelope = Envelope.safeParse(raw);
+  if (!envelope.success) return { ok: false, missing: false, problem: 'the state file is not an upgrader state file' };
+  if (envelope.data.schema !== STATE_SCHEMA) {
+    return { ok: false, missing: false, problem: `the state file has schema ${envelope.data.schema}; this upgrader reads schema ${STATE_SCHEMA}` };
+  }
+  const body = JSON.stringify(envelope.data.body);
+  if (digest(body) !== envelope.data.sha256) return { ok: false, missing: false, problem: 'the state file fails its checksum' };
+  const state = PersistedState.safeParse(envelope.data.body);
+  if (!state.success) return { ok: false, missing: false, problem: `the state file is malformed (${state.error.issues[0]?.path.join('.')}: ${state.error.issues[0]?.message})` };
+  return { ok: true, state: state.data };
+}
+
+export class StateFile {
+  readonly path: string;
+  constructor(stateDir: string) {
+    this.path = join(stateDir, 'state.json');
+  }
+
+  read(): ReadState {
+    let text: string;
+    try {
+      text = readFileSync(this.path, 'utf8');
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      return { ok: false, missing: code === 'ENOENT', problem: code === 'ENOENT' ? 'no state file yet' : `the state file cannot be read (${code})` };
+    }
+    return decodeState(text);
+  }
+
+  write(state: PersistedState): void {
+    replaceFileAtomically(this.path, encodeState(state));
+  }
+}
+
+/** Adds or updates (same start, same target) an upgrade in the history, newest first. */
+export function withUpgrade(history: UpgradeRecord[], record: UpgradeRecord): UpgradeRecord[] {
+  const rest = history.filter((r) => !(r.startedAt === record.startedAt && r.to === record.to && r.from === record.from));
+  return [record, ...rest].slice(0, HISTORY_LIMIT);
+}

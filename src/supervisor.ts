@@ -1,0 +1,411 @@
+/**
+ * The supervisor: the one loop that owns all upgrade state. It feeds events (agent lines, exits,
+ * timers, signals) one at a time into the handoff state machine and carries out the effects it returns:
+ * spawning, messaging and killing agents, moving `current`, writing state, arming timers.
+ * Start-up recovery after a crash of a previous upgrader lives here too.
+ */
+import { performance } from 'node:perf_hooks';
+import { AgentProcess, agentMarker, signalQuietly } from './agent-process.js';
+import { describeError, EXIT, UpgraderError } from './errors.js';
+import { transition, initialContext, publicState, type Config, type Context, type Effect, type Event, type Outcome, type Probation, type TimerName } from './handoff.js';
+import type { Layout } from './layout.js';
+import type { Logger } from './log.js';
+import { AgentStatusFile } from './agent-status.js';
+import type { Ownership } from './ownership.js';
+import { findProcessesByEnvironment, isSameProcessAlive } from './proc.js';
+import { MAX_STATUS_CHARS, type AgentMessage, type Parsed } from './protocol.js';
+import { withUpgrade, type PersistedState, type RecordedAgent, type StateFile, type UpgradeRecord } from './state.js';
+import treeKill from 'tree-kill';
+
+/** How long a killed process tree may take to disappear before the upgrader reports it. */
+const KILL_CONFIRM_MS = 5000;
+const POLL_MS = 20;
+
+type LineEvent = Parsed<AgentMessage> | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number };
+
+const isRequired = (effect: Effect): boolean => (effect.kind === 'persist' || effect.kind === 'commit-current') && effect.required;
+
+class LostOwnershipError extends Error {}
+
+export class Supervisor {
+  private ctx: Context = initialContext();
+  private readonly procs = new Map<number, AgentProcess>();
+  private readonly timers = new Map<TimerName, NodeJS.Timeout>();
+  private readonly queue: Event[] = [];
+  private dispatching = false;
+  private handoffStartedMono = 0;
+  private resolveExit!: (code: number) => void;
+  readonly exited: Promise<number>;
+
+  constructor(
+    private readonly layout: Layout,
+    private readonly stateFile: StateFile,
+    private readonly agentStatus: AgentStatusFile,
+    private readonly ownership: Ownership,
+    private readonly config: Config,
+    private readonly log: Logger,
+    private history: UpgradeRecord[],
+    private current: string | null,
+  ) {
+    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
+  }
+
+  get context(): Context {
+    return this.ctx;
+  }
+
+  /** Events are handled strictly one after another, each with all of its effects, in arrival order. */
+  dispatch(event: Event): void {
+    this.queue.push(event);
+    if (this.dispatching) return;
+    this.dispatching = true;
+    try {
+      while (this.queue.length > 0) this.step(this.queue.shift()!);
+    } finally {
+      this.dispatching = false;
+    }
+  }
+
+  private step(event: Event): void {
+    const { next, effects } = transition(this.ctx, event, this.config);
+    const firstOptional = effects.findIndex((e) => !isRequired(e));
+    const required = firstOptional === -1 ? effects : effects.slice(0, firstOptional);
+    const rest = firstOptional === -1 ? [] : effects.slice(firstOptional);
+    if (rest.some(isRequired)) throw new Error(`bug: a required effect follows an optional one after ${event.type}`);
+    try {
+      for (const effect of required) this.run(effect, next);
+    } catch (error) {
+      if (error instanceof LostOwnershipError) return this.abandonRoot();
+      this.log.error({ event: event.type, err: describeError(error) }, 'a durable write failed; the transition is dropped');
+      this.queue.unshift({ type: 'io-failed', trigger: event, error: describeError(error) });
+      return;
+    }
+    const previous = this.ctx;
+    this.ctx = next;
+    if (!previous.handoff && next.handoff) this.handoffStartedMono = performance.now();
+    this.logTransition(previous, event, next);
+    for (const effect of rest) {
+      try {
+        this.run(effect, next);
+      } catch (error) {
+        if (error instanceof LostOwnershipError) return this.abandonRoot();
+        this.log.error({ effect: effect.kind, err: describeError(error) }, 'an effect failed');
+      }
+    }
+  }
+
+  private logTransition(previous: Context, event: Event, next: Context): void {
+    const agent = (ref: { id: number; version: string } | null) => (ref ? { version: ref.version, agentPid: this.procs.get(ref.id)?.pid ?? null } : null);
+    const detail: Record<string, unknown> = { ...event };
+    delete detail.type;
+    if (event.type === 'io-failed') detail.trigger = event.trigger.type;
+    this.log.info(
+      {
+        event: event.type,
+        detail,
+        from: previous.state,
+        to: next.state,
+        active: agent(next.active),
+        candidate: agent(next.candidate),
+        handoff: next.handoff ? { from: next.handoff.from, to: next.handoff.to, mode: next.handoff.mode } : null,
+      },
+      `transition ${previous.state} -> ${next.state} on ${event.type}`,
+    );
+  }
+
+  private run(effect: Effect, next: Context): void {
+    switch (effect.kind) {
+      case 'spawn':
+        return this.spawn(effect);
+      case 'send': {
+        const proc = this.procs.get(effect.id);
+        proc?.send(effect.message);
+        this.log.info({ message: effect.message, agentPid: proc?.pid, version: proc?.spec.version }, `sent ${effect.message.type}`);
+        return;
+      }
+      case 'terminate':
+        this.procs.get(effect.id)?.terminate();
+        return;
+      case 'kill-tree': {
+        const proc = this.procs.get(effect.id);
+        if (proc) void this.killAndConfirm(proc);
+        return;
+      }
+      case 'commit-current':
+        return this.commitCurrent(effect.version);
+      case 'persist':
+        return this.persist(next, effect.outcome);
+      case 'start-timer': {
+        clearTimeout(this.timers.get(effect.timer));
+        const timer = setTimeout(() => {
+          this.timers.delete(effect.timer);
+          this.dispatch({ type: 'timeout', timer: effect.timer });
+        }, effect.ms);
+        this.timers.set(effect.timer, timer);
+        return;
+      }
+      case 'cancel-timer':
+        clearTimeout(this.timers.get(effect.timer));
+        this.timers.delete(effect.timer);
+        return;
+      case 'exit':
+        void this.finish(effect.code);
+        return;
+    }
+  }
+
+  private spawn(effect: Extract<Effect, { kind: 'spawn' }>): void {
+    const proc = new AgentProcess(
+      {
+        id: effect.id,
+        root: this.layout.root,
+        version: effect.version,
+        versionDir: this.layout.versionDir(effect.version),
+        entryPath: this.layout.entryPath(effect.version),
+        role: effect.role,
+        fromVersion: effect.fromVersion,
+      },
+      {
+        onLine: (line) => this.onAgentLine(proc, line),
+        onExit: (code, signal, error) => this.onAgentExit(proc, code, signal, error),
+      },
+    );
+    this.procs.set(effect.id, proc);
+    this.log.info({ agentPid: proc.pid, version: effect.version, role: effect.role }, `spawned ${effect.role} ${effect.version}`);
+  }
+
+  private onAgentLine(proc: AgentProcess, line: LineEvent): void {
+    const who = { agentPid: proc.pid, version: proc.spec.version };
+    switch (line.kind) {
+      case 'message':
+        return this.onAgentMessage(proc, line.message);
+      case 'invalid':
+        this.log.warn({ ...who, type: line.type, detail: line.detail, line: clip(line.line) }, 'protocol error: a message breaks its schema');
+        return this.dispatch({ type: 'protocol-error', id: proc.spec.id, detail: `${line.type}: ${line.detail}` });
+      case 'unknown':
+        this.log.warn({ ...who, type: line.type, line: clip(line.line) }, 'ignored a message of unknown type');
+        return;
+      case 'garbage':
+        this.log.warn({ ...who, detail: line.detail, line: clip(line.line) }, 'ignored a line that is not a protocol message');
+        return;
+      case 'overlong':
+        this.log.error({ ...who, bytes: line.bytes }, 'discarded a line longer than the 64 KiB limit');
+        return;
+      case 'bad-utf8':
+        this.log.warn({ ...who, bytes: line.bytes }, 'ignored a line that is not valid UTF-8');
+        return;
+    }
+  }
+
+  private onAgentMessage(proc: AgentProcess, message: AgentMessage): void {
+    const id = proc.spec.id;
+    switch (message.type) {
+      case 'ready':
+        return this.dispatch({ type: 'ready', id });
+      case 'stopped':
+        return this.dispatch({ type: 'stopped', id });
+      case 'upgrade':
+        return this.dispatch({
+          type: 'upgrade-requested',
+          id,
+          version: message.version,
+          mode: message.mode,
+          problem: this.layout.versionProblem(message.version),
+          at: new Date().toISOString(),
+        });
+      case 'status':
+        this.agentStatus.record({ version: proc.spec.version, pid: proc.pid ?? null, message: message.message.slice(0, MAX_STATUS_CHARS), at: new Date().toISOString() });
+        return;
+    }
+  }
+
+  private onAgentExit(proc: AgentProcess, code: number | null, signal: NodeJS.Signals | null, error: Error | null): void {
+    // Whatever the agent left in its process group goes with it: an exited agent has no work in flight.
+    if (proc.pid !== undefined) signalQuietly(-proc.pid, 'SIGKILL');
+    this.log.info({ agentPid: proc.pid, version: proc.spec.version, code, signal, err: error ? describeError(error) : undefined }, `agent ${proc.spec.version} exited`);
+    this.dispatch({ type: 'exited', id: proc.spec.id, code: error && code === null && signal === null ? 127 : code, signal });
+    void this.confirmGone(proc).then(() => this.procs.delete(proc.spec.id));
+  }
+
+  private async killAndConfirm(proc: AgentProcess): Promise<void> {
+    this.log.warn({ agentPid: proc.pid, version: proc.spec.version }, `killing the process tree of ${proc.spec.version}`);
+    await proc.killTree();
+    await this.confirmGone(proc);
+  }
+
+  /** A kill is confirmed, never assumed: wait until the agent, its group and its marked descendants are gone. */
+  private async confirmGone(proc: AgentProcess): Promise<boolean> {
+    const deadline = performance.now() + KILL_CONFIRM_MS;
+    while (!proc.isGone()) {
+      if (performance.now() > deadline) {
+        this.log.error({ agentPid: proc.pid, version: proc.spec.version }, 'an agent process tree is still alive after SIGKILL');
+        return false;
+      }
+      if (proc.hasExited) await proc.killTree();
+      await delay(POLL_MS);
+    }
+    return true;
+  }
+
+  private commitCurrent(version: string): void {
+    const now = this.layout.readCurrent();
+    if ('version' in now && now.version === version) {
+      this.current = version;
+      return;
+    }
+    this.assertOwnership();
+    this.layout.commitCurrent(version);
+    this.current = version;
+    this.log.info({ version }, `current -> versions/${version}`);
+  }
+
+  private persist(next: Context, outcome: Outcome | null): void {
+    this.assertOwnership();
+    if (outcome) {
+      const now = new Date();
+      const mono = this.handoffStartedMono ? performance.now() - this.handoffStartedMono : now.getTime() - Date.parse(outcome.startedAt);
+      this.history = withUpgrade(this.history, { ...outcome, at: now.toISOString(), durationMs: Math.max(0, Math.round(mono)) });
+    }
+    this.stateFile.write(this.snapshot(next));
+  }
+
+  private snapshot(next: Context): PersistedState {
+    const agents: RecordedAgent[] = [];
+    const add = (id: number, role: RecordedAgent['role'], ready: boolean) => {
+      const proc = this.procs.get(id);
+      if (!proc?.identity || proc.hasExited) return;
+      agents.push({ ...proc.identity, version: proc.spec.version, role, ready, since: proc.spawnedAt.toISOString() });
+    };
+    if (next.active) add(next.active.id, 'active', next.active.ready);
+    if (next.candidate) add(next.candidate.id, 'candidate', next.candidate.ready);
+    for (const dying of next.dying) add(dying.id, 'retiring', false);
+    const handoff = next.handoff;
+    return {
+      state: publicState(next),
+      current: this.current,
+      previous: next.previous,
+      agents,
+      handoff: handoff ? { from: handoff.from, to: handoff.to, mode: handoff.mode, phase: next.state, startedAt: handoff.startedAt } : null,
+      probation: next.probation,
+      history: this.history,
+      updatedAt: new Date().toISOString(),
+    };
+  }
+
+  private assertOwnership(): void {
+    if (!this.ownership.confirm()) throw new LostOwnershipError();
+  }
+
+  /** Another process has taken the root: touch nothing more, take our agents down, and leave. */
+  private abandonRoot(): void {
+    this.log.fatal({ root: this.layout.root }, 'this upgrader no longer owns the root (state/owner.json names another process); stopping at once');
+    for (const proc of this.procs.values()) if (proc.pid !== undefined) signalQuietly(-proc.pid, 'SIGKILL');
+    for (const timer of this.timers.values()) clearTimeout(timer);
+    this.resolveExit(EXIT.locked);
+  }
+
+  private async finish(code: number): Promise<void> {
+    for (const timer of this.timers.values()) clearTimeout(timer);
+    this.timers.clear();
+    await Promise.all([...this.procs.values()].map((proc) => (proc.isGone() ? true : this.killAndConfirm(proc))));
+    this.agentStatus.flush();
+    this.ownership.release();
+    this.log.info({ code }, `the upgrader exits with status ${code}`);
+    this.resolveExit(code);
+  }
+}
+
+function clip(line: string): string {
+  return line.length > 512 ? `${line.slice(0, 512)}… (${line.length} characters)` : line;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// ---------------------------------------------------------------- start-up and recovery
+
+export type StartOptions = { layout: Layout; stateFile: StateFile; agentStatus: AgentStatusFile; ownership: Ownership; config: Config; log: Logger };
+
+/**
+ * Brings a root back to a known state after whatever happened to the previous upgrader, then starts
+ * the active agent. An open handoff is always undone: its candidate never finished proving itself
+ * under an upgrader that saw it through, so the version it replaced runs again.
+ */
+export async function startSupervisor({ layout, stateFile, agentStatus, ownership, config, log }: StartOptions): Promise<Supervisor> {
+  for (const path of layout.removeStaleTemporaries()) log.warn({ path }, 'removed a temporary file left by a crash');
+
+  const read = stateFile.read();
+  if (!read.ok && !read.missing) log.error({ problem: read.problem, path: stateFile.path }, 'ignoring the state file; falling back to what current says');
+  const saved = read.ok ? read.state : null;
+
+  await killLeftovers(layout.root, saved?.agents ?? [], log);
+
+  let history = saved?.history ?? [];
+  let probation: Probation | null = saved?.probation ?? null;
+  let version: string;
+  let previous = saved?.previous ?? null;
+
+  if (saved?.handoff) {
+    const h = saved.handoff;
+    const reason = `the upgrader stopped during the handoff (phase ${h.phase}); ${h.from} was started again`;
+    if (layout.versionProblem(h.from) === null) {
+      layout.commitCurrent(h.from);
+      version = h.from;
+    } else {
+      version = pickCurrent(layout, saved, log);
+    }
+    history = withUpgrade(history, { from: h.from, to: h.to, mode: h.mode, result: 'failed', reason, startedAt: h.startedAt, at: new Date().toISOString(), durationMs: Math.max(0, Date.now() - Date.parse(h.startedAt)) });
+    log.warn({ from: h.from, to: h.to, phase: h.phase }, 'recovered an interrupted handoff: rolled back');
+    probation = null;
+  } else {
+    version = pickCurrent(layout, saved, log);
+  }
+  if (probation && probation.version !== version) probation = null;
+
+  const supervisor = new Supervisor(layout, stateFile, agentStatus, ownership, config, log, history, version);
+  supervisor.dispatch({ type: 'start', version, previous, probation });
+  return supervisor;
+}
+
+/** The version to launch: what `current` says, or, if `current` is broken, what the state file says (and `current` is repaired). */
+function pickCurrent(layout: Layout, saved: PersistedState | null, log: Logger): string {
+  const current = layout.readCurrent();
+  if ('version' in current) return current.version;
+  const fallback = saved?.current;
+  if (fallback && layout.versionProblem(fallback) === null) {
+    log.warn({ problem: current.problem, version: fallback }, 'current is unusable; repairing it from the state file');
+    layout.commitCurrent(fallback);
+    return fallback;
+  }
+  throw new UpgraderError('E_CURRENT', `Nothing to launch: ${current.problem}, and the state file names no complete version.`);
+}
+
+/**
+ * Kills every agent process of this root that a previous upgrader left behind: those recorded in the
+ * state file (checked by PID and start time, so a reused PID is never hit) and any process that carries
+ * the root's agent marker in its environment. Returns once all of them are confirmed gone.
+ */
+async function killLeftovers(root: string, recorded: RecordedAgent[], log: Logger): Promise<void> {
+  const marker = [agentMarker(root, 0)[0]!, 'UPGRADER_AGENT_ID='];
+  const find = () => [
+    ...recorded.filter((agent) => isSameProcessAlive(agent)).map((agent) => agent.pid),
+    ...findProcessesByEnvironment(marker),
+  ];
+  let pids = find();
+  if (pids.length === 0) return;
+  log.warn({ agentPids: pids }, 'killing agent processes left by a previous upgrader');
+  const deadline = performance.now() + KILL_CONFIRM_MS;
+  while (pids.length > 0) {
+    for (const pid of pids) {
+      signalQuietly(-pid, 'SIGKILL');
+      signalQuietly(pid, 'SIGKILL');
+      treeKill(pid, 'SIGKILL');
+    }
+    if (performance.now() > deadline) {
+      throw new UpgraderError('E_INTERNAL', `Agent processes left by a previous upgrader survive SIGKILL (PIDs ${pids.join(', ')}); not starting another agent beside them.`);
+    }
+    await delay(POLL_MS);
+    pids = find();
+  }
+}

@@ -1,0 +1,2 @@
+/** The upgrader's own version; a test keeps it equal to package.json's. */
+export const UPGRADER_VERSION = '0.1.0';
