@@ -420,7 +420,11 @@ export function transition(ctx: Context, event: Event, config: Config): Step {
       return stay(ctx);
     case 'stopped':
       if (ctx.candidate?.id === event.id) return failCandidate(ctx, 'protocol error: the candidate sent stopped before it was told go', config);
-      if (ctx.state === 'draining' && ctx.handoff?.draining === event.id) return oldReleased(ctx, config);
+      // `stopped` frees the work for a ready candidate at once. Starting a process (the sequential
+      // candidate, or the old version again after a failure) waits for the old one to exit instead.
+      if (ctx.state === 'draining' && ctx.handoff?.draining === event.id && ctx.candidate?.ready && ctx.handoff.failure === null) {
+        return oldReleased(ctx, config);
+      }
       return stay(ctx);
     case 'protocol-error':
       if (ctx.candidate?.id === event.id) return failCandidate(ctx, `protocol error from the candidate: ${event.detail}`, config);

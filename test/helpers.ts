@@ -1,0 +1,252 @@
+/**
+ * Test harness: real roots in temporary directories, a real `upgrader run` process (the compiled CLI),
+ * and waits on its log lines or on observable facts, always with a deadline.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+
+export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const CLI = join(REPO, 'dist/src/cli.js');
+export const FIXTURES = join(REPO, 'test/fixtures');
+export const EXAMPLE_AGENT = join(REPO, 'dist/examples/example-agent.js');
+
+export type VersionSpec =
+  | { fixture?: 'agent.mjs'; config?: Record<string, unknown> }
+  | { fixture: 'sh-agent.sh'; files?: Record<string, string> }
+  | { fixture: 'example'; config?: Record<string, unknown> }
+  | { fixture: 'none' };
+
+const roots: string[] = [];
+
+/** A root with the given versions installed and `current` pointing at `current`. */
+export function makeRoot(versions: Record<string, VersionSpec>, current?: string): string {
+  const root = mkdtempSync(join(tmpdir(), 'upgrader-test-'));
+  roots.push(root);
+  mkdirSync(join(root, 'versions'));
+  for (const [name, spec] of Object.entries(versions)) addVersion(root, name, spec);
+  if (current) symlinkSync(`versions/${current}`, join(root, 'current'));
+  return root;
+}
+
+export function addVersion(root: string, name: string, spec: VersionSpec): void {
+  const dir = join(root, 'versions', name);
+  mkdirSync(join(dir, 'bin'), { recursive: true });
+  const entry = join(dir, 'bin/agent');
+  const fixture = spec.fixture ?? 'agent.mjs';
+  if (fixture === 'none') return;
+  if (fixture === 'sh-agent.sh') {
+    copyFileSync(join(FIXTURES, 'sh-agent.sh'), entry);
+    for (const [file, text] of Object.entries('files' in spec ? (spec.files ?? {}) : {})) writeFileSync(join(dir, file), text);
+  } else {
+    const script = fixture === 'example' ? EXAMPLE_AGENT : join(FIXTURES, 'agent.mjs');
+    writeFileSync(entry, `#!/bin/sh\nexec node ${script}\n`);
+    const config = 'config' in spec ? spec.config : undefined;
+    if (config) writeFileSync(join(dir, fixture === 'example' ? 'example.json' : 'fixture.json'), JSON.stringify(config));
+  }
+  chmodSync(entry, 0o755);
+}
+
+export function cleanupRoots(): void {
+  for (const root of roots.splice(0)) rmSync(root, { recursive: true, force: true });
+}
+
+export type LogLine = Record<string, unknown> & { msg: string };
+
+export class Upgrader {
+  readonly logs: LogLine[] = [];
+  readonly stderrText: string[] = [];
+  readonly exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private waiters: (() => void)[] = [];
+
+  constructor(
+    readonly root: string,
+    readonly child: ChildProcess,
+  ) {
+    let partial = '';
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (chunk: string) => {
+      partial += chunk;
+      const lines = partial.split('\n');
+      partial = lines.pop()!;
+      for (const line of lines) {
+        this.stderrText.push(line);
+        if (line.startsWith('{')) {
+          try {
+            this.logs.push(JSON.parse(line) as LogLine);
+          } catch {
+            // an agent's own stderr line that happens to start with a brace
+          }
+        }
+      }
+      for (const wake of this.waiters.splice(0)) wake();
+    });
+    this.exit = new Promise((resolvePromise) => child.on('exit', (code, signal) => resolvePromise({ code, signal })));
+    void this.exit.then(() => {
+      for (const wake of this.waiters.splice(0)) wake();
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  /** Resolves with the first log line (past or future) that matches; fails after `ms`. */
+  async waitForLog(match: (line: LogLine) => boolean, ms = 15_000, what = 'a log line'): Promise<LogLine> {
+    const deadline = Date.now() + ms;
+    let seen = 0;
+    for (;;) {
+      for (; seen < this.logs.length; seen++) if (match(this.logs[seen]!)) return this.logs[seen]!;
+      if (this.child.exitCode !== null || this.child.signalCode !== null) {
+        throw new Error(`the upgrader exited while waiting for ${what}\n${this.stderrText.slice(-30).join('\n')}`);
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${what}\n${this.stderrText.slice(-30).join('\n')}`);
+      await new Promise<void>((wake) => {
+        const timer = setTimeout(wake, left);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          wake();
+        });
+      });
+    }
+  }
+
+  waitForTransition(event: string, to: string, ms?: number): Promise<LogLine> {
+    return this.waitForLog((l) => l.event === event && l.to === to, ms, `transition to ${to} on ${event}`);
+  }
+
+  waitForSent(type: string, version?: string, ms?: number): Promise<LogLine> {
+    return this.waitForLog(
+      (l) => l.msg === `sent ${type}` && (version === undefined || l.version === version),
+      ms,
+      `sent ${type}${version ? ` to ${version}` : ''}`,
+    );
+  }
+
+  /** The PID of the agent of `version` spawned in `role`, from the upgrader's own log. */
+  async agentPid(version: string, role = 'active', ms?: number): Promise<number> {
+    const line = await this.waitForLog((l) => l.msg === `spawned ${role} ${version}`, ms, `spawn of ${role} ${version}`);
+    return line.agentPid as number;
+  }
+
+  async waitForExit(ms = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`the upgrader did not exit within ${ms} ms\n${this.stderrText.slice(-30).join('\n')}`)), ms);
+    });
+    try {
+      return await Promise.race([this.exit, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  kill(signal: NodeJS.Signals): void {
+    this.child.kill(signal);
+  }
+}
+
+const running: Upgrader[] = [];
+
+export function startUpgrader(root: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Upgrader {
+  const child = spawn(process.execPath, [CLI, 'run', '--root', root, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
+  const upgrader = new Upgrader(root, child);
+  running.push(upgrader);
+  return upgrader;
+}
+
+/** Kills every upgrader a test started and whatever agents are left on its root. */
+export async function stopAllUpgraders(): Promise<void> {
+  for (const upgrader of running.splice(0)) {
+    if (upgrader.child.exitCode === null && upgrader.child.signalCode === null) {
+      upgrader.kill('SIGKILL');
+      await upgrader.exit;
+    }
+    for (const pid of agentPidsOf(upgrader.root)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }
+}
+
+export async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const result = await execa(process.execPath, [CLI, ...args], { reject: false, timeout: 10_000 });
+  return { code: result.exitCode ?? -1, stdout: result.stdout, stderr: result.stderr };
+}
+
+export async function statusJson(root: string): Promise<{ code: number; report: any }> {
+  const { code, stdout } = await runCli(['status', '--root', root, '--json']);
+  return { code, report: JSON.parse(stdout) };
+}
+
+export function currentTarget(root: string): string {
+  return readlinkSync(join(root, 'current'));
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Polls an observable fact until it holds; for facts with no event to wait on (a process being gone). */
+export async function waitUntil(fact: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fact()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Asks the fixture agent `pid` to send an upgrade request. */
+export function askUpgrade(root: string, pid: number, version: string, mode?: 'live' | 'sequential'): void {
+  writeFileSync(join(root, 'request.json'), JSON.stringify({ type: 'upgrade', version, ...(mode ? { mode } : {}) }));
+  process.kill(pid, 'SIGUSR1');
+}
+
+export function readLines(root: string, file: string): string[] {
+  const path = join(root, file);
+  return existsSync(path) ? readFileSync(path, 'utf8').split('\n').filter(Boolean) : [];
+}
+
+/** Every process whose environment names this root: agents and anything they started. */
+export function agentPidsOf(root: string): number[] {
+  const pids: number[] = [];
+  const needle = Buffer.from(`\0UPGRADER_ROOT=${root}\0`);
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const env = Buffer.concat([Buffer.from([0]), readFileSync(`/proc/${name}/environ`), Buffer.from([0])]);
+      if (env.includes(needle) && isAlive(Number(name))) pids.push(Number(name));
+    } catch {
+      // gone or not ours
+    }
+  }
+  return pids;
+}
+
+/** Work intervals per agent PID from work.log: first and last timestamps (ms, fractional). */
+export function workSpans(root: string): { pid: number; version: string; first: number; last: number }[] {
+  const spans = new Map<number, { pid: number; version: string; first: number; last: number }>();
+  for (const line of readLines(root, 'work.log')) {
+    const [at, version, pid] = line.split(' ');
+    const t = Number(at);
+    const span = spans.get(Number(pid));
+    if (span) span.last = Math.max(span.last, t);
+    else spans.set(Number(pid), { pid: Number(pid), version: version!, first: t, last: t });
+  }
+  return [...spans.values()].sort((a, b) => a.first - b.first);
+}
