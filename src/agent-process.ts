@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import treeKill from 'tree-kill';
 import { LineReader, encode, parseAgentLine, PROTOCOL_VERSION, type AgentMessage, type Parsed, type UpgraderMessage } from './protocol.js';
-import { findProcessesByEnvironment, identify, processGroupExists, type ProcessIdentity } from './proc.js';
+import { findLiveProcesses, identify, type ProcessIdentity } from './proc.js';
 
 export type AgentSpec = {
   id: number;
@@ -104,9 +104,7 @@ export class AgentProcess {
    */
   killTree(): Promise<void> {
     this.signalGroup('SIGKILL');
-    for (const pid of findProcessesByEnvironment(agentMarker(this.spec.root, this.spec.id))) {
-      signalQuietly(pid, 'SIGKILL');
-    }
+    for (const pid of this.leftovers()) signalQuietly(pid, 'SIGKILL');
     return new Promise((resolve) => {
       if (this.pid === undefined) return resolve();
       treeKill(this.pid, 'SIGKILL', () => resolve());
@@ -115,9 +113,12 @@ export class AgentProcess {
 
   /** True once the agent, its group and every marked descendant are gone. */
   isGone(): boolean {
-    if (this.pid === undefined) return true;
-    if (!this.exited || processGroupExists(this.pid)) return false;
-    return findProcessesByEnvironment(agentMarker(this.spec.root, this.spec.id)).length === 0;
+    return this.pid === undefined || (this.exited && this.leftovers().length === 0);
+  }
+
+  private leftovers(): number[] {
+    if (this.pid === undefined) return [];
+    return findLiveProcesses({ processGroup: this.pid, environment: agentMarker(this.spec.root, this.spec.id) });
   }
 
   private signalGroup(signal: NodeJS.Signals): void {

@@ -181,7 +181,12 @@ function drainOld(ctx: Context, old: AgentRef, before: Effect[], config: Config)
       handoff: { ...ctx.handoff!, draining: old.id },
       dying: [...ctx.dying, { id: old.id, version: old.version, phase: 'stopping' }],
     },
-    effects: [...before, { kind: 'send', id: old.id, message: { type: 'stop' } }, { kind: 'start-timer', timer: dyingTimer(old.id), ms: config.stopMs }],
+    effects: [
+      ...before,
+      { kind: 'send', id: old.id, message: { type: 'stop' } },
+      { kind: 'start-timer', timer: dyingTimer(old.id), ms: config.stopMs },
+      { kind: 'persist', required: false, outcome: null },
+    ],
   };
 }
 

@@ -42,28 +42,27 @@ export function isSameProcessAlive(id: ProcessIdentity): boolean {
   return fields[0] !== 'Z' && Number(fields[19]) === id.startTicks;
 }
 
-export function processGroupExists(pgid: number): boolean {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /**
- * Every process whose environment holds all the given `NAME=value` pairs (a pair ending in `=` matches
- * any value of that variable). Agents and everything they start
- * inherit the variables the upgrader sets, so this finds descendants that escaped their process group
- * (setsid) and lost their parent. Processes we may not inspect are skipped.
+ * Live (not zombie) processes that are in the process group `processGroup`, or whose environment holds all
+ * the `environment` pairs (`NAME=value`; a pair ending in `=` matches any value). Agents and everything they
+ * start inherit the variables the upgrader sets, so the environment finds descendants that escaped their
+ * process group (setsid) and lost their parent. Zombies are skipped: they do no work and hold nothing,
+ * and whether their new parent has reaped them yet is not ours to wait for. Unreadable processes are skipped.
  */
-export function findProcessesByEnvironment(pairs: string[]): number[] {
+export function findLiveProcesses(match: { processGroup?: number; environment?: string[] }): number[] {
   const found: number[] = [];
-  const wanted = pairs.map((pair) => Buffer.from(`\0${pair}${pair.endsWith('=') ? '' : '\0'}`));
+  const wanted = (match.environment ?? []).map((pair) => Buffer.from(`\0${pair}${pair.endsWith('=') ? '' : '\0'}`));
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
     const pid = Number(name);
     if (pid === process.pid) continue;
+    const fields = statFields(pid);
+    if (!fields || fields[0] === 'Z') continue;
+    if (match.processGroup !== undefined && Number(fields[2]) === match.processGroup) {
+      found.push(pid);
+      continue;
+    }
+    if (wanted.length === 0) continue;
     let environ: Buffer;
     try {
       environ = readFileSync(`/proc/${pid}/environ`);

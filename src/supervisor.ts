@@ -12,7 +12,7 @@ import type { Layout } from './layout.js';
 import type { Logger } from './log.js';
 import { AgentStatusFile } from './agent-status.js';
 import type { Ownership } from './ownership.js';
-import { findProcessesByEnvironment, isSameProcessAlive } from './proc.js';
+import { findLiveProcesses, isSameProcessAlive } from './proc.js';
 import { MAX_STATUS_CHARS, type AgentMessage, type Parsed } from './protocol.js';
 import { withUpgrade, type PersistedState, type RecordedAgent, type StateFile, type UpgradeRecord } from './state.js';
 import treeKill from 'tree-kill';
@@ -390,7 +390,7 @@ async function killLeftovers(root: string, recorded: RecordedAgent[], log: Logge
   const marker = [agentMarker(root, 0)[0]!, 'UPGRADER_AGENT_ID='];
   const find = () => [
     ...recorded.filter((agent) => isSameProcessAlive(agent)).map((agent) => agent.pid),
-    ...findProcessesByEnvironment(marker),
+    ...findLiveProcesses({ environment: marker }),
   ];
   let pids = find();
   if (pids.length === 0) return;

@@ -250,3 +250,19 @@ export function workSpans(root: string): { pid: number; version: string; first: 
   }
   return [...spans.values()].sort((a, b) => a.first - b.first);
 }
+
+/** The body of the state file as the upgrader last wrote it, or null. */
+export function savedState(root: string): any {
+  try {
+    return JSON.parse(readFileSync(join(root, 'state/state.json'), 'utf8')).body;
+  } catch {
+    return null;
+  }
+}
+
+export function waitForSavedState(root: string, fact: (state: any) => boolean, what: string, ms?: number): Promise<void> {
+  return waitUntil(() => {
+    const state = savedState(root);
+    return state !== null && fact(state);
+  }, `the state file shows ${what}`, ms);
+}
