@@ -1,0 +1,235 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { initialContext, transition, exitStatusOf, type Config, type Context, type Effect, type Event, type TimerName } from '../../src/handoff.js';
+
+const config: Config = { readyMs: 1000, stopMs: 2000, killMs: 500, probationMs: 3000 };
+
+/** Runs events through the machine, collecting every effect. */
+function play(events: Event[], ctx = initialContext()): { ctx: Context; effects: Effect[] } {
+  const effects: Effect[] = [];
+  for (const event of events) {
+    const step = transition(ctx, event, config);
+    ctx = step.next;
+    effects.push(...step.effects);
+  }
+  return { ctx, effects };
+}
+
+const at = '2026-01-01T00:00:00.000Z';
+const start: Event = { type: 'start', version: '1', previous: null, probation: null };
+const upgrade = (id: number, version: string, mode: 'live' | 'sequential' = 'live'): Event => ({ type: 'upgrade-requested', id, version, mode, problem: null, at });
+const sends = (effects: Effect[]) => effects.flatMap((e) => (e.kind === 'send' ? [`${e.message.type}->${e.id}`] : []));
+
+describe('handoff transitions', () => {
+  it('live: spawn candidate, stop old only after ready, go only after stopped', () => {
+    let r = play([start, { type: 'ready', id: 1 }, upgrade(1, '2')]);
+    expect(r.ctx.state).toBe('verifying');
+    expect(r.effects).toContainEqual({ kind: 'spawn', id: 2, version: '2', role: 'candidate', fromVersion: '1' });
+    expect(r.effects.findIndex((e) => e.kind === 'persist' && e.required)).toBeLessThan(r.effects.findIndex((e) => e.kind === 'spawn' && e.role === 'candidate'));
+    r = play([{ type: 'ready', id: 2 }], r.ctx);
+    expect(r.ctx.state).toBe('draining');
+    expect(r.effects[0]).toEqual({ kind: 'commit-current', version: '2', required: true });
+    expect(sends(r.effects)).toEqual(['stop->1']);
+    r = play([{ type: 'stopped', id: 1 }], r.ctx);
+    expect(r.ctx.state).toBe('running');
+    expect(sends(r.effects)).toEqual(['go->2']);
+    // go is the first thing done: nothing durable stands between stopped and go.
+    expect(r.effects[0]).toEqual({ kind: 'send', id: 2, message: { type: 'go' } });
+    expect(r.ctx.active).toEqual({ id: 2, version: '2', ready: true });
+    expect(r.ctx.previous).toBe('1');
+  });
+
+  it('live: the old agent dying while the candidate verifies promotes the candidate when it is ready', () => {
+    const r = play([start, upgrade(1, '2'), { type: 'exited', id: 1, code: 1, signal: null }, { type: 'ready', id: 2 }]);
+    expect(r.ctx.state).toBe('running');
+    expect(r.ctx.active?.id).toBe(2);
+    expect(sends(r.effects)).toEqual(['go->2']);
+  });
+
+  it('live: the old agent dying and the candidate failing restarts the old version', () => {
+    const r = play([start, upgrade(1, '2'), { type: 'exited', id: 1, code: 1, signal: null }, { type: 'timeout', timer: 'ready' }]);
+    expect(r.ctx.state).toBe('running');
+    expect(r.ctx.active).toEqual({ id: 3, version: '1', ready: false });
+    expect(r.effects).toContainEqual({ kind: 'kill-tree', id: 2 });
+    expect(r.effects).toContainEqual({ kind: 'spawn', id: 3, version: '1', role: 'active', fromVersion: null });
+  });
+
+  it('live: a candidate failing after the old was told stop restarts the old version once it exits', () => {
+    let r = play([start, upgrade(1, '2'), { type: 'ready', id: 2 }, { type: 'exited', id: 2, code: 3, signal: null }]);
+    expect(r.ctx.state).toBe('draining');
+    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1', required: false });
+    r = play([{ type: 'stopped', id: 1 }], r.ctx);
+    expect(r.ctx.state).toBe('draining'); // stopped is not enough to start a process beside it
+    r = play([{ type: 'exited', id: 1, code: 0, signal: null }], r.ctx);
+    expect(r.ctx.active).toEqual({ id: 3, version: '1', ready: false });
+    expect(r.effects.some((e) => e.kind === 'persist' && e.outcome?.result === 'failed')).toBe(true);
+  });
+
+  it('a protocol error or stopped from a candidate fails it; from the active agent it is ignored', () => {
+    for (const bad of [{ type: 'protocol-error', id: 2, detail: 'x' }, { type: 'stopped', id: 2 }, upgrade(2, '3')] as Event[]) {
+      const r = play([start, upgrade(1, '2'), bad]);
+      expect(r.ctx.state).toBe('running');
+      expect(r.ctx.active?.id).toBe(1);
+      expect(sends(r.effects)).toEqual(['upgrade-failed->1']);
+    }
+    const ignored = play([start, { type: 'protocol-error', id: 1, detail: 'x' }, { type: 'stopped', id: 1 }]);
+    expect(ignored.ctx.state).toBe('running');
+    expect(ignored.ctx.active?.id).toBe(1);
+  });
+
+  it('refuses upgrades that make no sense', () => {
+    expect(sends(play([start, upgrade(1, '1')]).effects)).toEqual(['upgrade-failed->1']);
+    expect(sends(play([start, { ...upgrade(1, '2'), problem: 'no' } as Event]).effects)).toEqual(['upgrade-failed->1']);
+    expect(sends(play([start, upgrade(1, '2'), upgrade(1, '3')]).effects)).toEqual(['upgrade-failed->1']);
+  });
+
+  it('a failed intent write refuses the upgrade and changes nothing', () => {
+    const before = play([start]).ctx;
+    const r = play([{ type: 'io-failed', trigger: upgrade(1, '2'), error: 'ENOSPC' }], before);
+    expect(r.ctx).toEqual(before);
+    expect(r.effects).toEqual([{ kind: 'send', id: 1, message: { type: 'upgrade-failed', version: '2', reason: expect.stringMatching(/ENOSPC/) } }]);
+  });
+
+  it('a failed move of current fails the candidate; the old agent carries on', () => {
+    const verifying = play([start, upgrade(1, '2')]).ctx;
+    const r = play([{ type: 'io-failed', trigger: { type: 'ready', id: 2 }, error: 'EIO' }], verifying);
+    expect(r.ctx.state).toBe('running');
+    expect(r.ctx.active?.id).toBe(1);
+    expect(sends(r.effects)).toEqual(['upgrade-failed->1']);
+  });
+
+  it('sequential: stop first, spawn the candidate only when the old one has exited', () => {
+    let r = play([start, upgrade(1, '2', 'sequential')]);
+    expect(r.ctx.state).toBe('draining');
+    expect(sends(r.effects)).toEqual(['stop->1']);
+    r = play([{ type: 'stopped', id: 1 }], r.ctx);
+    expect(r.effects.some((e) => e.kind === 'spawn')).toBe(false);
+    r = play([{ type: 'exited', id: 1, code: 0, signal: null }], r.ctx);
+    expect(r.effects).toContainEqual({ kind: 'spawn', id: 2, version: '2', role: 'candidate', fromVersion: '1' });
+    r = play([{ type: 'ready', id: 2 }], r.ctx);
+    expect(r.effects[0]).toEqual({ kind: 'commit-current', version: '2', required: true });
+    expect(sends(r.effects)).toEqual(['go->2']);
+  });
+
+  it('probation: exit rolls back, timeout confirms, an upgrade request ends it', () => {
+    const promoted = play([start, upgrade(1, '2'), { type: 'ready', id: 2 }, { type: 'exited', id: 1, code: 0, signal: null }]).ctx;
+    expect(promoted.probation).toMatchObject({ from: '1', version: '2' });
+    const rolled = play([{ type: 'exited', id: 2, code: null, signal: 'SIGSEGV' }], promoted);
+    expect(rolled.ctx.active).toMatchObject({ version: '1' });
+    expect(rolled.effects).toContainEqual({ kind: 'commit-current', version: '1', required: false });
+    expect(rolled.effects.find((e) => e.kind === 'persist' && e.outcome)).toMatchObject({ outcome: { result: 'rolled-back', reason: '2 was killed by SIGSEGV during its probation' } });
+    expect(play([{ type: 'timeout', timer: 'probation' }], promoted).ctx.probation).toBeNull();
+    expect(play([upgrade(2, '3')], promoted).ctx).toMatchObject({ state: 'verifying', probation: null });
+  });
+
+  it('an active agent exiting outside probation ends the upgrader with its status', () => {
+    expect(play([start, { type: 'exited', id: 1, code: 7, signal: null }]).effects).toContainEqual({ kind: 'exit', code: 7 });
+    expect(play([start, { type: 'exited', id: 1, code: null, signal: 'SIGKILL' }]).effects).toContainEqual({ kind: 'exit', code: 137 });
+    expect(exitStatusOf(null, 'SIGTERM')).toBe(143);
+  });
+
+  it('shutdown: SIGTERM every agent, SIGKILL after stop timeout, exit 0 once all are gone', () => {
+    let r = play([start, upgrade(1, '2'), { type: 'shutdown', signal: 'SIGTERM' }]);
+    expect(r.ctx.state).toBe('stopping');
+    expect(r.effects.filter((e) => e.kind === 'terminate')).toEqual([{ kind: 'terminate', id: 1 }, { kind: 'terminate', id: 2 }]);
+    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1', required: false });
+    r = play([{ type: 'timeout', timer: 'dying:2' }], r.ctx);
+    expect(r.effects).toContainEqual({ kind: 'kill-tree', id: 2 });
+    r = play([{ type: 'exited', id: 1, code: null, signal: 'SIGTERM' }, { type: 'exited', id: 2, code: null, signal: 'SIGKILL' }], r.ctx);
+    expect(r.ctx.state).toBe('exited');
+    expect(r.effects).toContainEqual({ kind: 'exit', code: 0 });
+  });
+});
+
+/**
+ * Model-based: random sequences of events a real world could produce, checked against the invariant
+ * that matters: never two agents working at once, and `current` only ever moved to a proven version.
+ */
+describe('handoff invariants under random events', () => {
+  type World = { ctx: Context; live: Set<number>; working: Set<number>; timers: Set<TimerName>; proven: Set<string>; ready: Set<number> };
+
+  function apply(world: World, event: Event): void {
+    const { next, effects } = transition(world.ctx, event, config);
+    const firstOptional = effects.findIndex((e) => !((e.kind === 'persist' || e.kind === 'commit-current') && e.required));
+    if (firstOptional !== -1) {
+      expect(effects.slice(firstOptional).some((e) => (e.kind === 'persist' || e.kind === 'commit-current') && e.required)).toBe(false);
+    }
+    for (const effect of effects) {
+      if (effect.kind === 'spawn') {
+        world.live.add(effect.id);
+        if (effect.role === 'active') {
+          expect(world.working.size).toBe(0);
+          world.working.add(effect.id);
+        }
+      }
+      if (effect.kind === 'send' && effect.message.type === 'go') {
+        expect([...world.working]).toEqual([]);
+        expect(world.ready.has(effect.id)).toBe(true);
+        world.working.add(effect.id);
+      }
+      if (effect.kind === 'commit-current') {
+        const candidateReady = world.ctx.candidate && world.ready.has(world.ctx.candidate.id) && world.ctx.candidate.version === effect.version;
+        expect(candidateReady || world.proven.has(effect.version)).toBeTruthy();
+      }
+      if (effect.kind === 'start-timer') world.timers.add(effect.timer);
+      if (effect.kind === 'cancel-timer') world.timers.delete(effect.timer);
+    }
+    world.ctx = next;
+    for (const id of world.working) if (world.ctx.active?.id === id) world.proven.add(world.ctx.active.version);
+    if (next.state === 'running') expect(next.active).not.toBeNull();
+    if (next.state === 'verifying') expect(next.candidate).not.toBeNull();
+  }
+
+  const eventFor = (world: World, pick: number, kind: number, version: number, mode: boolean, problem: boolean): Event | null => {
+    const ids = [...world.live];
+    const id = ids.length ? ids[pick % ids.length]! : 1;
+    const timers = [...world.timers];
+    switch (kind % 8) {
+      case 0:
+        return { type: 'ready', id };
+      case 1:
+        return { type: 'stopped', id };
+      case 2:
+        return world.live.has(id) ? { type: 'exited', id, code: pick % 3, signal: null } : null;
+      case 3:
+        return { ...upgrade(id, ['1', '2', '3'][version % 3]!, mode ? 'live' : 'sequential'), problem: problem ? 'broken' : null };
+      case 4:
+        return timers.length ? { type: 'timeout', timer: timers[pick % timers.length]! } : null;
+      case 5:
+        return { type: 'protocol-error', id, detail: 'x' };
+      case 6:
+        return pick % 10 === 0 ? { type: 'shutdown', signal: 'SIGTERM' } : { type: 'ready', id };
+      default:
+        return { type: 'io-failed', trigger: pick % 2 ? { type: 'ready', id } : upgrade(id, '2'), error: 'EIO' };
+    }
+  };
+
+  it('holds for every sequence', () => {
+    const step = fc.tuple(fc.nat(), fc.nat(), fc.nat(), fc.boolean(), fc.boolean());
+    fc.assert(
+      fc.property(fc.array(step, { maxLength: 60 }), (steps) => {
+        const world: World = { ctx: initialContext(), live: new Set(), working: new Set(), timers: new Set(), proven: new Set(['1']), ready: new Set() };
+        apply(world, start);
+        for (const [pick, kind, version, mode, problem] of steps) {
+          const event = eventFor(world, pick, kind, version, mode, problem);
+          if (!event) continue;
+          if (event.type === 'exited') {
+            world.live.delete(event.id);
+            world.working.delete(event.id);
+          }
+          if (event.type === 'stopped') world.working.delete(event.id);
+          // io-failed only follows a transition whose required write failed; model it only where one was asked for.
+          if (event.type === 'io-failed') {
+            const attempted = transition(world.ctx, event.trigger, config).effects.some((e) => (e.kind === 'persist' || e.kind === 'commit-current') && e.required);
+            if (!attempted) continue;
+          }
+          if (event.type === 'ready' && world.live.has(event.id)) world.ready.add(event.id);
+          if (event.type === 'ready' && !world.live.has(event.id)) continue;
+          apply(world, event);
+          if (world.ctx.state === 'exited') break;
+        }
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
