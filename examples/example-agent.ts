@@ -4,7 +4,8 @@
  * Work: every EXAMPLE_TICK_MS (default 200) while it is the active agent, it appends
  * "<epoch ms> <version> <pid> tick <n>" to <root>/work.log and says so on stderr.
  * State: before each tick it reads <root>/desired-version; when that names another version it has
- * not already failed to reach, it asks the upgrader for that version.
+ * not asked for before (it remembers every attempt in <root>/example-attempts, so that a release that
+ * failed or was rolled back is not retried in a loop), it asks the upgrader for that version.
  * Verification: a version directory may hold example.json, {"verify":"fail","reason":"..."} to refuse
  * to start (a broken release) or {"crashAfterGoMs":500} to die soon after taking over.
  */
@@ -19,6 +20,14 @@ function readBehaviour(): Behaviour {
     return JSON.parse(readFileSync('example.json', 'utf8')) as Behaviour;
   } catch {
     return {};
+  }
+}
+
+function readAttempts(root: string): Set<string> {
+  try {
+    return new Set(readFileSync(join(root, 'example-attempts'), 'utf8').split('\n').filter(Boolean));
+  } catch {
+    return new Set();
   }
 }
 
@@ -55,7 +64,6 @@ async function main(): Promise<void> {
     }, behaviour.crashAfterGoMs);
   }
 
-  const failed = new Set<string>();
   let ticks = 0;
   let upgrading = false;
   const tick = () => {
@@ -64,15 +72,13 @@ async function main(): Promise<void> {
     appendFileSync(join(root, 'work.log'), `${Date.now()} ${version} ${process.pid} tick ${ticks}\n`);
     if (ticks % 10 === 0) agent.status(`${ticks} ticks done`);
     const desired = readDesired(root);
-    if (desired && desired !== version && !failed.has(desired) && !upgrading) {
+    if (desired && desired !== version && !upgrading && !readAttempts(root).has(desired)) {
       upgrading = true;
+      appendFileSync(join(root, 'example-attempts'), `${desired}\n`);
       say(`asking to upgrade to ${desired}`);
       void agent.requestUpgrade(desired).then((result) => {
         upgrading = false;
-        if (!result.ok) {
-          failed.add(desired);
-          say(`upgrade to ${desired} failed: ${result.reason}; carrying on`);
-        }
+        if (!result.ok) say(`upgrade to ${desired} failed: ${result.reason}; carrying on`);
       });
     }
   };
