@@ -1,4 +1,4 @@
-import { chmodSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -320,5 +320,26 @@ describe('command line', () => {
     expect(code).toBe(78);
     expect(up.stderrText.join('\n')).toMatch(/Nothing to launch: .*current points at "..\/..\/etc", not at versions\/<version>/);
     rmSync(join(root, 'current'));
+  });
+});
+
+describe('ownership', () => {
+  it('an upgrader whose owner record is taken over stops touching the root and takes its agent down', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const up = startUpgrader(root, FAST);
+    const pid = await up.agentPid('1.0.0');
+    await up.waitForTransition('ready', 'running');
+    // Another process (here: this test runner) claims the root behind the upgrader's back.
+    const stat = readFileSync(`/proc/${process.pid}/stat`, 'utf8');
+    const startTicks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    writeFileSync(join(root, 'state/owner.json'), JSON.stringify({ pid: process.pid, startTicks, bootId, startedAt: new Date().toISOString() }));
+    askUpgrade(root, pid, '2.0.0');
+    const { code } = await up.waitForExit();
+    expect(code).toBe(75);
+    expect(up.logs.some((l) => /no longer owns the root/.test(l.msg))).toBe(true);
+    expect(up.logs.some((l) => l.msg === 'spawned candidate 2.0.0')).toBe(false);
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+    await waitUntil(() => !isAlive(pid), 'its agent is gone');
   });
 });
