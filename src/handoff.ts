@@ -181,11 +181,13 @@ function drainOld(ctx: Context, old: AgentRef, before: Effect[], config: Config)
       handoff: { ...ctx.handoff!, draining: old.id },
       dying: [...ctx.dying, { id: old.id, version: old.version, phase: 'stopping' }],
     },
+    // Written before `stop` is sent, not after: the old agent answers `stopped` at once, and a write
+    // still in progress then would hold back `go` (the gap) instead of the old agent's work (free).
     effects: [
       ...before,
+      { kind: 'persist', required: false, outcome: null },
       { kind: 'send', id: old.id, message: { type: 'stop' } },
       { kind: 'start-timer', timer: dyingTimer(old.id), ms: config.stopMs },
-      { kind: 'persist', required: false, outcome: null },
     ],
   };
 }

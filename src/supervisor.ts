@@ -83,7 +83,6 @@ export class Supervisor {
     const previous = this.ctx;
     this.ctx = next;
     if (!previous.handoff && next.handoff) this.handoffStartedMono = performance.now();
-    this.logTransition(previous, event, next);
     for (const effect of rest) {
       try {
         this.run(effect, next);
@@ -92,6 +91,8 @@ export class Supervisor {
         this.log.error({ effect: effect.kind, err: describeError(error) }, 'an effect failed');
       }
     }
+    // Logged after the effects: writing a log line must not stand between `stopped` and `go`.
+    this.logTransition(previous, event, next);
   }
 
   private logTransition(previous: Context, event: Event, next: Context): void {

@@ -30,6 +30,9 @@ describe('handoff transitions', () => {
     expect(r.ctx.state).toBe('draining');
     expect(r.effects[0]).toEqual({ kind: 'commit-current', version: '2', required: true });
     expect(sends(r.effects)).toEqual(['stop->1']);
+    // Every write happens before stop: the old agent's prompt `stopped` must find the loop free.
+    const stopAt = r.effects.findIndex((e) => e.kind === 'send');
+    expect(r.effects.slice(stopAt).some((e) => e.kind === 'persist' || e.kind === 'commit-current')).toBe(false);
     r = play([{ type: 'stopped', id: 1 }], r.ctx);
     expect(r.ctx.state).toBe('running');
     expect(sends(r.effects)).toEqual(['go->2']);
