@@ -1,0 +1,369 @@
+/**
+ * `npm run bench`: the handoff gap of the upgrader, side by side with pm2 (fork and cluster mode) and
+ * with the floor (the bare handshake), on the same reference agent, in one invocation, alternating the
+ * systems round by round so that a noisy machine affects them alike. Also: handoff latency, start-up
+ * of the compiled package and of the single-file bundle, and the idle footprint.
+ *
+ *   npm run bench              full run (200 handoffs per system, 30 s idle window); writes docs/bench/
+ *   npm run bench -- --smoke   a few handoffs of each, for CI; writes bench/out/
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const SMOKE = process.argv.includes('--smoke');
+const ROUNDS = SMOKE ? 1 : 10;
+const PER_ROUND = SMOKE ? 5 : 20;
+const IDLE_SECONDS = SMOKE ? 3 : 30;
+const STARTUP_RUNS = SMOKE ? 3 : 15;
+const OUT = join(REPO, SMOKE ? 'bench/out' : 'docs/bench');
+const AGENT = join(REPO, 'bench/agent.mjs');
+const BUNDLE = join(REPO, 'dist/upgrader.cjs');
+const COMPILED = join(REPO, 'dist/src/cli.js');
+const PM2 = join(REPO, 'node_modules/pm2/bin/pm2');
+const VERIFY_MS = 50;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const scratch: string[] = [];
+function tempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratch.push(dir);
+  return dir;
+}
+
+// ---------------------------------------------------------------- the work log
+
+type Mark = { what: 'first' | 'last' | 'req'; at: bigint; pid: number; version: string };
+
+function readMarks(log: string): Mark[] {
+  if (!existsSync(log)) return [];
+  return readFileSync(log, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [what, at, pid, version] = line.split(' ');
+      return { what: what as Mark['what'], at: BigInt(at!), pid: Number(pid), version: version! };
+    });
+}
+
+async function waitFor<T>(what: string, probe: () => T | undefined, ms = 15_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
+    await sleep(2);
+  }
+}
+
+type Handoff = { gapMs: number; latencyMs: number | null };
+
+/** The agent that works now: the newest "first" with no "last" after it. */
+function activeAgent(marks: Mark[]): Mark | undefined {
+  const ended = new Set(marks.filter((m) => m.what === 'last').map((m) => m.pid));
+  return marks.filter((m) => m.what === 'first' && !ended.has(m.pid)).at(-1);
+}
+
+/** Drives `count` handoffs and measures each from the work log. */
+async function driveHandoffs(log: string, count: number, trigger: (activePid: number) => Promise<void> | void): Promise<Handoff[]> {
+  const results: Handoff[] = [];
+  for (let i = 0; i < count; i++) {
+    const old = await waitFor('an active agent', () => activeAgent(readMarks(log)));
+    await sleep(20); // let it work a little
+    await trigger(old.pid);
+    const { first, last } = await waitFor(`handoff ${i + 1} from pid ${old.pid}`, () => {
+      const marks = readMarks(log);
+      const last = marks.find((m) => m.what === 'last' && m.pid === old.pid);
+      const first = marks.find((m) => m.what === 'first' && m.pid !== old.pid && m.at > old.at);
+      return last && first ? { first, last } : undefined;
+    });
+    const req = readMarks(log).find((m) => m.what === 'req' && m.pid === old.pid);
+    results.push({
+      gapMs: Number(first.at - last.at) / 1e6,
+      latencyMs: req ? Number(first.at - req.at) / 1e6 : null,
+    });
+  }
+  return results;
+}
+
+// ---------------------------------------------------------------- the systems
+
+type Running = { trigger: (pid: number) => Promise<void> | void; stop: () => Promise<void> };
+type System = { name: string; note: string; start: (log: string) => Promise<Running> };
+
+function makeRoot(): string {
+  const root = tempDir('bench-root-');
+  for (const version of ['a', 'b']) {
+    mkdirSync(join(root, 'versions', version, 'bin'), { recursive: true });
+    writeFileSync(join(root, 'versions', version, 'bin/agent'), `#!/bin/sh\nexec ${process.execPath} ${AGENT}\n`);
+    chmodSync(join(root, 'versions', version, 'bin/agent'), 0o755);
+  }
+  symlinkSync('versions/a', join(root, 'current'));
+  return root;
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise((resolvePromise) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolvePromise();
+    child.once('exit', () => resolvePromise());
+    child.kill('SIGTERM');
+  });
+}
+
+const upgrader: System = {
+  name: 'upgrader',
+  note: 'live handoff, bundle (dist/upgrader.cjs)',
+  async start(log) {
+    const root = makeRoot();
+    const child = spawn(process.execPath, [BUNDLE, 'run', '--root', root], {
+      stdio: ['ignore', 'ignore', 'ignore'],
+      env: { ...process.env, BENCH_LOG: log, BENCH_VERIFY_MS: String(VERIFY_MS) },
+    });
+    return { trigger: (pid) => process.kill(pid, 'SIGUSR1'), stop: () => stopChild(child) };
+  },
+};
+
+const floor: System = {
+  name: 'floor',
+  note: 'bare handshake, no upgrader logic (bench/floor.mjs)',
+  async start(log) {
+    const root = makeRoot();
+    const child = spawn(process.execPath, [join(REPO, 'bench/floor.mjs'), join(root, 'versions/a/bin/agent'), join(root, 'versions/b/bin/agent')], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, BENCH_LOG: log, BENCH_VERIFY_MS: String(VERIFY_MS) },
+    });
+    return { trigger: (pid) => process.kill(pid, 'SIGUSR1'), stop: () => stopChild(child) };
+  },
+};
+
+function pm2(mode: 'fork' | 'cluster'): System {
+  return {
+    name: `pm2 ${mode}`,
+    note: `pm2 reload, ${mode} mode, wait_ready`,
+    async start(log) {
+      const home = tempDir('bench-pm2-');
+      const env = { ...process.env, PM2_HOME: home };
+      const run = (...args: string[]) => {
+        const result = spawnSync(process.execPath, [PM2, ...args], { env, encoding: 'utf8' });
+        if (result.status !== 0) throw new Error(`pm2 ${args.join(' ')} failed: ${result.stderr}${result.stdout}`);
+      };
+      const ecosystem = join(home, 'ecosystem.json');
+      writeFileSync(
+        ecosystem,
+        JSON.stringify({
+          apps: [
+            {
+              name: 'bench-agent',
+              script: join(REPO, 'bench/agent-pm2.cjs'),
+              exec_mode: mode,
+              instances: 1,
+              wait_ready: true,
+              listen_timeout: 10_000,
+              kill_timeout: 5000,
+              autorestart: true,
+              env: { BENCH_LOG: log, BENCH_VERIFY_MS: String(VERIFY_MS), BENCH_VERSION: 'pm2' },
+            },
+          ],
+        }),
+      );
+      run('start', ecosystem);
+      return {
+        trigger: () => run('reload', 'bench-agent'),
+        stop: async () => run('kill'),
+      };
+    },
+  };
+}
+
+// ---------------------------------------------------------------- statistics
+
+function quantile(sorted: number[], q: number): number {
+  if (sorted.length === 0) return NaN;
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
+  return sorted[index]!;
+}
+
+type Summary = { name: string; note: string; handoffs: number; p50: number; p99: number; max: number; min: number; overlaps: number; latencyP50: number | null; gaps: number[] };
+
+function summarize(system: System, handoffs: Handoff[]): Summary {
+  const gaps = handoffs.map((h) => h.gapMs).sort((a, b) => a - b);
+  const latencies = handoffs.flatMap((h) => (h.latencyMs === null ? [] : [h.latencyMs])).sort((a, b) => a - b);
+  return {
+    name: system.name,
+    note: system.note,
+    handoffs: gaps.length,
+    p50: quantile(gaps, 0.5),
+    p99: quantile(gaps, 0.99),
+    max: gaps.at(-1) ?? NaN,
+    min: gaps[0] ?? NaN,
+    overlaps: gaps.filter((g) => g < 0).length,
+    latencyP50: latencies.length ? quantile(latencies, 0.5) : null,
+    gaps,
+  };
+}
+
+// ---------------------------------------------------------------- start-up and footprint
+
+function logTime(stderr: string, match: (entry: { msg: string; event?: string }) => boolean): number | null {
+  for (const line of stderr.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    const entry = JSON.parse(line) as { msg: string; event?: string; time: string };
+    if (match(entry)) return Date.parse(entry.time);
+  }
+  return null;
+}
+
+async function measureStartup(entry: string): Promise<{ spawnedMs: number; readyMs: number }> {
+  const spawned: number[] = [];
+  const ready: number[] = [];
+  for (let i = 0; i < STARTUP_RUNS; i++) {
+    const root = tempDir('bench-start-');
+    mkdirSync(join(root, 'versions/a/bin'), { recursive: true });
+    writeFileSync(join(root, 'versions/a/bin/agent'), '#!/bin/sh\necho \'{"type":"ready"}\'\nexec cat >/dev/null\n');
+    chmodSync(join(root, 'versions/a/bin/agent'), 0o755);
+    symlinkSync('versions/a', join(root, 'current'));
+    const started = Date.now();
+    const child = spawn(process.execPath, [entry, 'run', '--root', root], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    await waitFor('the agent ready', () => (logTime(stderr, (e) => e.event === 'ready') === null ? undefined : true));
+    spawned.push(logTime(stderr, (e) => e.msg.startsWith('spawned active'))! - started);
+    ready.push(logTime(stderr, (e) => e.event === 'ready')! - started);
+    await stopChild(child);
+  }
+  const median = (values: number[]) => quantile([...values].sort((a, b) => a - b), 0.5);
+  return { spawnedMs: median(spawned), readyMs: median(ready) };
+}
+
+function cpuTicks(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+function contextSwitches(pid: number): number {
+  let total = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    const status = readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8');
+    for (const key of ['voluntary_ctxt_switches', 'nonvoluntary_ctxt_switches']) {
+      total += Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0);
+    }
+  }
+  return total;
+}
+
+async function measureIdle(): Promise<{ rssMb: number; cpuMs: number; wakeups: number; seconds: number }> {
+  const root = makeRoot();
+  const log = join(tempDir('bench-idle-'), 'work.log');
+  const child = spawn(process.execPath, [BUNDLE, 'run', '--root', root], { stdio: ['ignore', 'ignore', 'ignore'], env: { ...process.env, BENCH_LOG: log } });
+  await waitFor('the idle agent', () => activeAgent(readMarks(log)));
+  // V8's memory reducer runs a few GCs in the first seconds after start; idle means after that.
+  await sleep(SMOKE ? 2000 : 15_000);
+  const pid = child.pid!;
+  const ticksPerSecond = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+  const cpuBefore = cpuTicks(pid);
+  const switchesBefore = contextSwitches(pid);
+  await sleep(IDLE_SECONDS * 1000);
+  const cpuMs = ((cpuTicks(pid) - cpuBefore) * 1000) / ticksPerSecond;
+  const wakeups = contextSwitches(pid) - switchesBefore;
+  const rssKb = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+  await stopChild(child);
+  return { rssMb: rssKb / 1024, cpuMs, wakeups, seconds: IDLE_SECONDS };
+}
+
+// ---------------------------------------------------------------- the picture
+
+function cdfSvg(summaries: Summary[]): string {
+  const width = 720;
+  const height = 360;
+  const pad = { left: 60, right: 20, top: 30, bottom: 50 };
+  const all = summaries.flatMap((s) => s.gaps);
+  const lo = Math.min(0, ...all);
+  const hi = Math.max(...all);
+  const x = (v: number) => pad.left + ((v - lo) / (hi - lo || 1)) * (width - pad.left - pad.right);
+  const y = (f: number) => height - pad.bottom - f * (height - pad.top - pad.bottom);
+  const colours = ['#1b7837', '#555555', '#c51b7d', '#e08214'];
+  const lines = summaries.map((s, i) => {
+    const points = s.gaps.map((g, j) => `${x(g).toFixed(1)},${y((j + 1) / s.gaps.length).toFixed(1)}`).join(' ');
+    return `<polyline fill="none" stroke="${colours[i]}" stroke-width="2" points="${points}"/>` +
+      `<text x="${width - pad.right - 200}" y="${pad.top + 18 * i + 10}" fill="${colours[i]}" font-size="13">${s.name} (p50 ${s.p50.toFixed(2)} ms)</text>`;
+  });
+  const ticks = Array.from({ length: 6 }, (_, i) => lo + ((hi - lo) * i) / 5);
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+<text x="${pad.left}" y="18" font-size="14">Handoff gap, CDF (ms; negative = overlap, both agents working)</text>
+<line x1="${x(0)}" y1="${pad.top}" x2="${x(0)}" y2="${height - pad.bottom}" stroke="#bbb" stroke-dasharray="4"/>
+<line x1="${pad.left}" y1="${height - pad.bottom}" x2="${width - pad.right}" y2="${height - pad.bottom}" stroke="black"/>
+<line x1="${pad.left}" y1="${pad.top}" x2="${pad.left}" y2="${height - pad.bottom}" stroke="black"/>
+${ticks.map((t) => `<text x="${x(t)}" y="${height - pad.bottom + 18}" font-size="11" text-anchor="middle">${t.toFixed(1)}</text>`).join('\n')}
+${[0, 0.5, 1].map((f) => `<text x="${pad.left - 8}" y="${y(f) + 4}" font-size="11" text-anchor="end">${f}</text>`).join('\n')}
+${lines.join('\n')}
+</svg>
+`;
+}
+
+// ---------------------------------------------------------------- main
+
+const fmt = (v: number | null, digits = 2) => (v === null || Number.isNaN(v) ? 'n/a' : v.toFixed(digits));
+
+async function main(): Promise<void> {
+  if (!existsSync(BUNDLE) || !existsSync(COMPILED)) throw new Error('bench: run `npm run build` first');
+  const systems = [upgrader, floor, pm2('fork'), pm2('cluster')];
+  const results = new Map<string, Handoff[]>(systems.map((s) => [s.name, []]));
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const system of systems) {
+      const log = join(tempDir('bench-log-'), 'work.log');
+      const running = await system.start(log);
+      try {
+        results.get(system.name)!.push(...(await driveHandoffs(log, PER_ROUND, running.trigger)));
+      } finally {
+        await running.stop();
+      }
+    }
+    process.stderr.write(`round ${round}/${ROUNDS} done\n`);
+  }
+  const summaries = systems.map((s) => summarize(s, results.get(s.name)!));
+  const [up, fl] = summaries as [Summary, Summary];
+  const startup = { compiled: await measureStartup(COMPILED), bundle: await measureStartup(BUNDLE) };
+  const idle = await measureIdle();
+
+  const rows = summaries.map((s) =>
+    `| ${s.name} | ${s.handoffs} | ${fmt(s.p50)} | ${fmt(s.p99)} | ${fmt(s.max)} | ${s.overlaps}${s.overlaps ? ' (not exclusive!)' : ''} | ${fmt(s.latencyP50, 1)} |`,
+  );
+  const report = [
+    `Handoff gap (ms) between the old agent's last work and the new agent's first work; ${ROUNDS} rounds x ${PER_ROUND}, systems alternating.`,
+    '',
+    '| system | handoffs | gap p50 | gap p99 | gap max | overlaps | upgrade->go p50 |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...rows,
+    '',
+    `upgrader / floor: p50 ${fmt(up.p50 / fl.p50)}x, p99 ${fmt(up.p99 / fl.p99)}x; latency the upgrader adds (upgrade->go, p50): ${fmt((up.latencyP50 ?? 0) - (fl.latencyP50 ?? 0), 1)} ms (candidate start-up and ${VERIFY_MS} ms verification are in both)`,
+    '',
+    '| start-up (median) | to agent spawned | to agent ready |',
+    '| --- | ---: | ---: |',
+    `| compiled (node dist/src/cli.js) | ${startup.compiled.spawnedMs} ms | ${startup.compiled.readyMs} ms |`,
+    `| bundle (node dist/upgrader.cjs) | ${startup.bundle.spawnedMs} ms | ${startup.bundle.readyMs} ms |`,
+    '',
+    `Idle with one agent, over ${idle.seconds} s: RSS ${fmt(idle.rssMb, 1)} MB, CPU ${fmt(idle.cpuMs, 0)} ms, ${idle.wakeups} context switches (all threads).`,
+  ].join('\n');
+  process.stdout.write(`${report}\n`);
+
+  mkdirSync(OUT, { recursive: true });
+  writeFileSync(join(OUT, 'results.json'), `${JSON.stringify({ date: new Date().toISOString(), smoke: SMOKE, node: process.version, summaries, startup, idle }, null, 2)}\n`);
+  writeFileSync(join(OUT, 'gaps.svg'), cdfSvg(summaries));
+  writeFileSync(join(OUT, 'report.md'), `${report}\n`);
+  process.stderr.write(`wrote ${join(OUT, 'results.json')}, gaps.svg and report.md\n`);
+  if (summaries.find((s) => s.name === 'upgrader')!.overlaps > 0) throw new Error('bench: the upgrader let two agents work at once');
+}
+
+main()
+  .catch((error: unknown) => {
+    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => {
+    for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+  });
