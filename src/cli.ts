@@ -14,6 +14,7 @@ import { Ownership } from './ownership.js';
 import { formatStatus, readStatus, statusExitCode } from './status.js';
 import { StateFile } from './state.js';
 import { startSupervisor } from './supervisor.js';
+import { SystemdNotifier } from './notify.js';
 import { UPGRADER_VERSION } from './version.js';
 
 export const DEFAULTS = { readyTimeout: '30s', stopTimeout: '30s', killTimeout: '5s', probation: '30s' } as const;
@@ -41,6 +42,10 @@ Options:
   --kill-timeout <time>    how long after SIGTERM a stopping old agent gets SIGKILL (default ${DEFAULTS.killTimeout})
   --probation <time>       a new version that exits this soon after go is rolled back (default ${DEFAULTS.probation};
                            0s turns probation off)
+  --ready-on-spawn         the active agent does not send ready: count it ready once spawned
+                           (candidates must still send ready)
+Under systemd (Type=notify) it sends READY=1 once the agent is ready, STATUS= on every change,
+STOPPING=1 when it stops, and WATCHDOG=1 when WatchdogSec= is set.
 Times take a unit: 500ms, 30s, 5m, 1h.
 
 Example:
@@ -80,6 +85,7 @@ async function run(args: string[]): Promise<number> {
     'stop-timeout': { type: 'string', default: DEFAULTS.stopTimeout },
     'kill-timeout': { type: 'string', default: DEFAULTS.killTimeout },
     probation: { type: 'string', default: DEFAULTS.probation },
+    'ready-on-spawn': { type: 'boolean', default: false },
   });
   if (v.help) return help('run');
   const config: Config = {
@@ -91,7 +97,8 @@ async function run(args: string[]): Promise<number> {
   const layout = Layout.open(requireRoot(v.root), v.entry as string);
   const log = createLogger();
   const ownership = await Ownership.acquire(layout.stateDir);
-  log.info({ root: layout.root, config, upgrader: UPGRADER_VERSION }, 'upgrader starting');
+  const notifier = new SystemdNotifier(log);
+  log.info({ root: layout.root, config, upgrader: UPGRADER_VERSION, systemd: notifier.enabled }, 'upgrader starting');
   let supervisor;
   try {
     supervisor = await startSupervisor({
@@ -101,11 +108,14 @@ async function run(args: string[]): Promise<number> {
       ownership,
       config,
       log,
+      notifier,
+      readyOnSpawn: v['ready-on-spawn'] === true,
     });
   } catch (error) {
     ownership.release();
     throw error;
   }
+  notifier.startWatchdog();
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.on(signal, () => supervisor.dispatch({ type: 'shutdown', signal }));
   }

@@ -12,6 +12,7 @@ import type { Layout } from './layout.js';
 import type { Logger } from './log.js';
 import { AgentStatusFile } from './agent-status.js';
 import type { Ownership } from './ownership.js';
+import type { SystemdNotifier } from './notify.js';
 import { findLiveProcesses, isSameProcessAlive } from './proc.js';
 import { MAX_STATUS_CHARS, type AgentMessage, type Parsed } from './protocol.js';
 import { withUpgrade, type PersistedState, type RecordedAgent, type StateFile, type UpgradeRecord } from './state.js';
@@ -34,6 +35,7 @@ export class Supervisor {
   private readonly queue: Event[] = [];
   private dispatching = false;
   private handoffStartedMono = 0;
+  private announcedReady = false;
   private resolveExit!: (code: number) => void;
   readonly exited: Promise<number>;
 
@@ -46,6 +48,8 @@ export class Supervisor {
     private readonly log: Logger,
     private history: UpgradeRecord[],
     private current: string | null,
+    private readonly notifier: SystemdNotifier,
+    private readonly readyOnSpawn: boolean,
   ) {
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
   }
@@ -93,6 +97,35 @@ export class Supervisor {
     }
     // Logged after the effects: writing a log line must not stand between `stopped` and `go`.
     this.logTransition(previous, event, next);
+    this.notifySystemd(previous, next);
+  }
+
+  private notifySystemd(previous: Context, next: Context): void {
+    if (!this.notifier.enabled) return;
+    if (next.active?.ready && !this.announcedReady) {
+      this.announcedReady = true;
+      this.notifier.ready();
+    }
+    if (next.state === 'stopping' && previous.state !== 'stopping') this.notifier.stopping();
+    this.notifier.status(this.statusLine(next));
+  }
+
+  /** One line for `systemctl status`: what runs, and what the last upgrade did. */
+  private statusLine(ctx: Context): string {
+    const last = this.history[0];
+    const lastText = last ? `; last upgrade ${last.from} -> ${last.to} ${last.result}${last.reason ? `: ${last.reason}` : ''}` : '';
+    switch (ctx.state) {
+      case 'verifying':
+      case 'draining':
+        return `upgrading ${ctx.handoff?.from} -> ${ctx.handoff?.to} (${ctx.state})${lastText}`;
+      case 'running': {
+        const active = ctx.active!;
+        const pid = this.procs.get(active.id)?.pid;
+        return `running ${active.version} (pid ${pid}${active.ready ? '' : ', not ready yet'}${ctx.probation ? ', on probation' : ''})${lastText}`;
+      }
+      default:
+        return `${ctx.state}${lastText}`;
+    }
   }
 
   private logTransition(previous: Context, event: Event, next: Context): void {
@@ -173,6 +206,8 @@ export class Supervisor {
     );
     this.procs.set(effect.id, proc);
     this.log.info({ agentPid: proc.pid, version: effect.version, role: effect.role }, `spawned ${effect.role} ${effect.version}`);
+    // An agent that does not speak readiness counts as ready once spawned; candidates always must say so.
+    if (this.readyOnSpawn && effect.role === 'active') this.dispatch({ type: 'ready', id: effect.id });
   }
 
   private onAgentLine(proc: AgentProcess, line: LineEvent): void {
@@ -306,6 +341,7 @@ export class Supervisor {
   }
 
   private async finish(code: number): Promise<void> {
+    this.notifier.stopWatchdog();
     for (const timer of this.timers.values()) clearTimeout(timer);
     this.timers.clear();
     await Promise.all([...this.procs.values()].map((proc) => (proc.isGone() ? true : this.killAndConfirm(proc))));
@@ -326,14 +362,23 @@ function delay(ms: number): Promise<void> {
 
 // ---------------------------------------------------------------- start-up and recovery
 
-export type StartOptions = { layout: Layout; stateFile: StateFile; agentStatus: AgentStatusFile; ownership: Ownership; config: Config; log: Logger };
+export type StartOptions = {
+  layout: Layout;
+  stateFile: StateFile;
+  agentStatus: AgentStatusFile;
+  ownership: Ownership;
+  config: Config;
+  log: Logger;
+  notifier: SystemdNotifier;
+  readyOnSpawn: boolean;
+};
 
 /**
  * Brings a root back to a known state after whatever happened to the previous upgrader, then starts
  * the active agent. An open handoff is always undone: its candidate never finished proving itself
  * under an upgrader that saw it through, so the version it replaced runs again.
  */
-export async function startSupervisor({ layout, stateFile, agentStatus, ownership, config, log }: StartOptions): Promise<Supervisor> {
+export async function startSupervisor({ layout, stateFile, agentStatus, ownership, config, log, notifier, readyOnSpawn }: StartOptions): Promise<Supervisor> {
   for (const path of layout.removeStaleTemporaries()) log.warn({ path }, 'removed a temporary file left by a crash');
 
   const read = stateFile.read();
@@ -364,7 +409,7 @@ export async function startSupervisor({ layout, stateFile, agentStatus, ownershi
   }
   if (probation && probation.version !== version) probation = null;
 
-  const supervisor = new Supervisor(layout, stateFile, agentStatus, ownership, config, log, history, version);
+  const supervisor = new Supervisor(layout, stateFile, agentStatus, ownership, config, log, history, version, notifier, readyOnSpawn);
   supervisor.dispatch({ type: 'start', version, previous, probation });
   return supervisor;
 }
