@@ -5,9 +5,8 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { AgentStatusFile } from './agent-status.js';
-import { parseDuration } from './duration.js';
+import { DEFAULTS, runConfig } from './config.js';
 import { describeError, EXIT, UpgraderError } from './errors.js';
-import type { Config } from './handoff.js';
 import { DEFAULT_ENTRY, Layout } from './layout.js';
 import { createLogger } from './log.js';
 import { Ownership } from './ownership.js';
@@ -17,7 +16,6 @@ import { startSupervisor } from './supervisor.js';
 import { SystemdNotifier } from './notify.js';
 import { UPGRADER_VERSION } from './version.js';
 
-export const DEFAULTS = { readyTimeout: '30s', stopTimeout: '30s', killTimeout: '5s', probation: '30s' } as const;
 
 const HELP: Record<string, string> = {
   main: `upgrader ${UPGRADER_VERSION}: run an agent from a versioned layout and upgrade it in place with no downtime.
@@ -88,12 +86,12 @@ async function run(args: string[]): Promise<number> {
     'ready-on-spawn': { type: 'boolean', default: false },
   });
   if (v.help) return help('run');
-  const config: Config = {
-    readyMs: parseDuration(v['ready-timeout'] as string, '--ready-timeout'),
-    stopMs: parseDuration(v['stop-timeout'] as string, '--stop-timeout'),
-    killMs: parseDuration(v['kill-timeout'] as string, '--kill-timeout'),
-    probationMs: parseDuration(v.probation as string, '--probation'),
-  };
+  const config = runConfig({
+    readyTimeout: v['ready-timeout'] as string,
+    stopTimeout: v['stop-timeout'] as string,
+    killTimeout: v['kill-timeout'] as string,
+    probation: v.probation as string,
+  });
   const layout = Layout.open(requireRoot(v.root), v.entry as string);
   const log = createLogger();
   const ownership = await Ownership.acquire(layout.stateDir);
