@@ -305,6 +305,17 @@ ${lines.join('\n')}
 `;
 }
 
+/** A full run puts its table into the README's Performance section, between the bench markers. */
+function updateReadme(report: string): void {
+  const path = join(REPO, 'README.md');
+  const text = readFileSync(path, 'utf8');
+  const start = text.indexOf('<!-- bench:start');
+  const end = text.indexOf('<!-- bench:end -->');
+  if (start === -1 || end === -1) return;
+  const open = text.indexOf('\n', start) + 1;
+  writeFileSync(path, `${text.slice(0, open)}${report}\n${text.slice(end)}`);
+}
+
 // ---------------------------------------------------------------- main
 
 const fmt = (v: number | null, digits = 2) => (v === null || Number.isNaN(v) ? 'n/a' : v.toFixed(digits));
@@ -356,6 +367,7 @@ async function main(): Promise<void> {
   writeFileSync(join(OUT, 'gaps.svg'), cdfSvg(summaries));
   writeFileSync(join(OUT, 'report.md'), `${report}\n`);
   process.stderr.write(`wrote ${join(OUT, 'results.json')}, gaps.svg and report.md\n`);
+  if (!SMOKE) updateReadme(report);
   if (summaries.find((s) => s.name === 'upgrader')!.overlaps > 0) throw new Error('bench: the upgrader let two agents work at once');
 }
 
