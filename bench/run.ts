@@ -122,7 +122,7 @@ const upgrader: System = {
       stdio: ['ignore', 'ignore', 'ignore'],
       env: { ...process.env, BENCH_LOG: log, BENCH_VERIFY_MS: String(VERIFY_MS) },
     });
-    return { trigger: (pid) => process.kill(pid, 'SIGUSR1'), stop: () => stopChild(child) };
+    return { trigger: (pid) => void process.kill(pid, 'SIGUSR1'), stop: () => stopChild(child) };
   },
 };
 
@@ -135,7 +135,7 @@ const floor: System = {
       stdio: ['ignore', 'ignore', 'inherit'],
       env: { ...process.env, BENCH_LOG: log, BENCH_VERIFY_MS: String(VERIFY_MS) },
     });
-    return { trigger: (pid) => process.kill(pid, 'SIGUSR1'), stop: () => stopChild(child) };
+    return { trigger: (pid) => void process.kill(pid, 'SIGUSR1'), stop: () => stopChild(child) };
   },
 };
 

@@ -162,6 +162,14 @@ export function startUpgrader(root: string, args: string[] = [], env: NodeJS.Pro
   return upgrader;
 }
 
+/** Starts an upgrader and waits until its first agent (of `version`) has reported ready. */
+export async function startReady(root: string, args: string[] = [], version = '1.0.0'): Promise<{ up: Upgrader; pid: number }> {
+  const up = startUpgrader(root, args);
+  const pid = await up.agentPid(version);
+  await up.waitForTransition('ready', 'running');
+  return { up, pid };
+}
+
 /** Kills every upgrader a test started and whatever agents are left on its root. */
 export async function stopAllUpgraders(): Promise<void> {
   for (const upgrader of running.splice(0)) {

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, startUpgrader, statusJson, stopAllUpgraders, waitUntil, workSpans } from '../helpers.js';
+import { askUpgrade, startReady, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, startUpgrader, statusJson, stopAllUpgraders, waitUntil, workSpans } from '../helpers.js';
 
 afterEach(async () => {
   await stopAllUpgraders();
@@ -11,9 +11,7 @@ const FAST = ['--ready-timeout', '3s', '--stop-timeout', '2s', '--kill-timeout',
 describe('live handoff', () => {
   it('hands the work from the old agent to the new one with no overlap, and moves current', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { readyDelayMs: 300 } } }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const oldPid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid: oldPid } = await startReady(root, FAST);
     askUpgrade(root, oldPid, '2.0.0');
     const newPid = await up.agentPid('2.0.0', 'candidate');
     await up.waitForSent('go', '2.0.0');
@@ -46,9 +44,7 @@ describe('live handoff', () => {
 
   it('fails a candidate that exits before ready; the old agent never stops', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitBeforeReady: 3 } } }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const oldPid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid: oldPid } = await startReady(root, FAST);
     askUpgrade(root, oldPid, '2.0.0');
     const failed = await up.waitForSent('upgrade-failed', '1.0.0');
     expect((failed.message as { reason: string }).reason).toMatch(/candidate 2\.0\.0 exited with code 3 before reporting ready/);
@@ -62,9 +58,7 @@ describe('live handoff', () => {
 
   it('kills a candidate that hangs past the ready timeout, with its children', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { neverReady: true, children: 2, setsidChild: true } } }, '1.0.0');
-    const up = startUpgrader(root, ['--ready-timeout', '800ms', '--probation', '0s']);
-    const oldPid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid: oldPid } = await startReady(root, ['--ready-timeout', '800ms', '--probation', '0s']);
     askUpgrade(root, oldPid, '2.0.0');
     const candidatePid = await up.agentPid('2.0.0', 'candidate');
     await waitUntil(() => readLines(root, 'children.log').length > 0, 'the candidate started its children');
@@ -79,9 +73,7 @@ describe('live handoff', () => {
 
   it('ignores garbage before a valid ready and completes the handoff', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { garbageBeforeReady: true } } }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const oldPid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid: oldPid } = await startReady(root, FAST);
     askUpgrade(root, oldPid, '2.0.0');
     await up.waitForSent('go', '2.0.0');
     expect(up.logs.some((l) => l.msg === 'ignored a line that is not a protocol message' && l.line === 'this is not json')).toBe(true);
@@ -91,9 +83,7 @@ describe('live handoff', () => {
 
   it('gives an old agent that ignores stop and SIGTERM its timeouts, then kills its tree, then says go', async () => {
     const root = makeRoot({ '1.0.0': { config: { ignoreStop: true, ignoreSigterm: true, children: 1 } }, '2.0.0': {} }, '1.0.0');
-    const up = startUpgrader(root, ['--stop-timeout', '500ms', '--kill-timeout', '500ms', '--probation', '0s']);
-    const oldPid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid: oldPid } = await startReady(root, ['--stop-timeout', '500ms', '--kill-timeout', '500ms', '--probation', '0s']);
     await waitUntil(() => readLines(root, 'children.log').length > 0, 'the old agent started its children');
     const children = readLines(root, 'children.log')[0]!.split(' ').slice(1).map(Number);
     askUpgrade(root, oldPid, '2.0.0');
@@ -111,9 +101,7 @@ describe('live handoff', () => {
 
   it('rolls back a new version that exits during its probation', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 200, exitCode: 9 } } }, '1.0.0');
-    const up = startUpgrader(root, ['--probation', '5s']);
-    const oldPid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid: oldPid } = await startReady(root, ['--probation', '5s']);
     askUpgrade(root, oldPid, '2.0.0');
     await up.waitForSent('go', '2.0.0');
     await up.waitForLog((l) => l.event === 'exited' && (l.active as { version: string } | null)?.version === '1.0.0', 10_000, 'the rollback');
@@ -132,9 +120,7 @@ describe('live handoff', () => {
 describe('sequential handoff', () => {
   it('stops the old agent before starting the candidate', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const oldPid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid: oldPid } = await startReady(root, FAST);
     askUpgrade(root, oldPid, '2.0.0', 'sequential');
     const newPid = await up.agentPid('2.0.0', 'candidate');
     // The candidate was spawned only after the old agent had exited.
@@ -151,9 +137,7 @@ describe('sequential handoff', () => {
 
   it('starts the old version again when the candidate fails', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitBeforeReady: 1 } } }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const oldPid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid: oldPid } = await startReady(root, FAST);
     askUpgrade(root, oldPid, '2.0.0', 'sequential');
     await up.waitForLog((l) => l.msg === 'spawned active 1.0.0' && l.agentPid !== oldPid, 10_000, 'the old version restarted');
     expect(currentTarget(root)).toBe('versions/1.0.0');

@@ -2,7 +2,7 @@ import { chmodSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  agentPidsOf, askUpgrade, waitForSavedState, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, runCli, startUpgrader, statusJson, stopAllUpgraders, waitUntil,
+  agentPidsOf, askUpgrade, startReady, waitForSavedState, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, runCli, startUpgrader, statusJson, stopAllUpgraders, waitUntil,
 } from '../helpers.js';
 
 afterEach(async () => {
@@ -27,9 +27,7 @@ describe('refused upgrade requests', () => {
   it('answers each bad request with upgrade-failed and keeps running', async () => {
     const root = makeRoot({ '1.0.0': {}, noentry: { fixture: 'none' }, noexec: {} }, '1.0.0');
     chmodSync(join(root, 'versions/noexec/bin/agent'), 0o644);
-    const up = startUpgrader(root, FAST);
-    const pid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid } = await startReady(root, FAST);
     for (const [version, reason] of cases) {
       askUpgrade(root, pid, version);
       const sent = await up.waitForLog(
@@ -46,9 +44,7 @@ describe('refused upgrade requests', () => {
 
   it('refuses a second upgrade while a handoff is in progress', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { readyDelayMs: 1500 } }, '3.0.0': {} }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const pid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid } = await startReady(root, FAST);
     askUpgrade(root, pid, '2.0.0');
     await up.agentPid('2.0.0', 'candidate');
     askUpgrade(root, pid, '3.0.0');
@@ -62,9 +58,7 @@ describe('refused upgrade requests', () => {
 describe('one upgrader per root', () => {
   it('refuses a second upgrader and leaves the first undisturbed', async () => {
     const root = makeRoot({ '1.0.0': {} }, '1.0.0');
-    const first = startUpgrader(root, FAST);
-    const pid = await first.agentPid('1.0.0');
-    await first.waitForTransition('ready', 'running');
+    const { up: first, pid } = await startReady(root, FAST);
     const second = startUpgrader(root, FAST);
     const { code } = await second.waitForExit();
     expect(code).toBe(75);
@@ -95,9 +89,7 @@ describe('the agent ends on its own', () => {
 
   it('reports death by a signal as 128 + the signal number', async () => {
     const root = makeRoot({ '1.0.0': {} }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const pid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid } = await startReady(root, FAST);
     process.kill(pid, 'SIGKILL');
     expect((await up.waitForExit()).code).toBe(137);
   });
@@ -106,9 +98,7 @@ describe('the agent ends on its own', () => {
 describe('SIGTERM to the upgrader', () => {
   it('stops the agent gracefully and exits 0', async () => {
     const root = makeRoot({ '1.0.0': { config: { children: 1 } } }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const pid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid } = await startReady(root, FAST);
     await waitUntil(() => readLines(root, 'children.log').length > 0, 'children started');
     up.kill('SIGTERM');
     expect((await up.waitForExit()).code).toBe(0);
@@ -118,9 +108,7 @@ describe('SIGTERM to the upgrader', () => {
 
   it('mid-handoff: kills both agents, puts current back, records the handoff as failed', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { ignoreStop: true } } }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const pid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid } = await startReady(root, FAST);
     askUpgrade(root, pid, '2.0.0');
     const candidate = await up.agentPid('2.0.0', 'candidate');
     up.kill('SIGTERM');
@@ -135,9 +123,7 @@ describe('SIGTERM to the upgrader', () => {
 
   it('waits --stop-timeout for an agent that ignores SIGTERM, then kills it', async () => {
     const root = makeRoot({ '1.0.0': { config: { ignoreSigterm: true } } }, '1.0.0');
-    const up = startUpgrader(root, ['--stop-timeout', '500ms']);
-    const pid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid } = await startReady(root, ['--stop-timeout', '500ms']);
     up.kill('SIGTERM');
     expect((await up.waitForExit()).code).toBe(0);
     expect(isAlive(pid)).toBe(false);
@@ -154,17 +140,13 @@ describe('kill -9 of the upgrader, then restart', () => {
   for (const point of points) {
     it(`${point.name}: one agent of the proven version runs, the handoff is recorded as failed, nothing is left over`, async () => {
       const root = makeRoot({ '1.0.0': { config: { ignoreStop: true } }, '2.0.0': { config: point.candidate } }, '1.0.0');
-      const first = startUpgrader(root, FAST);
-      const pid = await first.agentPid('1.0.0');
-      await first.waitForTransition('ready', 'running');
+      const { up: first, pid } = await startReady(root, FAST);
       askUpgrade(root, pid, '2.0.0');
       await point.waitFor(first);
       first.kill('SIGKILL');
       await first.exit;
 
-      const second = startUpgrader(root, FAST);
-      const restarted = await second.agentPid('1.0.0');
-      await second.waitForTransition('ready', 'running');
+      const { up: second, pid: restarted } = await startReady(root, FAST);
       expect(currentTarget(root)).toBe('versions/1.0.0');
       expect(agentPidsOf(root)).toEqual([restarted]);
       const { code, report } = await statusJson(root);
@@ -177,9 +159,7 @@ describe('kill -9 of the upgrader, then restart', () => {
 
   it('after go: the new version stays', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-    const first = startUpgrader(root, ['--probation', '0s']);
-    const pid = await first.agentPid('1.0.0');
-    await first.waitForTransition('ready', 'running');
+    const { up: first, pid } = await startReady(root, ['--probation', '0s']);
     askUpgrade(root, pid, '2.0.0');
     await first.waitForSent('go', '2.0.0');
     await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded', 'the upgrade succeeded');
@@ -196,9 +176,7 @@ describe('kill -9 of the upgrader, then restart', () => {
 
   it('during probation: the new version restarts on probation and is rolled back if it dies', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 1500, exitCode: 4 } } }, '1.0.0');
-    const first = startUpgrader(root, ['--probation', '10s']);
-    const pid = await first.agentPid('1.0.0');
-    await first.waitForTransition('ready', 'running');
+    const { up: first, pid } = await startReady(root, ['--probation', '10s']);
     askUpgrade(root, pid, '2.0.0');
     await first.waitForSent('go', '2.0.0');
     await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded' && s.probation?.version === '2.0.0', 'the upgrade on probation');
@@ -259,9 +237,7 @@ describe('status', () => {
 
   it('shows an upgrade in progress, and answers while the upgrader is stopped with SIGSTOP', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { neverReady: true } } }, '1.0.0');
-    const up = startUpgrader(root, ['--ready-timeout', '20s']);
-    const pid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid } = await startReady(root, ['--ready-timeout', '20s']);
     askUpgrade(root, pid, '2.0.0');
     const candidate = await up.agentPid('2.0.0', 'candidate');
     await waitForSavedState(root, (s) => s.agents.some((a: { role: string }) => a.role === 'candidate'), 'the candidate');
@@ -326,9 +302,7 @@ describe('command line', () => {
 describe('ownership', () => {
   it('an upgrader whose owner record is taken over stops touching the root and takes its agent down', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-    const up = startUpgrader(root, FAST);
-    const pid = await up.agentPid('1.0.0');
-    await up.waitForTransition('ready', 'running');
+    const { up, pid } = await startReady(root, FAST);
     // Another process (here: this test runner) claims the root behind the upgrader's back.
     const stat = readFileSync(`/proc/${process.pid}/stat`, 'utf8');
     const startTicks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);

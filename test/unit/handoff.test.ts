@@ -195,7 +195,7 @@ describe('handoff invariants under random events', () => {
       case 2:
         return world.live.has(id) ? { type: 'exited', id, code: pick % 3, signal: null } : null;
       case 3:
-        return { ...upgrade(id, ['1', '2', '3'][version % 3]!, mode ? 'live' : 'sequential'), problem: problem ? 'broken' : null };
+        return { ...(upgrade(id, ['1', '2', '3'][version % 3]!, mode ? 'live' : 'sequential') as Extract<Event, { type: 'upgrade-requested' }>), problem: problem ? 'broken' : null };
       case 4:
         return timers.length ? { type: 'timeout', timer: timers[pick % timers.length]! } : null;
       case 5:
