@@ -14,6 +14,7 @@ import { formatStatus, readStatus, statusExitCode } from './status.js';
 import { StateFile } from './state.js';
 import { startSupervisor } from './supervisor.js';
 import { SystemdNotifier } from './notify.js';
+import { closeInheritedDescriptors } from './proc.js';
 import { UPGRADER_VERSION } from './version.js';
 
 
@@ -92,8 +93,10 @@ async function run(args: string[]): Promise<number> {
     killTimeout: v['kill-timeout'] as string,
     probation: v.probation as string,
   });
+  const inherited = closeInheritedDescriptors();
   const layout = Layout.open(requireRoot(v.root), v.entry as string);
   const log = createLogger();
+  if (inherited.length > 0) log.info({ fds: inherited }, 'closed descriptors inherited from the parent, so that agents do not get them');
   const ownership = await Ownership.acquire(layout.stateDir);
   const notifier = new SystemdNotifier(log);
   log.info({ root: layout.root, config, upgrader: UPGRADER_VERSION, systemd: notifier.enabled }, 'upgrader starting');

@@ -8,7 +8,7 @@
  * Version names are checked against an allowlist before any path is built from them.
  */
 import { accessSync, constants, lstatSync, readdirSync, readlinkSync, realpathSync, rmSync, statSync } from 'node:fs';
-import { join, sep } from 'node:path';
+import { dirname, join, sep } from 'node:path';
 import { UpgraderError } from './errors.js';
 import { isTempName, replaceSymlinkDurably } from './durable.js';
 
@@ -98,6 +98,8 @@ export class Layout {
       if (!realEntry.startsWith(realpathSync(dir) + sep)) return `the entry point ${entry} leads outside its version directory`;
       if (!statSync(realEntry).isFile()) return `the entry point ${entry} is not a file`;
       accessSync(realEntry, constants.X_OK);
+      const unsafe = process.getuid?.() === 0 ? unsafeForRoot(selfAndAncestors(realEntry)) : null;
+      if (unsafe) return unsafe;
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return `version ${version} has no entry point ${entry}`;
@@ -143,10 +145,37 @@ export class Layout {
         continue;
       }
       for (const name of names.filter(isTempName)) {
-        rmSync(join(dir, name), { force: true, recursive: true });
-        removed.push(join(dir, name));
+        try {
+          rmSync(join(dir, name), { force: true, recursive: true });
+          removed.push(join(dir, name));
+        } catch {
+          // A read-only root keeps its leftovers; they are harmless and removed at a later start.
+        }
       }
     }
     return removed;
   }
+}
+
+function selfAndAncestors(path: string): string[] {
+  const chain = [path];
+  while (dirname(chain.at(-1)!) !== chain.at(-1)) chain.push(dirname(chain.at(-1)!));
+  return chain;
+}
+
+/**
+ * What root must not execute, as OpenSSH's StrictModes: a file or directory on the way that another user
+ * could change. Each path must be owned by root and not writable by group or others; a sticky directory
+ * owned by root (such as /tmp) is allowed, since nobody else can replace what root put in it.
+ */
+function unsafeForRoot(paths: string[]): string | null {
+  for (const path of paths) {
+    const stat = lstatSync(path);
+    const mode = `0${(stat.mode & 0o7777).toString(8)}`;
+    if (stat.uid !== 0) return `${path} is owned by uid ${stat.uid}, not root, and the upgrader runs as root`;
+    const stickyRootDir = stat.isDirectory() && (stat.mode & 0o1000) !== 0;
+    const by = [stat.mode & 0o020 ? 'its group' : null, stat.mode & 0o002 ? 'others' : null].filter(Boolean).join(' and ');
+    if (by && !stickyRootDir) return `${path} is writable by ${by} (mode ${mode}), and the upgrader runs as root`;
+  }
+  return null;
 }

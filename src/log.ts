@@ -1,14 +1,28 @@
 /**
  * The upgrader's log: JSON lines on stderr (pino), written synchronously so that nothing is lost
  * when the process is killed, and so that lines keep their order with the agents' own stderr.
+ * A log line that cannot be written (full disk, closed stderr) is dropped: logging never stops the upgrader.
  */
+import { writeSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 
 export type { Logger };
 
+const stderr = {
+  write(line: string): void {
+    const data = Buffer.from(line);
+    let written = 0;
+    for (let attempts = 0; written < data.length && attempts < 1000; attempts++) {
+      try {
+        written += writeSync(2, data, written);
+      } catch (error) {
+        // A non-blocking stderr that is full: try again; anything else: drop the line.
+        if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') return;
+      }
+    }
+  },
+};
+
 export function createLogger(level = process.env.UPGRADER_LOG_LEVEL ?? 'info'): Logger {
-  return pino(
-    { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } },
-    pino.destination({ fd: 2, sync: true }),
-  );
+  return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } }, stderr);
 }

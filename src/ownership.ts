@@ -29,8 +29,20 @@ export function ownerPath(stateDir: string): string {
 }
 
 export function readOwner(stateDir: string): OwnerRecord | null {
+  const read = readOwnerRecord(stateDir);
+  return read === 'unreadable' ? null : read;
+}
+
+/** The record, null when there is none (or it is not a record), 'unreadable' when the file system failed us. */
+function readOwnerRecord(stateDir: string): OwnerRecord | null | 'unreadable' {
+  let text: string;
   try {
-    const parsed = OwnerRecord.safeParse(JSON.parse(readFileSync(ownerPath(stateDir), 'utf8')));
+    text = readFileSync(ownerPath(stateDir), 'utf8');
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ENOENT' ? null : 'unreadable';
+  }
+  try {
+    const parsed = OwnerRecord.safeParse(JSON.parse(text));
     return parsed.success ? parsed.data : null;
   } catch {
     return null;
@@ -47,12 +59,19 @@ export class Ownership {
   private constructor(
     private readonly stateDir: string,
     readonly self: ProcessIdentity,
+    /** The root could not be written: nothing is recorded, and every durable write will fail. */
+    readonly readOnly: boolean,
   ) {}
 
+  /**
+   * Claims the root for this process. On a read-only root nothing can be recorded: the upgrader may still
+   * run its agent (it refuses upgrades, which need writes), but only a live owner recorded earlier can keep a
+   * second instance out; `readOnly` says so.
+   */
   static async acquire(stateDir: string): Promise<Ownership> {
-    mkdirSync(stateDir, { recursive: true, mode: 0o755 });
     let release: () => Promise<void>;
     try {
+      mkdirSync(stateDir, { recursive: true, mode: 0o755 });
       release = await lockfile.lock(stateDir, {
         lockfilePath: join(stateDir, 'takeover.lock'),
         realpath: false,
@@ -60,30 +79,59 @@ export class Ownership {
         retries: { retries: 40, minTimeout: 25, maxTimeout: 250 },
       });
     } catch (error) {
-      throw new UpgraderError('E_LOCKED', `Another upgrader is taking over ${stateDir} right now; try again.`, { cause: error });
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'EROFS') return Ownership.readOnly(stateDir);
+      if (code === 'ELOCKED') throw new UpgraderError('E_LOCKED', `Another upgrader is taking over ${stateDir} right now; try again.`, { cause: error });
+      throw new UpgraderError('E_IO', `Cannot take ownership of ${stateDir} (${code ?? String(error)}).`, { cause: error });
     }
     try {
-      const owner = liveOwner(stateDir);
-      if (owner) {
-        throw new UpgraderError('E_LOCKED', `Another upgrader (PID ${owner.pid}, started ${owner.startedAt}) already runs on this root; leaving it alone.`);
+      Ownership.refuseLiveOwner(stateDir);
+      const self = Ownership.self();
+      try {
+        replaceFileAtomically(ownerPath(stateDir), `${JSON.stringify({ ...self, startedAt: new Date().toISOString() })}\n`);
+      } catch (error) {
+        throw new UpgraderError('E_IO', `Cannot record this upgrader in ${ownerPath(stateDir)} (${(error as NodeJS.ErrnoException).code ?? String(error)}).`, { cause: error });
       }
-      const self = identify(process.pid);
-      if (!self) throw new UpgraderError('E_INTERNAL', 'Cannot read this process from /proc; the upgrader needs Linux /proc.');
-      const record: OwnerRecord = { ...self, startedAt: new Date().toISOString() };
-      replaceFileAtomically(ownerPath(stateDir), `${JSON.stringify(record)}\n`);
-      return new Ownership(stateDir, self);
+      return new Ownership(stateDir, self, false);
     } finally {
       await release().catch(() => undefined);
     }
   }
 
+  private static readOnly(stateDir: string): Ownership {
+    Ownership.refuseLiveOwner(stateDir);
+    return new Ownership(stateDir, Ownership.self(), true);
+  }
+
+  private static refuseLiveOwner(stateDir: string): void {
+    const owner = liveOwner(stateDir);
+    if (owner) {
+      throw new UpgraderError('E_LOCKED', `Another upgrader (PID ${owner.pid}, started ${owner.startedAt}) already runs on this root; leaving it alone.`);
+    }
+  }
+
+  private static self(): ProcessIdentity {
+    const self = identify(process.pid);
+    if (!self) throw new UpgraderError('E_INTERNAL', 'Cannot read this process from /proc; the upgrader needs Linux /proc.');
+    return self;
+  }
+
   /** True while the owner record still names this process. */
   confirm(): boolean {
-    const owner = readOwner(this.stateDir);
+    if (this.readOnly) return true;
+    const owner = readOwnerRecord(this.stateDir);
+    // A read that fails (EIO, EMFILE, ENOSPC) proves nobody else took the root: keep it, and let the
+    // write that follows fail on its own and be reported.
+    if (owner === 'unreadable') return true;
     return owner !== null && owner.pid === this.self.pid && owner.startTicks === this.self.startTicks;
   }
 
   release(): void {
-    if (this.confirm()) rmSync(ownerPath(this.stateDir), { force: true });
+    if (this.readOnly || !this.confirm()) return;
+    try {
+      rmSync(ownerPath(this.stateDir), { force: true });
+    } catch {
+      // A record left behind names a dead process, which the next start recognises.
+    }
   }
 }

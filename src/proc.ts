@@ -2,7 +2,7 @@
  * What Linux's /proc tells about other processes. A PID alone is not an identity (PIDs are reused),
  * so a process is named by its PID plus its start time in clock ticks since boot, plus the boot's id.
  */
-import { readFileSync, readdirSync } from 'node:fs';
+import { closeSync, readFileSync, readdirSync } from 'node:fs';
 
 export type ProcessIdentity = { pid: number; startTicks: number; bootId: string };
 
@@ -73,4 +73,34 @@ export function findLiveProcesses(match: { processGroup?: number; environment?: 
     if (wanted.every((pair) => haystack.includes(pair))) found.push(pid);
   }
   return found;
+}
+
+const O_CLOEXEC = 0o2000000;
+
+/**
+ * Closes the descriptors above 2 that this process inherited from whoever started it. Everything Node and
+ * the upgrader open is close-on-exec, so these are exactly the descriptors that would otherwise leak into
+ * every agent. Call it first thing, before anything else is opened.
+ */
+export function closeInheritedDescriptors(): number[] {
+  const closed: number[] = [];
+  let names: string[];
+  try {
+    names = readdirSync('/proc/self/fdinfo');
+  } catch {
+    return closed;
+  }
+  for (const name of names) {
+    const fd = Number(name);
+    if (!(fd > 2)) continue;
+    try {
+      const flags = Number.parseInt(/^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1] ?? '', 8);
+      if (Number.isNaN(flags) || (flags & O_CLOEXEC) !== 0) continue;
+      closeSync(fd);
+      closed.push(fd);
+    } catch {
+      // the descriptor used to read the directory, already gone
+    }
+  }
+  return closed;
 }

@@ -301,6 +301,8 @@ export class Supervisor {
       const now = new Date();
       const mono = this.handoffStartedMono ? performance.now() - this.handoffStartedMono : now.getTime() - Date.parse(outcome.startedAt);
       this.history = withUpgrade(this.history, { ...outcome, at: now.toISOString(), durationMs: Math.max(0, Math.round(mono)) });
+      const memory = process.memoryUsage();
+      this.log.info({ ...outcome, rss: memory.rss, heapUsed: memory.heapUsed }, `upgrade ${outcome.from} -> ${outcome.to} ${outcome.result}`);
     }
     this.stateFile.write(this.snapshot(next));
   }
@@ -396,7 +398,7 @@ export async function startSupervisor({ layout, stateFile, agentStatus, ownershi
     const h = saved.handoff;
     const reason = `the upgrader stopped during the handoff (phase ${h.phase}); ${h.from} was started again`;
     if (layout.versionProblem(h.from) === null) {
-      layout.commitCurrent(h.from);
+      tryCommit(layout, h.from, log);
       version = h.from;
     } else {
       version = pickCurrent(layout, saved, log);
@@ -421,10 +423,23 @@ function pickCurrent(layout: Layout, saved: PersistedState | null, log: Logger):
   const fallback = saved?.current;
   if (fallback && layout.versionProblem(fallback) === null) {
     log.warn({ problem: current.problem, version: fallback }, 'current is unusable; repairing it from the state file');
-    layout.commitCurrent(fallback);
+    tryCommit(layout, fallback, log);
     return fallback;
   }
   throw new UpgraderError('E_CURRENT', `Nothing to launch: ${current.problem}, and the state file names no complete version.`);
+}
+
+/**
+ * Points `current` at a version during recovery. If that cannot be written (read-only or full disk, or a
+ * real directory squats the name), the version is launched anyway, from versions/<v> as always: `current`
+ * is never removed blindly, and the next start tries again.
+ */
+function tryCommit(layout: Layout, version: string, log: Logger): void {
+  try {
+    layout.commitCurrent(version);
+  } catch (error) {
+    log.error({ version, err: describeError(error) }, `current could not be pointed at ${version}; running it anyway`);
+  }
 }
 
 /**

@@ -15,7 +15,8 @@ export const FIXTURES = join(REPO, 'test/fixtures');
 export const EXAMPLE_AGENT = join(REPO, 'dist/examples/example-agent.js');
 
 export type VersionSpec =
-  | { fixture?: 'agent.mjs'; config?: Record<string, unknown> }
+  | { fixture?: 'agent.mjs' | 'hostile.mjs'; config?: Record<string, unknown> }
+  | { fixture: 'script'; script: string }
   | { fixture: 'sh-agent.sh'; files?: Record<string, string> }
   | { fixture: 'example'; config?: Record<string, unknown> }
   | { fixture: 'none' };
@@ -38,11 +39,13 @@ export function addVersion(root: string, name: string, spec: VersionSpec): void 
   const entry = join(dir, 'bin/agent');
   const fixture = spec.fixture ?? 'agent.mjs';
   if (fixture === 'none') return;
-  if (fixture === 'sh-agent.sh') {
+  if (fixture === 'script' && 'script' in spec) {
+    writeFileSync(entry, spec.script);
+  } else if (fixture === 'sh-agent.sh') {
     copyFileSync(join(FIXTURES, 'sh-agent.sh'), entry);
     for (const [file, text] of Object.entries('files' in spec ? (spec.files ?? {}) : {})) writeFileSync(join(dir, file), text);
   } else {
-    const script = fixture === 'example' ? EXAMPLE_AGENT : join(FIXTURES, 'agent.mjs');
+    const script = fixture === 'example' ? EXAMPLE_AGENT : join(FIXTURES, fixture === 'hostile.mjs' ? 'hostile.mjs' : 'agent.mjs');
     writeFileSync(entry, `#!/bin/sh\nexec node ${script}\n`);
     const config = 'config' in spec ? spec.config : undefined;
     if (config) writeFileSync(join(dir, fixture === 'example' ? 'example.json' : 'fixture.json'), JSON.stringify(config));
@@ -51,7 +54,17 @@ export function addVersion(root: string, name: string, spec: VersionSpec): void 
 }
 
 export function cleanupRoots(): void {
-  for (const root of roots.splice(0)) rmSync(root, { recursive: true, force: true });
+  for (const root of roots.splice(0)) {
+    // Agents of a killed upgrader may still be writing into the root for a moment.
+    for (const pid of agentPidsOf(root)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+    rmSync(root, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
+  }
 }
 
 export type LogLine = Record<string, unknown> & { msg: string };

@@ -1,0 +1,208 @@
+/**
+ * Hostile and broken files: a full disk or an I/O error at each kind of write, a read-only root, state and
+ * `current` in every broken shape, leftovers from a crash, symlinks planted at the upgrader's names, and
+ * versions that another user could change while the upgrader runs as root.
+ */
+import { spawn } from 'node:child_process';
+import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { askUpgrade, cleanupRoots, currentTarget, isAlive, makeRoot, REPO, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitForSavedState } from '../helpers.js';
+import { checkInvariant } from './invariant.js';
+import { countCalls, hasStrace, killTraced, startTraced } from './strace.js';
+
+afterEach(async () => {
+  killTraced();
+  await stopAllUpgraders();
+  cleanupRoots();
+});
+
+const FAST = ['--ready-timeout', '3s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
+const isRoot = process.getuid?.() === 0;
+const leftovers = (dir: string) => readdirSync(dir).filter((name) => name.includes('.tmp-'));
+
+describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
+  /** Starts under strace with `syscall` failing with `error` from its first call after start-up. */
+  async function startFailingAfterReady(syscall: string, error: string): Promise<{ up: Upgrader; root: string; pid: number }> {
+    const dir = mkdtempSync(join(tmpdir(), 'inject-'));
+    const probe = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const counting = startTraced(probe, join(dir, 'count.trace'), syscall, FAST);
+    await counting.waitForTransition('ready', 'running');
+    await waitForSavedState(probe, (s) => s.agents.some((a: { ready: boolean }) => a.ready), 'the ready agent');
+    const startup = countCalls(join(dir, 'count.trace'), syscall);
+    killTraced();
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const up = startTraced(root, join(dir, 'fail.trace'), syscall, FAST, `error=${error}:when=${startup + 1}+`);
+    await up.waitForTransition('ready', 'running');
+    const pid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
+    return { up, root, pid };
+  }
+
+  it.each([
+    ['openat', 'ENOSPC'],
+    ['fsync', 'EIO'],
+    ['rename', 'EIO'],
+    ['rename', 'ENOSPC'],
+  ])('%s failing with %s: the upgrade is refused before anything changes', async (syscall, error) => {
+    const { up, root, pid } = await startFailingAfterReady(syscall, error);
+    askUpgrade(root, pid, '2.0.0');
+    const refused = await up.waitForSent('upgrade-failed', '1.0.0');
+    expect((refused.message as { reason: string }).reason).toMatch(new RegExp(`could not be recorded durably \\(${error}`));
+    expect(up.logs.some((l) => l.msg === 'spawned candidate 2.0.0')).toBe(false);
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+    expect(isAlive(pid)).toBe(true);
+    expect(leftovers(join(root, 'state'))).toEqual([]);
+  });
+
+  it('symlink failing with ENOSPC when current moves: the candidate fails, the old agent carries on', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'inject-'));
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const up = startTraced(root, join(dir, 'symlink.trace'), 'symlink', FAST, 'error=ENOSPC');
+    await up.waitForTransition('ready', 'running');
+    const pid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
+    askUpgrade(root, pid, '2.0.0');
+    const failed = await up.waitForSent('upgrade-failed', '1.0.0');
+    expect((failed.message as { reason: string }).reason).toMatch(/current could not be pointed at 2\.0\.0 \(ENOSPC/);
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+    expect(isAlive(pid)).toBe(true);
+    expect(leftovers(root)).toEqual([]);
+    expect(up.logs.some((l) => l.msg === 'sent stop')).toBe(false);
+  });
+});
+
+describe.skipIf(!isRoot)('a read-only root', () => {
+  it('runs the agent and refuses upgrades with the reason', async () => {
+    const root = makeRoot({ '1.0.0': { fixture: 'sh-agent.sh', files: { 'upgrade-to': '2.0.0' } }, '2.0.0': { fixture: 'sh-agent.sh' } }, '1.0.0');
+    mkdirSync(join(root, 'state'));
+    // A private mount namespace: the root is read-only for the upgrader only.
+    const script = `mount --bind "$R" "$R" && mount -o remount,bind,ro "$R" && exec "${process.execPath}" "${join(REPO, 'dist/upgrader.cjs')}" run --root "$R" ${FAST.join(' ')}`;
+    const child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, R: root } });
+    const up = new Upgrader(root, child);
+    try {
+      await up.waitForTransition('ready', 'running');
+      const refused = await up.waitForSent('upgrade-failed', '1.0.0');
+      expect((refused.message as { reason: string }).reason).toMatch(/could not be recorded durably \(EROFS/);
+      expect(currentTarget(root)).toBe('versions/1.0.0');
+    } finally {
+      up.kill('SIGKILL');
+    }
+  });
+});
+
+describe('broken state files', () => {
+  const variants: [string, string][] = [
+    ['empty', ''],
+    ['truncated', '{"format":"upgrader-state","schema":1,"sha256":"ab'],
+    ['garbage', '\x00\x01garbage\xff'],
+    ['from an unknown schema', '{"format":"upgrader-state","schema":99,"sha256":"","body":{}}'],
+  ];
+  it.each(variants)('%s: detected, reported, and the agent starts from current', async (_, content) => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    mkdirSync(join(root, 'state'));
+    writeFileSync(join(root, 'state/state.json'), content);
+    const { up } = await startReady(root, FAST);
+    expect(up.logs.some((l) => l.msg.startsWith('ignoring the state file'))).toBe(true);
+    await checkInvariant(root, up.pid, { allowed: ['1.0.0'] });
+  });
+});
+
+describe('broken current', () => {
+  /** A root whose state file names 1.0.0, then `current` broken by `breakIt`. */
+  async function withState(breakIt: (root: string) => void): Promise<{ root: string; up: Upgrader }> {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const { up: first } = await startReady(root, FAST);
+    first.kill('SIGKILL');
+    await first.exit;
+    breakIt(root);
+    return { root, up: startUpgrader(root, FAST) };
+  }
+  const link = (target: string) => (root: string) => {
+    unlinkSync(join(root, 'current'));
+    symlinkSync(target, join(root, 'current'));
+  };
+  it.each([
+    ['dangling', link('versions/9.9.9')],
+    ['pointing outside versions/', link('../../etc')],
+    ['a loop', link('current')],
+    ['an empty file', (root: string) => { unlinkSync(join(root, 'current')); writeFileSync(join(root, 'current'), ''); }],
+  ])('%s: repaired from the state file', async (_, breakIt) => {
+    const { root, up } = await withState(breakIt);
+    await up.waitForTransition('ready', 'running');
+    expect(readlinkSync(join(root, 'current'))).toBe('versions/1.0.0');
+    await checkInvariant(root, up.pid, { allowed: ['1.0.0'] });
+  });
+
+  it('a real directory: never deleted; the agent runs from the state file and the error is reported', async () => {
+    const { root, up } = await withState((r) => {
+      unlinkSync(join(r, 'current'));
+      mkdirSync(join(r, 'current'));
+      writeFileSync(join(r, 'current/precious'), 'keep');
+    });
+    await up.waitForTransition('ready', 'running');
+    expect(readFileSync(join(root, 'current/precious'), 'utf8')).toBe('keep');
+    expect(up.logs.some((l) => l.msg === 'current could not be pointed at 1.0.0; running it anyway')).toBe(true);
+  });
+
+  it('broken with no state file to repair it from: refused with exit 78', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    symlinkSync('versions/9.9.9', join(root, 'current'));
+    const up = startUpgrader(root, FAST);
+    expect((await up.waitForExit()).code).toBe(78);
+  });
+});
+
+describe('leftovers and planted links', () => {
+  it('temporary links and files from a crash are removed at start', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    mkdirSync(join(root, 'state'));
+    symlinkSync('versions/1.0.0', join(root, '.current.tmp-1-dead'));
+    writeFileSync(join(root, 'state/.state.json.tmp-1-dead'), 'half');
+    const { up } = await startReady(root, FAST);
+    expect(leftovers(root)).toEqual([]);
+    expect(leftovers(join(root, 'state'))).toEqual([]);
+    expect(up.logs.filter((l) => l.msg === 'removed a temporary file left by a crash')).toHaveLength(2);
+  });
+
+  it('symlinks planted at the state and owner files are replaced, never written through', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const victims = mkdtempSync(join(tmpdir(), 'victim-'));
+    writeFileSync(join(victims, 'a'), 'untouched');
+    writeFileSync(join(victims, 'b'), 'untouched');
+    mkdirSync(join(root, 'state'));
+    symlinkSync(join(victims, 'a'), join(root, 'state/state.json'));
+    symlinkSync(join(victims, 'b'), join(root, 'state/owner.json'));
+    await startReady(root, FAST);
+    expect(readFileSync(join(victims, 'a'), 'utf8')).toBe('untouched');
+    expect(readFileSync(join(victims, 'b'), 'utf8')).toBe('untouched');
+    expect(lstatSync(join(root, 'state/state.json')).isSymbolicLink()).toBe(false);
+    rmSync(victims, { recursive: true });
+  });
+});
+
+describe.skipIf(!isRoot)('running as root: versions another user could change are refused', () => {
+  it.each([
+    ['a version directory writable by others', (root: string) => chmodSync(join(root, 'versions/2.0.0'), 0o777), /versions\/2\.0\.0 is writable by its group and others \(mode 0777\)/],
+    ['an entry point writable by its group', (root: string) => chmodSync(join(root, 'versions/2.0.0/bin/agent'), 0o775), /bin\/agent is writable by its group \(mode 0775\)/],
+    ['an entry point owned by another user', (root: string) => chownSync(join(root, 'versions/2.0.0/bin/agent'), 1234, 0), /bin\/agent is owned by uid 1234, not root/],
+    ['an ancestor writable by others', (root: string) => chmodSync(join(root, 'versions'), 0o777), /versions is writable by its group and others \(mode 0777\)/],
+  ])('%s', async (_, weaken, reason) => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const { up, pid } = await startReady(root, FAST);
+    weaken(root);
+    askUpgrade(root, pid, '2.0.0');
+    const refused = await up.waitForSent('upgrade-failed', '1.0.0');
+    expect((refused.message as { reason: string }).reason).toMatch(reason);
+    expect(up.logs.some((l) => l.msg === 'spawned candidate 2.0.0')).toBe(false);
+  });
+});
+
+it('a wall-clock jump cannot move a timeout: timers are setTimeout (monotonic), durations performance.now', () => {
+  // Changing the system clock would disturb the whole machine; instead, make sure no timeout is computed
+  // from the wall clock in the code that arms or measures them.
+  const supervisor = readFileSync(join(REPO, 'src/supervisor.ts'), 'utf8');
+  const handoff = readFileSync(join(REPO, 'src/handoff.ts'), 'utf8');
+  expect(handoff).not.toMatch(/Date\.now|new Date/);
+  expect(supervisor).toMatch(/setTimeout\(\(\) => \{\n\s+this\.timers\.delete/);
+  expect(supervisor).toMatch(/performance\.now\(\) - this\.handoffStartedMono/);
+});

@@ -1,0 +1,132 @@
+/**
+ * Hostile and broken agents: none of them may crash the upgrader, grow its memory without bound, stop its
+ * timers, or leave a process behind.
+ */
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { askUpgrade, CLI, cleanupRoots, currentTarget, isAlive, makeRoot, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil } from '../helpers.js';
+import { checkInvariant, rootProcesses } from './invariant.js';
+
+afterEach(async () => {
+  await stopAllUpgraders();
+  cleanupRoots();
+});
+
+const FAST = ['--ready-timeout', '3s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
+const rssMb = (pid: number) => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+
+describe('hostile candidates', () => {
+  it('megabytes of output and every malformed line before ready: ignored, then the handoff completes', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { fixture: 'hostile.mjs', config: { mode: 'noise' } } }, '1.0.0');
+    const { up, pid } = await startReady(root, ['--ready-timeout', '20s', '--probation', '0s']);
+    askUpgrade(root, pid, '2.0.0');
+    await up.waitForSent('go', '2.0.0', 30_000);
+    expect(currentTarget(root)).toBe('versions/2.0.0');
+    const messages = up.logs.map((l) => l.msg);
+    expect(messages).toContain('discarded a line longer than the 64 KiB limit');
+    expect(messages).toContain('ignored a line that is not valid UTF-8');
+    expect(messages).toContain('ignored a line that is not a protocol message');
+    // The second ready changed nothing: one go, one promotion.
+    expect(up.logs.filter((l) => l.msg === 'sent go')).toHaveLength(1);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(rssMb(up.pid)).toBeLessThan(150);
+    await checkInvariant(root, up.pid, { allowed: ['2.0.0'] });
+  });
+
+  it('a million lines of garbage: the upgrader keeps up and stays bounded', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { fixture: 'hostile.mjs', config: { mode: 'flood' } } }, '1.0.0');
+    const { up, pid } = await startReady(root, ['--ready-timeout', '60s', '--probation', '0s'], '1.0.0');
+    askUpgrade(root, pid, '2.0.0');
+    await up.waitForSent('go', '2.0.0', 90_000);
+    expect(rssMb(up.pid)).toBeLessThan(200);
+  }, 120_000);
+
+  it('ten megabytes with no newline, then silence: the ready timeout still fires', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { fixture: 'hostile.mjs', config: { mode: 'no-newline' } } }, '1.0.0');
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '2.0.0');
+    const failed = await up.waitForSent('upgrade-failed', '1.0.0', 15_000);
+    expect((failed.message as { reason: string }).reason).toMatch(/did not report ready within 3\.0s/);
+    expect(rssMb(up.pid)).toBeLessThan(150);
+    await checkInvariant(root, up.pid, { allowed: ['1.0.0'] });
+  });
+
+  it('a candidate stopped with SIGSTOP while verifying is still killed', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { fixture: 'hostile.mjs', config: { mode: 'sigstop' } } }, '1.0.0');
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '2.0.0');
+    const candidate = await up.agentPid('2.0.0', 'candidate');
+    await up.waitForSent('upgrade-failed', '1.0.0', 15_000);
+    await waitUntil(() => !isAlive(candidate), 'the stopped candidate is gone');
+    await checkInvariant(root, up.pid, { allowed: ['1.0.0'] });
+  });
+});
+
+describe('hostile old agents', () => {
+  it('an old agent stopped with SIGSTOP is woken (SIGCONT), terminated, and the handoff completes', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { readyDelayMs: 300 } } }, '1.0.0');
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '2.0.0');
+    await up.agentPid('2.0.0', 'candidate');
+    process.kill(pid, 'SIGSTOP');
+    await up.waitForSent('go', '2.0.0', 15_000);
+    expect(isAlive(pid)).toBe(false);
+    await checkInvariant(root, up.pid, { allowed: ['2.0.0'] });
+  });
+
+  it('an old agent stopped with SIGSTOP that also ignores SIGTERM is killed', async () => {
+    const root = makeRoot({ '1.0.0': { config: { ignoreSigterm: true, ignoreStop: true } }, '2.0.0': {} }, '1.0.0');
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '2.0.0');
+    await up.agentPid('2.0.0', 'candidate');
+    process.kill(pid, 'SIGSTOP');
+    await up.waitForSent('go', '2.0.0', 15_000);
+    expect(isAlive(pid)).toBe(false);
+  });
+});
+
+describe('exit statuses', () => {
+  const cases: [string, { code?: number; signal?: NodeJS.Signals }, number][] = [
+    ['exit 0', { code: 0 }, 0],
+    ['exit 1', { code: 1 }, 1],
+    ['exit 42', { code: 42 }, 42],
+    ['exit 255', { code: 255 }, 255],
+    ['SIGTERM', { signal: 'SIGTERM' }, 143],
+    ['SIGKILL', { signal: 'SIGKILL' }, 137],
+    ['SIGSEGV', { signal: 'SIGSEGV' }, 139],
+    ['SIGABRT', { signal: 'SIGABRT' }, 134],
+    ['SIGHUP', { signal: 'SIGHUP' }, 129],
+  ];
+  it.each(cases)('an agent that ends with %s: the upgrader exits with its status, leaving nothing', async (_, how, status) => {
+    const root = makeRoot({ '1.0.0': { config: how.code !== undefined ? { exitAfterGoMs: 50, exitCode: how.code, children: 1 } : { children: 1 } } }, '1.0.0');
+    const up = startUpgrader(root, FAST);
+    const pid = await up.agentPid('1.0.0');
+    if (how.signal) {
+      await up.waitForTransition('ready', 'running');
+      await waitUntil(() => rootProcesses(root).length >= 2, 'the agent started its child');
+      process.kill(pid, how.signal);
+    }
+    expect((await up.waitForExit()).code).toBe(status);
+    await waitUntil(() => rootProcesses(root).length === 0, 'no process of the agent is left');
+  });
+});
+
+describe('what an agent inherits', () => {
+  it('gets file descriptors 0, 1 and 2 only: neither the upgrader\'s files nor what its parent leaked to it', async () => {
+    const root = makeRoot({ '1.0.0': { fixture: 'script', script: '#!/bin/sh\necho \'{"type":"ready"}\'\nexec cat\n' } }, '1.0.0');
+    // The upgrader's parent hands it an extra descriptor (fd 3), as a careless init script might.
+    const child = spawn(process.execPath, [CLI, 'run', '--root', root, ...FAST], { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+    const up = new Upgrader(root, child);
+    try {
+      const pid = await up.agentPid('1.0.0');
+      await up.waitForTransition('ready', 'running');
+      const fds = readdirSync(`/proc/${pid}/fd`).map(Number).sort((a, b) => a - b);
+      expect(fds).toEqual([0, 1, 2]);
+      expect(up.logs.some((l) => l.msg.startsWith('closed descriptors inherited from the parent'))).toBe(true);
+    } finally {
+      up.kill('SIGTERM');
+      await up.exit;
+    }
+  });
+});

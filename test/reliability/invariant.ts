@@ -1,0 +1,78 @@
+/**
+ * The one invariant every reliability scenario ends in, checked from the outside:
+ * exactly one agent runs; `current` points at its version, which is complete and has proved itself;
+ * `status --json` and the state file agree with what runs; no process of another version survives;
+ * an upgrade reported as succeeded stays.
+ */
+import { accessSync, constants, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { expect } from 'vitest';
+import { isAlive, savedState, statusJson } from '../helpers.js';
+
+/** How long after a (re)start the invariant must hold. */
+export const INVARIANT_BOUND_MS = 10_000;
+
+export type RootProcess = { pid: number; ppid: number; agentId: string; version: string };
+
+/** Every live process carrying this root's agent marker. */
+export function rootProcesses(root: string): RootProcess[] {
+  const found: RootProcess[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const env = readFileSync(`/proc/${name}/environ`, 'utf8').split('\0');
+      if (!env.includes(`UPGRADER_ROOT=${root}`)) continue;
+      const agentId = env.find((e) => e.startsWith('UPGRADER_AGENT_ID='));
+      if (!agentId || !isAlive(Number(name))) continue;
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      const version = env.find((e) => e.startsWith('UPGRADER_VERSION='))!.slice('UPGRADER_VERSION='.length);
+      found.push({ pid: Number(name), ppid, agentId: agentId.slice('UPGRADER_AGENT_ID='.length), version });
+    } catch {
+      // gone, or not readable
+    }
+  }
+  return found;
+}
+
+export type Expectation = {
+  /** Versions that may legitimately run: the one before, or one whose upgrade was reported succeeded. */
+  allowed: string[];
+  /** Set when an upgrade had been reported succeeded before the fault: it must still be running. */
+  mustRun?: string;
+};
+
+async function settle(root: string, upgraderPid: number): Promise<RootProcess> {
+  const deadline = Date.now() + INVARIANT_BOUND_MS;
+  let last: RootProcess[] = [];
+  for (;;) {
+    last = rootProcesses(root);
+    const agents = new Set(last.map((p) => p.agentId));
+    const main = last.find((p) => p.ppid === upgraderPid);
+    const ready = savedState(root)?.agents?.some((a: { role: string; ready: boolean; pid: number }) => a.role === 'active' && a.ready && a.pid === main?.pid);
+    if (agents.size === 1 && main && ready) return main;
+    if (Date.now() > deadline) {
+      throw new Error(`within ${INVARIANT_BOUND_MS} ms, expected exactly one ready agent of upgrader ${upgraderPid}; found ${JSON.stringify(last)}`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+export async function checkInvariant(root: string, upgraderPid: number, expectation: Expectation): Promise<string> {
+  const agent = await settle(root, upgraderPid);
+  const version = agent.version;
+  expect(expectation.allowed).toContain(version);
+  if (expectation.mustRun) expect(version).toBe(expectation.mustRun);
+  expect(rootProcesses(root).every((p) => p.version === version)).toBe(true);
+  expect(readlinkSync(join(root, 'current'))).toBe(`versions/${version}`);
+  accessSync(join(root, 'versions', version, 'bin/agent'), constants.X_OK);
+
+  const { code, report } = await statusJson(root);
+  expect(code).toBe(0);
+  expect(report).toMatchObject({ running: true, upgraderPid, current: version, agent: { pid: agent.pid, version, ready: true } });
+  const saved = savedState(root);
+  expect(saved.current).toBe(version);
+  expect(saved.handoff).toBeNull();
+  expect(saved.agents.filter((a: { role: string }) => a.role === 'active').map((a: { pid: number }) => a.pid)).toEqual([agent.pid]);
+  return version;
+}

@@ -1,0 +1,119 @@
+/**
+ * kill -9 of the upgrader at every state-changing system call of a start-up and a live handoff, not at a
+ * few hand-picked moments: strace counts the calls (write, fsync, fdatasync, rename, symlink, unlink,
+ * mkdir, rmdir) on the upgrader's main thread, where all its durable writes happen, then kills it with
+ * SIGKILL as it enters call N, for every N. After each kill a fresh `upgrader run` must bring the root to
+ * the invariant. UPGRADER_LONG_TESTS=1 also repeats the sweep with a sequential handoff.
+ */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { askUpgrade, cleanupRoots, makeRoot, savedState, startUpgrader, stopAllUpgraders, Upgrader, waitForSavedState } from '../helpers.js';
+import { countCalls, hasStrace, killTraced, killTracee, startTraced, STATE_SYSCALLS } from './strace.js';
+import { checkInvariant } from './invariant.js';
+
+const FAST = ['--ready-timeout', '5s', '--stop-timeout', '2s', '--kill-timeout', '1s', '--probation', '0s'];
+const LONG = process.env.UPGRADER_LONG_TESTS === '1';
+
+afterEach(async () => {
+  killTraced();
+  await stopAllUpgraders();
+  cleanupRoots();
+});
+
+/** Runs start-up and one handoff; resolves once it completed or the upgrader died on the way. */
+async function handoff(up: Upgrader, root: string, mode: 'live' | 'sequential'): Promise<void> {
+  const died = up.exit.then(() => 'died' as const);
+  const ready = up.waitForTransition('ready', 'running', 10_000).then(
+    () => 'ready' as const,
+    () => 'died' as const,
+  );
+  if ((await Promise.race([died, ready])) === 'died') return;
+  const agentPid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
+  askUpgrade(root, agentPid, '2.0.0', mode);
+  const done = waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded', 'the upgrade succeeded', 10_000).then(
+    () => undefined,
+    () => undefined,
+  );
+  await Promise.race([died, done]);
+}
+
+
+describe.skipIf(!hasStrace)('kill -9 at every state-changing system call', () => {
+  for (const mode of LONG ? (['live', 'sequential'] as const) : (['live'] as const)) {
+    it(`${mode} handoff: every kill point recovers to the invariant`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'sweep-'));
+      // A clean run first, to count the calls there are to kill at.
+      const baselineRoot = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+      const baseline = startTraced(baselineRoot, join(dir, 'baseline.trace'), STATE_SYSCALLS, FAST);
+      await handoff(baseline, baselineRoot, mode);
+      expect(savedState(baselineRoot).history[0]).toMatchObject({ to: '2.0.0', result: 'succeeded' });
+      const total = countCalls(join(dir, 'baseline.trace'));
+      killTracee(baseline);
+      expect(total).toBeGreaterThan(10);
+
+      const outcomes = { died: 0, completed: 0, keptNew: 0 };
+      for (let n = 1; n <= total; n++) {
+        const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+        const victim = startTraced(root, join(dir, `kill-${n}.trace`), STATE_SYSCALLS, FAST, `signal=SIGKILL:when=${n}`);
+        await handoff(victim, root, mode);
+        const diedHere = victim.child.exitCode !== null || victim.child.signalCode !== null;
+        killTracee(victim);
+        await victim.exit;
+        outcomes[diedHere ? 'died' : 'completed'] += 1;
+
+        const before = savedState(root);
+        const succeeded = before?.history?.[0]?.result === 'succeeded';
+        const up = startUpgrader(root, FAST);
+        try {
+          const version = await checkInvariant(root, up.pid, { allowed: succeeded ? ['2.0.0'] : ['1.0.0'], mustRun: succeeded ? '2.0.0' : undefined });
+          if (version === '2.0.0') outcomes.keptNew += 1;
+        } catch (error) {
+          throw new Error(`after a kill at call ${n} of ${total}: ${(error as Error).message}`);
+        }
+        up.kill('SIGTERM');
+        await up.waitForExit();
+        cleanupRoots();
+      }
+      process.stdout.write(`kill sweep (${mode}): ${total} kill points, ${outcomes.died} killed mid-way, ${outcomes.keptNew} ended on the new version\n`);
+      expect(outcomes.died).toBeGreaterThan(total / 2);
+    }, 600_000);
+  }
+});
+
+describe('recovery is idempotent', () => {
+  it('an upgrader killed again and again while recovering still ends on the proven version', async () => {
+    const root = makeRoot({ '1.0.0': { config: { ignoreStop: true } }, '2.0.0': {} }, '1.0.0');
+    const first = startUpgrader(root, FAST);
+    const pid = await first.agentPid('1.0.0');
+    await first.waitForTransition('ready', 'running');
+    askUpgrade(root, pid, '2.0.0');
+    await first.waitForSent('stop', '1.0.0');
+    first.kill('SIGKILL');
+    await first.exit;
+    for (const delay of [0, 5, 20, 50, 100, 200]) {
+      const again = startUpgrader(root, FAST);
+      await new Promise((r) => setTimeout(r, delay));
+      again.kill('SIGKILL');
+      await again.exit;
+    }
+    const last = startUpgrader(root, FAST);
+    await checkInvariant(root, last.pid, { allowed: ['1.0.0'] });
+    expect(savedState(root).history[0]).toMatchObject({ to: '2.0.0', result: 'failed' });
+  });
+
+  it('a root that cannot be recovered is refused with the reason, and not retried (exit 78)', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const first = startUpgrader(root, FAST);
+    await first.waitForTransition('ready', 'running');
+    first.kill('SIGKILL');
+    await first.exit;
+    // Everything that could be launched is gone.
+    const { rmSync } = await import('node:fs');
+    rmSync(join(root, 'versions/1.0.0'), { recursive: true });
+    const again = startUpgrader(root, FAST);
+    expect((await again.waitForExit()).code).toBe(78);
+    expect(again.stderrText.join('\n')).toMatch(/Nothing to launch: current points at 1\.0\.0, but version 1\.0\.0 is not installed/);
+  });
+});
