@@ -63,11 +63,13 @@ export class AgentProcess {
     this.pid = this.child.pid;
     this.identity = this.pid ? identify(this.pid) : null;
 
+    // When spawn fails (no pipes or no process: EMFILE, EAGAIN, ENOENT), there are no streams, and the
+    // failure arrives as an 'error' event, reported below as the agent's exit.
     const reader = new LineReader((event) => callbacks.onLine(event.kind === 'line' ? parseAgentLine(event.line) : event));
-    this.child.stdout!.on('data', (chunk: Buffer) => reader.push(chunk));
-    this.child.stdout!.on('end', () => reader.end());
+    this.child.stdout?.on('data', (chunk: Buffer) => reader.push(chunk));
+    this.child.stdout?.on('end', () => reader.end());
     // Writes to an agent that has gone fail with EPIPE; its exit is reported separately.
-    this.child.stdin!.on('error', () => undefined);
+    this.child.stdin?.on('error', () => undefined);
 
     let spawnError: Error | null = null;
     this.child.on('error', (error) => {
@@ -88,8 +90,8 @@ export class AgentProcess {
   }
 
   send(message: UpgraderMessage): void {
-    if (this.exited || !this.child.stdin!.writable) return;
-    this.child.stdin!.write(encode(message));
+    if (this.exited || !this.child.stdin?.writable) return;
+    this.child.stdin.write(encode(message));
   }
 
   /** SIGTERM to the whole group, with SIGCONT so that a stopped process can act on it. */
@@ -123,11 +125,6 @@ export class AgentProcess {
 
   private signalGroup(signal: NodeJS.Signals): void {
     if (this.pid !== undefined) signalQuietly(-this.pid, signal);
-  }
-
-  /** Closes our end of stdin: a well-behaved agent exits when it sees end of file. */
-  closeStdin(): void {
-    this.child.stdin!.end();
   }
 }
 

@@ -73,7 +73,7 @@ export type Event =
   | { type: 'ready'; id: number }
   | { type: 'stopped'; id: number }
   | { type: 'protocol-error'; id: number; detail: string }
-  | { type: 'exited'; id: number; code: number | null; signal: NodeJS.Signals | null }
+  | { type: 'exited'; id: number; code: number | null; signal: NodeJS.Signals | null; error?: string }
   | { type: 'timeout'; timer: TimerName }
   | { type: 'shutdown'; signal: string }
   | { type: 'io-failed'; trigger: Event; error: string };
@@ -105,7 +105,8 @@ export function exitStatusOf(code: number | null, signal: NodeJS.Signals | null)
   return 128 + (signal ? (SIGNAL_NUMBERS[signal] ?? 0) : 0);
 }
 
-function describeExit(code: number | null, signal: NodeJS.Signals | null): string {
+function describeExit(code: number | null, signal: NodeJS.Signals | null, error?: string): string {
+  if (error) return `could not be started (${error})`;
   return signal ? `was killed by ${signal}` : `exited with code ${code}`;
 }
 
@@ -339,9 +340,10 @@ function onExited(ctx: Context, event: Extract<Event, { type: 'exited' }>, confi
     if (ctx.state === 'draining' && ctx.handoff?.draining === id) return then(cleared, (c) => oldReleased(c, config));
     return then(cleared, finishIfEmpty);
   }
-  const how = describeExit(event.code, event.signal);
+  const how = describeExit(event.code, event.signal, event.error);
   if (ctx.candidate?.id === id) {
-    return failCandidate(ctx, `the candidate ${ctx.candidate.version} ${how} before ${ctx.candidate.ready ? 'it was told go' : 'reporting ready'}`, config, true);
+    const when = event.error ? '' : ` before ${ctx.candidate.ready ? 'it was told go' : 'reporting ready'}`;
+    return failCandidate(ctx, `the candidate ${ctx.candidate.version} ${how}${when}`, config, true);
   }
   if (ctx.active?.id !== id) return stay(ctx);
   const active = ctx.active;

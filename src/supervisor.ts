@@ -189,7 +189,23 @@ export class Supervisor {
   }
 
   private spawn(effect: Extract<Effect, { kind: 'spawn' }>): void {
-    const proc = new AgentProcess(
+    let proc: AgentProcess;
+    try {
+      proc = this.createAgent(effect);
+    } catch (error) {
+      // Out of descriptors or processes: spawn throws before any process exists. Report it as an exit.
+      this.log.error({ version: effect.version, role: effect.role, err: describeError(error) }, `could not start ${effect.role} ${effect.version}`);
+      this.dispatch({ type: 'exited', id: effect.id, code: 127, signal: null, error: describeError(error) });
+      return;
+    }
+    this.procs.set(effect.id, proc);
+    this.log.info({ agentPid: proc.pid, version: effect.version, role: effect.role }, `spawned ${effect.role} ${effect.version}`);
+    // An agent that does not speak readiness counts as ready once spawned; candidates always must say so.
+    if (this.readyOnSpawn && effect.role === 'active') this.dispatch({ type: 'ready', id: effect.id });
+  }
+
+  private createAgent(effect: Extract<Effect, { kind: 'spawn' }>): AgentProcess {
+    const proc: AgentProcess = new AgentProcess(
       {
         id: effect.id,
         root: this.layout.root,
@@ -204,10 +220,7 @@ export class Supervisor {
         onExit: (code, signal, error) => this.onAgentExit(proc, code, signal, error),
       },
     );
-    this.procs.set(effect.id, proc);
-    this.log.info({ agentPid: proc.pid, version: effect.version, role: effect.role }, `spawned ${effect.role} ${effect.version}`);
-    // An agent that does not speak readiness counts as ready once spawned; candidates always must say so.
-    if (this.readyOnSpawn && effect.role === 'active') this.dispatch({ type: 'ready', id: effect.id });
+    return proc;
   }
 
   private onAgentLine(proc: AgentProcess, line: LineEvent): void {
@@ -259,7 +272,8 @@ export class Supervisor {
     // Whatever the agent left in its process group goes with it: an exited agent has no work in flight.
     if (proc.pid !== undefined) signalQuietly(-proc.pid, 'SIGKILL');
     this.log.info({ agentPid: proc.pid, version: proc.spec.version, code, signal, err: error ? describeError(error) : undefined }, `agent ${proc.spec.version} exited`);
-    this.dispatch({ type: 'exited', id: proc.spec.id, code: error && code === null && signal === null ? 127 : code, signal });
+    const failedToStart = error !== null && code === null && signal === null;
+    this.dispatch({ type: 'exited', id: proc.spec.id, code: failedToStart ? 127 : code, signal, ...(failedToStart ? { error: describeError(error) } : {}) });
     void this.confirmGone(proc).then(() => this.procs.delete(proc.spec.id));
   }
 

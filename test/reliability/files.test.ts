@@ -41,6 +41,7 @@ describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
 
   it.each([
     ['openat', 'ENOSPC'],
+    ['openat', 'EMFILE'],
     ['fsync', 'EIO'],
     ['rename', 'EIO'],
     ['rename', 'ENOSPC'],
@@ -53,6 +54,15 @@ describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
     expect(currentTarget(root)).toBe('versions/1.0.0');
     expect(isAlive(pid)).toBe(true);
     expect(leftovers(join(root, 'state'))).toEqual([]);
+  });
+
+  it('out of descriptors when the candidate is spawned: the upgrade fails with the reason, the old agent carries on', async () => {
+    const { up, root, pid } = await startFailingAfterReady('socketpair', 'EMFILE');
+    askUpgrade(root, pid, '2.0.0');
+    const failed = await up.waitForSent('upgrade-failed', '1.0.0');
+    expect((failed.message as { reason: string }).reason).toMatch(/the candidate 2\.0\.0 could not be started \(.*EMFILE/);
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+    expect(isAlive(pid)).toBe(true);
   });
 
   it('symlink failing with ENOSPC when current moves: the candidate fails, the old agent carries on', async () => {
