@@ -9,6 +9,8 @@
 import { spawn } from 'node:child_process';
 import type { Logger } from './log.js';
 
+const BARRIER_TIMEOUT_MS = 5000;
+
 export class SystemdNotifier {
   private readonly queue: string[][] = [];
   private sending = false;
@@ -64,15 +66,28 @@ export class SystemdNotifier {
     const next = this.queue.shift();
     if (!next) return;
     this.sending = true;
+    let finished = false;
     const done = (problem?: string) => {
+      if (finished) return;
+      finished = true;
       if (problem) this.log.warn({ message: next, problem }, 'could not notify systemd');
       this.sending = false;
       this.drain();
     };
     try {
-      const child = spawn(this.tool, [`--pid=${process.pid}`, '--no-block', ...next], { stdio: 'ignore' });
-      child.on('error', (error) => done(error.message));
-      child.on('exit', (code) => done(code === 0 ? undefined : `systemd-notify exited with ${code}`));
+      // Without --no-block, systemd-notify waits until systemd has processed the message (a barrier).
+      // That matters under User=: the message carries the tool's own PID, and systemd must still find
+      // that process to know which unit the message is for. A barrier that never returns is cut short.
+      const child = spawn(this.tool, [`--pid=${process.pid}`, ...next], { stdio: 'ignore' });
+      const timer = setTimeout(() => child.kill('SIGKILL'), BARRIER_TIMEOUT_MS);
+      child.on('error', (error) => {
+        clearTimeout(timer);
+        done(error.message);
+      });
+      child.on('exit', (code, signal) => {
+        clearTimeout(timer);
+        done(code === 0 ? undefined : `systemd-notify ended with ${signal ?? code}`);
+      });
     } catch (error) {
       done(String(error));
     }
