@@ -1,11 +1,13 @@
 /**
  * One agent process: spawned in its own process group, spoken to over stdin/stdout, killed with its
- * whole tree. stderr is the upgrader's own (the agent's logs pass straight through). The agent's stdout
- * is read through the bounded LineReader, so nothing it writes can grow the upgrader's memory.
+ * whole tree. The agent's stdout is read through the bounded LineReader, so nothing it writes can grow
+ * the upgrader's memory. Its stderr is passed on to the upgrader's stderr line by line (see
+ * StderrForwarder), so that an agent's long lines never cut into the upgrader's own log lines.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import treeKill from 'tree-kill';
-import { LineReader, encode, parseAgentLine, PROTOCOL_VERSION, type AgentMessage, type Parsed, type UpgraderMessage } from './protocol.js';
+import { writeStderr } from './log.js';
+import { LineReader, encode, MAX_LINE_BYTES, parseAgentLine, PROTOCOL_VERSION, type AgentMessage, type Parsed, type UpgraderMessage } from './protocol.js';
 import { findLiveProcesses, identify, type ProcessIdentity } from './proc.js';
 
 export type AgentSpec = {
@@ -57,7 +59,7 @@ export class AgentProcess {
     this.child = spawn(spec.entryPath, [], {
       cwd: spec.versionDir,
       env,
-      stdio: ['pipe', 'pipe', 'inherit'],
+      stdio: ['pipe', 'pipe', 'pipe'],
       detached: true, // its own session and process group, so the group can be signalled as a whole
     });
     this.pid = this.child.pid;
@@ -68,6 +70,9 @@ export class AgentProcess {
     const reader = new LineReader((event) => callbacks.onLine(event.kind === 'line' ? parseAgentLine(event.line) : event));
     this.child.stdout?.on('data', (chunk: Buffer) => reader.push(chunk));
     this.child.stdout?.on('end', () => reader.end());
+    const stderr = new StderrForwarder();
+    this.child.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk));
+    this.child.stderr?.on('end', () => stderr.end());
     // Writes to an agent that has gone fail with EPIPE; its exit is reported separately.
     this.child.stdin?.on('error', () => undefined);
 
@@ -133,5 +138,57 @@ export function signalQuietly(pid: number, signal: NodeJS.Signals): void {
     process.kill(pid, signal);
   } catch {
     // Already gone, or never ours.
+  }
+}
+
+/**
+ * Passes an agent's stderr on, whole lines at a time. A line longer than the protocol's line limit is
+ * passed on in pieces of that size, each ending with a newline, so memory stays bounded.
+ */
+export class StderrForwarder {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  /** The line was just cut at the limit: its own newline, if it comes next, adds no empty line. */
+  private justCut = false;
+
+  constructor(
+    private readonly write: (data: Buffer) => void = writeStderr,
+    private readonly maxBytes = MAX_LINE_BYTES,
+  ) {}
+
+  push(chunk: Buffer): void {
+    let start = 0;
+    for (let newline = chunk.indexOf(0x0a); newline !== -1; newline = chunk.indexOf(0x0a, start)) {
+      this.append(chunk.subarray(start, newline));
+      if (!(this.justCut && this.pendingBytes === 0)) this.emit();
+      this.justCut = false;
+      start = newline + 1;
+    }
+    this.append(chunk.subarray(start));
+  }
+
+  end(): void {
+    if (this.pendingBytes > 0) this.emit();
+  }
+
+  private append(part: Buffer): void {
+    while (part.length > 0) {
+      const piece = part.subarray(0, this.maxBytes - this.pendingBytes);
+      this.pending.push(Buffer.from(piece));
+      this.pendingBytes += piece.length;
+      this.justCut = false;
+      part = part.subarray(piece.length);
+      if (this.pendingBytes === this.maxBytes) {
+        this.emit();
+        this.justCut = true;
+      }
+    }
+  }
+
+  private emit(): void {
+    this.pending.push(Buffer.from('\n'));
+    this.write(Buffer.concat(this.pending));
+    this.pending = [];
+    this.pendingBytes = 0;
   }
 }

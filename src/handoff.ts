@@ -20,6 +20,7 @@
  *   - Durable effects that an outcome depends on (`required`) come first in their batch: if one fails,
  *     the whole transition is dropped and an `io-failed` event is handled in the state before it.
  */
+import { constants } from 'node:os';
 import type { HandoffMode, UpgraderMessage } from './protocol.js';
 import type { UpgradeResult } from './state.js';
 import { formatDuration } from './duration.js';
@@ -97,12 +98,10 @@ export function initialContext(): Context {
   return { state: 'idle', active: null, candidate: null, handoff: null, probation: null, dying: [], previous: null, nextId: 1, exitCode: null };
 }
 
-const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGILL: 4, SIGTRAP: 5, SIGABRT: 6, SIGBUS: 7, SIGFPE: 8, SIGKILL: 9, SIGUSR1: 10, SIGSEGV: 11, SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };
-
 /** The exit status a shell would report: the code, or 128 + the signal's number. */
 export function exitStatusOf(code: number | null, signal: NodeJS.Signals | null): number {
   if (code !== null) return code;
-  return 128 + (signal ? (SIGNAL_NUMBERS[signal] ?? 0) : 0);
+  return 128 + (signal ? (constants.signals[signal] ?? 0) : 0);
 }
 
 function describeExit(code: number | null, signal: NodeJS.Signals | null, error?: string): string {

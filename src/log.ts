@@ -8,9 +8,11 @@ import pino, { type Logger } from 'pino';
 
 export type { Logger };
 
-const stderr = {
-  write(line: string): void {
-    const data = Buffer.from(line);
+/**
+ * Writes to the upgrader's stderr, whole, from this one thread: the upgrader's log lines and its agents'
+ * stderr lines all go through here, so no line is ever cut into by another.
+ */
+export function writeStderr(data: Buffer): void {
     let written = 0;
     for (let attempts = 0; written < data.length && attempts < 1000; attempts++) {
       try {
@@ -20,8 +22,9 @@ const stderr = {
         if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') return;
       }
     }
-  },
-};
+}
+
+const stderr = { write: (line: string) => writeStderr(Buffer.from(line)) };
 
 export function createLogger(level = process.env.UPGRADER_LOG_LEVEL ?? 'info'): Logger {
   return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } }, stderr);

@@ -39,23 +39,30 @@ export class Supervisor {
   private resolveExit!: (code: number) => void;
   readonly exited: Promise<number>;
 
-  constructor(
-    private readonly layout: Layout,
-    private readonly stateFile: StateFile,
-    private readonly agentStatus: AgentStatusFile,
-    private readonly ownership: Ownership,
-    private readonly config: Config,
-    private readonly log: Logger,
-    private history: UpgradeRecord[],
-    private current: string | null,
-    private readonly notifier: SystemdNotifier,
-    private readonly readyOnSpawn: boolean,
-  ) {
-    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
-  }
+  private readonly layout: Layout;
+  private readonly stateFile: StateFile;
+  private readonly agentStatus: AgentStatusFile;
+  private readonly ownership: Ownership;
+  private readonly config: Config;
+  private readonly log: Logger;
+  private readonly notifier: SystemdNotifier;
+  private readonly readyOnSpawn: boolean;
+  private history: UpgradeRecord[];
+  private current: string | null;
 
-  get context(): Context {
-    return this.ctx;
+  constructor(options: StartOptions, recovered: { history: UpgradeRecord[]; current: string | null }) {
+    ({
+      layout: this.layout,
+      stateFile: this.stateFile,
+      agentStatus: this.agentStatus,
+      ownership: this.ownership,
+      config: this.config,
+      log: this.log,
+      notifier: this.notifier,
+      readyOnSpawn: this.readyOnSpawn,
+    } = options);
+    ({ history: this.history, current: this.current } = recovered);
+    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
   }
 
   /** Events are handled strictly one after another, each with all of its effects, in arrival order. */
@@ -394,7 +401,8 @@ export type StartOptions = {
  * the active agent. An open handoff is always undone: its candidate never finished proving itself
  * under an upgrader that saw it through, so the version it replaced runs again.
  */
-export async function startSupervisor({ layout, stateFile, agentStatus, ownership, config, log, notifier, readyOnSpawn }: StartOptions): Promise<Supervisor> {
+export async function startSupervisor(options: StartOptions): Promise<Supervisor> {
+  const { layout, stateFile, log } = options;
   for (const path of layout.removeStaleTemporaries()) log.warn({ path }, 'removed a temporary file left by a crash');
 
   const read = stateFile.read();
@@ -425,7 +433,7 @@ export async function startSupervisor({ layout, stateFile, agentStatus, ownershi
   }
   if (probation && probation.version !== version) probation = null;
 
-  const supervisor = new Supervisor(layout, stateFile, agentStatus, ownership, config, log, history, version, notifier, readyOnSpawn);
+  const supervisor = new Supervisor(options, { history, current: version });
   supervisor.dispatch({ type: 'start', version, previous, probation });
   return supervisor;
 }

@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { StderrForwarder } from '../../src/agent-process.js';
 import { LineReader, MAX_LINE_BYTES, parseAgentLine, type LineEvent } from '../../src/protocol.js';
 
 function read(chunks: Buffer[], max?: number): LineEvent[] {
@@ -104,4 +105,39 @@ describe('parseAgentLine', () => {
   it('never throws, whatever the line', () => {
     fc.assert(fc.property(fc.oneof(fc.string(), fc.json()), (line) => void parseAgentLine(line)));
   });
+});
+
+describe('StderrForwarder', () => {
+  const forward = (chunks: Buffer[], max = 16) => {
+    const writes: string[] = [];
+    const forwarder = new StderrForwarder((data) => writes.push(data.toString('latin1')), max);
+    for (const c of chunks) forwarder.push(c);
+    forwarder.end();
+    return writes;
+  };
+
+  it('passes whole lines, however the stream is chunked, and splits lines longer than the limit', () => {
+    fc.assert(
+      fc.property(fc.array(fc.stringMatching(/^[a-z]{0,40}$/), { maxLength: 10 }), fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 20 }), (lines, cuts) => {
+        const bytes = Buffer.from(lines.map((l) => `${l}\n`).join(''), 'latin1');
+        const writes = forward(chunk(bytes, cuts));
+        const expected = lines.flatMap((l) => (l.length === 0 ? ['\n'] : (l.match(/.{1,16}/g) ?? []).map((p) => `${p}\n`)));
+        expect(writes).toEqual(expected);
+        for (const w of writes) expect(w.endsWith('\n')).toBe(true);
+      }),
+    );
+  });
+
+  it('ends a last line that has no newline', () => {
+    expect(forward([Buffer.from('abc')])).toEqual(['abc\n']);
+    expect(forward([Buffer.from('')])).toEqual([]);
+  });
+});
+
+it('StderrForwarder: a line of exactly the limit, or a multiple of it, gets no empty line after it', () => {
+  const writes: string[] = [];
+  const forwarder = new StderrForwarder((data) => writes.push(data.toString()), 4);
+  forwarder.push(Buffer.from('abcd\nabcdefgh\nxy\n'));
+  forwarder.end();
+  expect(writes).toEqual(['abcd\n', 'abcd\n', 'efgh\n', 'xy\n']);
 });
