@@ -10,7 +10,7 @@ import { describeError, EXIT, UpgraderError } from './errors.js';
 import { DEFAULT_ENTRY, Layout } from './layout.js';
 import { createLogger } from './log.js';
 import { Ownership } from './ownership.js';
-import { formatStatus, readStatus, statusExitCode } from './status.js';
+import { formatHost, formatStatus, hostExitCode, readStatus, rootsUnder, statusExitCode } from './status.js';
 import { StateFile } from './state.js';
 import { startSupervisor } from './supervisor.js';
 import { SystemdNotifier } from './notify.js';
@@ -22,8 +22,11 @@ const HELP: Record<string, string> = {
   main: `upgrader ${UPGRADER_VERSION}: run an agent from a versioned layout and upgrade it in place with no downtime.
 
 Usage:
-  upgrader run --root <dir> [options]     supervise the agent in <dir> (what the init system starts)
-  upgrader status --root <dir> [--json]   show what runs on <dir>
+  upgrader run --root <dir> [options]       supervise the agent in <dir> (what the init system starts)
+  upgrader status [--root <dir>] [--json]   show what runs on <dir>, or on every root of this host
+  upgrader install --root <dir> --version <v> <source>   stage a version from a directory or .tar.gz
+  upgrader versions --root <dir> [--json]   list the installed versions
+  upgrader prune --root <dir> --keep <n>    remove old versions
   upgrader --version | --help
 
 Run "upgrader <command> --help" for a command's options.`,
@@ -49,23 +52,55 @@ Times take a unit: 500ms, 30s, 5m, 1h.
 
 Example:
   upgrader run --root /var/lib/upgrader/myagent --ready-timeout 1m`,
-  status: `Usage: upgrader status --root <dir> [--json]
+  status: `Usage: upgrader status [--root <dir> | --base <dir>] [--json]
 
-Shows the state, versions, agent, any handoff and the last upgrades of a root. Reads files only:
-it takes no lock and answers even when the upgrader is stopped or hung.
+With --root: the state, versions, agent, any handoff and the last upgrades of that root.
+Without: one line per root under the base directory (--base, else $UPGRADER_BASE, else
+/var/lib/upgrader): name, state, version, agent PID, uptime, last upgrade; --json prints a list.
+Reads files only: it takes no lock and answers even when an upgrader is stopped or hung.
 
-Exit status: 0 an upgrader runs with a ready agent; 3 no upgrader runs on this root;
-4 an upgrader runs but no agent is ready (starting, or its agent has not reported ready).
+Exit status: 0 an upgrader runs with a ready agent (on every root); 3 no upgrader runs on the root
+(on some root); 4 an upgrader runs but no agent is ready.
+
+Examples:
+  upgrader status --root /var/lib/upgrader/myagent --json
+  upgrader status`,
+  install: `Usage: upgrader install --root <dir> --version <v> [--sha256 <hex>] [--entry <path>] <source>
+
+Puts a version in place: <source> is a directory or a .tar.gz/.tgz archive. It is assembled under a
+temporary name in versions/, checked (nothing may lead outside it; the entry point must be executable),
+fsynced, then renamed to versions/<v> in one step. Installing a name that exists is refused unless the
+content is identical. --sha256 checks the archive before anything is unpacked.
+
+Exit status: 0 installed (or already identical); 64 bad arguments; 65 checksum mismatch or an entry
+that would escape; 73 the version exists with other content; 78 no entry point, or not a root.
 
 Example:
-  upgrader status --root /var/lib/upgrader/myagent --json`,
+  upgrader install --root /var/lib/upgrader/myagent --version 1.4.0 --sha256 9f86d0... agent-1.4.0.tgz`,
+  versions: `Usage: upgrader versions --root <dir> [--json]
+
+Lists the installed versions, newest first (by semantic version when every name is one, else by install
+time), with their markers (current, previous, running, candidate), install time and size.
+
+Example:
+  upgrader versions --root /var/lib/upgrader/myagent --json`,
+  prune: `Usage: upgrader prune --root <dir> --keep <n> [--dry-run] [--json]
+
+Removes the versions beyond the newest <n>, never the current, previous, running or candidate one.
+Holds the layout lock (state/layout.lock) while it works, so it cannot race an install.
+
+Example:
+  upgrader prune --root /var/lib/upgrader/myagent --keep 3 --dry-run`,
 };
 
 type Values = Record<string, string | boolean | undefined>;
 
-function parse(args: string[], options: NonNullable<ParseArgsConfig['options']>): Values {
+function parse(args: string[], options: NonNullable<ParseArgsConfig['options']>, positionals: string[] = []): Values {
   try {
-    return parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: false, strict: true }).values as Values;
+    const parsed = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: positionals.length > 0, strict: true });
+    if (parsed.positionals.length > positionals.length) throw new Error(`Unexpected argument ${JSON.stringify(parsed.positionals[positionals.length])}`);
+    positionals.forEach((name, i) => ((parsed.values as Values)[name] = parsed.positionals[i]));
+    return parsed.values as Values;
   } catch (error) {
     throw new UpgraderError('E_USAGE', `${describeError(error).replace(/^ERR_PARSE_ARGS_\w+: /, '')} (see --help).`);
   }
@@ -123,12 +158,84 @@ async function run(args: string[]): Promise<number> {
   return supervisor.exited;
 }
 
+const useColour = () => Boolean(process.stdout.isTTY) && process.env.NO_COLOR === undefined;
+const printJson = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+
 function status(args: string[]): number {
-  const v = parse(args, { root: { type: 'string' }, json: { type: 'boolean', default: false } });
+  const v = parse(args, { root: { type: 'string' }, base: { type: 'string' }, json: { type: 'boolean', default: false } });
   if (v.help) return help('status');
+  if (v.root === undefined) {
+    const base = (v.base as string | undefined) ?? process.env.UPGRADER_BASE ?? '/var/lib/upgrader';
+    const reports = rootsUnder(base).map(({ name, path }) => ({ name, ...readStatus(Layout.open(path)) }));
+    if (v.json) printJson(reports);
+    else process.stdout.write(`${formatHost(reports, useColour())}\n`);
+    return hostExitCode(reports);
+  }
   const report = readStatus(Layout.open(requireRoot(v.root)));
-  process.stdout.write(v.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatStatus(report)}\n`);
+  if (v.json) printJson(report);
+  else process.stdout.write(`${formatStatus(report)}\n`);
   return statusExitCode(report);
+}
+
+async function install(args: string[]): Promise<number> {
+  const v = parse(args, { root: { type: 'string' }, version: { type: 'string' }, sha256: { type: 'string' }, entry: { type: 'string' }, json: { type: 'boolean', default: false } }, ['source']);
+  if (v.help) return help('install');
+  if (typeof v.version !== 'string') throw new UpgraderError('E_USAGE', '--version <v> is required (see --help).');
+  if (typeof v.source !== 'string') throw new UpgraderError('E_USAGE', 'The source (a directory or a .tar.gz archive) is required (see --help).');
+  const progress = process.stderr.isTTY
+    ? (done: number, total: number) => process.stderr.write(`\runpacking ${Math.floor((done / total) * 100)}%`)
+    : undefined;
+  const { installVersion } = await import('./install.js');
+  const result = await installVersion({
+    root: requireRoot(v.root),
+    version: v.version,
+    source: v.source,
+    sha256: v.sha256 as string | undefined,
+    entry: (v.entry as string | undefined) ?? DEFAULT_ENTRY,
+    onProgress: progress,
+  });
+  if (progress) process.stderr.write('\n');
+  if (v.json) printJson(result);
+  else process.stdout.write(result.identical ? `${result.version} is already installed with identical content; nothing to do.\n` : `installed ${result.version} at ${result.path}\n`);
+  return EXIT.ok;
+}
+
+async function versions(args: string[]): Promise<number> {
+  const v = parse(args, { root: { type: 'string' }, json: { type: 'boolean', default: false } });
+  if (v.help) return help('versions');
+  const { listVersions } = await import('./versions.js');
+  const list = listVersions(Layout.open(requireRoot(v.root)));
+  if (v.json) printJson(list);
+  else {
+    for (const info of list) {
+      const markers = info.markers.length ? ` [${info.markers.join(', ')}]` : '';
+      const broken = info.problem ? `  (incomplete: ${info.problem})` : '';
+      process.stdout.write(`${info.version.padEnd(20)} ${info.installedAt}  ${formatBytes(info.sizeBytes).padStart(9)}${markers}${broken}\n`);
+    }
+  }
+  return EXIT.ok;
+}
+
+async function prune(args: string[]): Promise<number> {
+  const v = parse(args, { root: { type: 'string' }, keep: { type: 'string' }, 'dry-run': { type: 'boolean', default: false }, json: { type: 'boolean', default: false } });
+  if (v.help) return help('prune');
+  const keep = Number(v.keep);
+  if (typeof v.keep !== 'string' || !Number.isInteger(keep) || keep < 0) throw new UpgraderError('E_USAGE', `--keep must be a whole number of versions, not ${JSON.stringify(v.keep ?? '')}.`);
+  const { pruneVersions } = await import('./versions.js');
+  const result = await pruneVersions(Layout.open(requireRoot(v.root)), keep, v['dry-run'] === true);
+  if (v.json) printJson(result);
+  else {
+    const verb = result.dryRun ? 'would remove' : 'removed';
+    process.stdout.write(result.removed.length ? `${verb} ${result.removed.join(', ')}\n` : 'nothing to remove\n');
+    for (const kept of result.kept) process.stdout.write(`kept ${kept.version} (${kept.why})\n`);
+  }
+  return EXIT.ok;
+}
+
+function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
 }
 
 function help(topic: keyof typeof HELP): number {
@@ -143,6 +250,12 @@ export async function main(argv: string[]): Promise<number> {
       return run(rest);
     case 'status':
       return status(rest);
+    case 'install':
+      return install(rest);
+    case 'versions':
+      return versions(rest);
+    case 'prune':
+      return prune(rest);
     case '--version':
     case '-v':
       process.stdout.write(`${UPGRADER_VERSION}\n`);
@@ -153,7 +266,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'help':
       return help('main');
     default:
-      throw new UpgraderError('E_USAGE', `Unknown command ${JSON.stringify(command)}; the commands are run and status (see --help).`);
+      throw new UpgraderError('E_USAGE', `Unknown command ${JSON.stringify(command)}; the commands are run, status, install, versions and prune (see --help).`);
   }
 }
 

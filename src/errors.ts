@@ -19,6 +19,10 @@ export const EXIT = {
   notRunning: 3,
   /** `status`: an upgrader runs, but no agent has reported ready. */
   notReady: 4,
+  /** An archive or directory to install is refused: bad checksum, or entries that would escape. */
+  badInput: 65,
+  /** The version to install exists with other content. */
+  exists: 73,
 } as const;
 
 export type ErrorCode =
@@ -30,6 +34,9 @@ export type ErrorCode =
   | 'E_CURRENT'
   | 'E_LOCKED'
   | 'E_IO'
+  | 'E_CHECKSUM'
+  | 'E_UNSAFE_ARCHIVE'
+  | 'E_VERSION_EXISTS'
   | 'E_INTERNAL';
 
 const exitByCode: Record<ErrorCode, number> = {
@@ -41,6 +48,9 @@ const exitByCode: Record<ErrorCode, number> = {
   E_CURRENT: EXIT.layout,
   E_LOCKED: EXIT.locked,
   E_IO: EXIT.io,
+  E_CHECKSUM: EXIT.badInput,
+  E_UNSAFE_ARCHIVE: EXIT.badInput,
+  E_VERSION_EXISTS: EXIT.exists,
   E_INTERNAL: EXIT.internal,
 };
 

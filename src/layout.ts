@@ -92,6 +92,11 @@ export class Layout {
     } catch {
       return `version ${version} is not installed (no ${dir})`;
     }
+    return this.directoryProblem(dir, `version ${version}`);
+  }
+
+  /** Why the directory `dir` (a version, or one being staged) has no usable entry point, or null. */
+  directoryProblem(dir: string, label: string): string | null {
     const entry = join(dir, this.entry);
     try {
       const realEntry = realpathSync(entry);
@@ -102,7 +107,7 @@ export class Layout {
       if (unsafe) return unsafe;
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return `version ${version} has no entry point ${entry}`;
+      if (code === 'ENOENT') return `${label} has no entry point ${entry}`;
       if (code === 'EACCES') return `the entry point ${entry} is not executable`;
       return `the entry point ${entry} cannot be used (${code ?? String(error)})`;
     }
@@ -134,17 +139,21 @@ export class Layout {
     replaceSymlinkDurably(this.currentLink, `versions/${version}`);
   }
 
-  /** Removes temporary links and files left by a crash in the root and the state directory. */
+  /**
+   * Removes temporary links, files and staging directories left by a crash, in the root, versions/ and the
+   * state directory. A temporary name carries its creator's PID: one whose creator still runs (an install
+   * in progress) is left alone.
+   */
   removeStaleTemporaries(): string[] {
     const removed: string[] = [];
-    for (const dir of [this.root, this.stateDir]) {
+    for (const dir of [this.root, this.versionsDir, this.stateDir]) {
       let names: string[];
       try {
         names = readdirSync(dir);
       } catch {
         continue;
       }
-      for (const name of names.filter(isTempName)) {
+      for (const name of names.filter((n) => isTempName(n) && !creatorRuns(n))) {
         try {
           rmSync(join(dir, name), { force: true, recursive: true });
           removed.push(join(dir, name));
@@ -154,6 +163,18 @@ export class Layout {
       }
     }
     return removed;
+  }
+}
+
+/** Temporary names end in `.tmp-<pid>-<random>`; is that process still running (and not us)? */
+function creatorRuns(name: string): boolean {
+  const pid = Number(/\.tmp-(\d+)-/.exec(name)?.[1]);
+  if (!pid || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -4,7 +4,9 @@
  */
 import { AgentStatusFile, type AgentStatus } from './agent-status.js';
 import { formatDuration } from './duration.js';
-import { EXIT } from './errors.js';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { EXIT, UpgraderError } from './errors.js';
 import type { Layout } from './layout.js';
 import { liveOwner } from './ownership.js';
 import { isSameProcessAlive } from './proc.js';
@@ -91,4 +93,45 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   if (r.stateProblem) rows.push(['warning', r.stateProblem]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');
+}
+
+/** The roots under a base directory: its subdirectories that hold a versions/ directory. */
+export function rootsUnder(base: string): { name: string; path: string }[] {
+  let names: string[];
+  try {
+    names = readdirSync(base).sort();
+  } catch {
+    throw new UpgraderError('E_ROOT', `The base directory ${base} does not exist (set --base or UPGRADER_BASE).`);
+  }
+  return names.map((name) => ({ name, path: join(base, name) })).filter((root) => existsSync(join(root.path, 'versions')));
+}
+
+/** The host-wide view: 0 when every root runs a ready agent, else 3 if any root has no upgrader, else 4. */
+export function hostExitCode(reports: StatusReport[]): number {
+  if (reports.some((r) => !r.running)) return EXIT.notRunning;
+  return reports.every((r) => r.agent?.ready) ? EXIT.ok : EXIT.notReady;
+}
+
+export type HostReport = StatusReport & { name: string };
+
+export function formatHost(reports: HostReport[], colour: boolean, now = Date.now()): string {
+  if (reports.length === 0) return 'no roots (no directory with a versions/ subdirectory)';
+  const paint = (state: string) => {
+    if (!colour) return state;
+    const code = state === 'running' ? 32 : state === 'upgrading' || state === 'starting' ? 33 : 31;
+    return `\x1b[${code}m${state}\x1b[0m`;
+  };
+  const rows = reports.map((r) => [
+    r.name,
+    r.state,
+    r.agent?.version ?? r.current ?? '-',
+    r.agent ? String(r.agent.pid) : '-',
+    r.agent ? formatDuration(r.agent.uptimeMs) : '-',
+    r.lastUpgrade ? `${r.lastUpgrade.from} -> ${r.lastUpgrade.to} ${r.lastUpgrade.result} ${ago(r.lastUpgrade.at, now)}` : '-',
+  ]);
+  const header = ['NAME', 'STATE', 'VERSION', 'PID', 'UPTIME', 'LAST UPGRADE'];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cells: string[], paintState: boolean) =>
+    cells.map((cell, i) => (i === 1 && paintState ? paint(cell) + ' '.repeat(widths[i]! - cell.length) : cell.padEnd(widths[i]!))).join('  ').trimEnd();
+  return [line(header, false), ...rows.map((row) => line(row, true))].join('\n');
 }

@@ -1,0 +1,202 @@
+/** Operator commands on real files: install, versions, prune, and the host-wide status. */
+import { execa } from 'execa';
+import { createHash } from 'node:crypto';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { askUpgrade, CLI, cleanupRoots, currentTarget, makeRoot, runCli, startReady, stopAllUpgraders } from '../helpers.js';
+
+afterEach(async () => {
+  await stopAllUpgraders();
+  cleanupRoots();
+});
+
+const FAST = ['--ready-timeout', '3s', '--probation', '0s'];
+const scratch = () => mkdtempSync(join(tmpdir(), 'operator-'));
+const staging = (root: string) => readdirSync(join(root, 'versions')).filter((n) => n.startsWith('.'));
+
+/** A version's source tree: bin/agent as the fixture agent, plus a data file. */
+function sourceTree(marker = 'one'): string {
+  const dir = scratch();
+  mkdirSync(join(dir, 'bin'));
+  const root = makeRoot({ template: {} });
+  cpSync(join(root, 'versions/template/bin/agent'), join(dir, 'bin/agent'));
+  chmodSync(join(dir, 'bin/agent'), 0o755);
+  writeFileSync(join(dir, 'data.txt'), marker);
+  return dir;
+}
+
+async function archiveOf(dir: string): Promise<string> {
+  const file = join(scratch(), 'agent.tar.gz');
+  await execa('tar', ['-czf', file, '-C', dir, '.']);
+  return file;
+}
+
+/** An archive with hostile entries, written with Python's tarfile (tar itself refuses to make some). */
+async function hostileArchive(kind: 'dotdot' | 'absolute' | 'symlink-out'): Promise<string> {
+  const file = join(scratch(), 'evil.tgz');
+  const script = `
+import tarfile, io, sys
+kind, path = sys.argv[1], sys.argv[2]
+with tarfile.open(path, 'w:gz') as t:
+    def add(name, data=b'x', mode=0o755):
+        info = tarfile.TarInfo(name); info.size = len(data); info.mode = mode
+        t.addfile(info, io.BytesIO(data))
+    add('bin/agent', b'#!/bin/sh\\nexit 0\\n')
+    if kind == 'dotdot': add('../evil')
+    if kind == 'absolute': add('/tmp/upgrader-evil-absolute')
+    if kind == 'symlink-out':
+        info = tarfile.TarInfo('bin/link'); info.type = tarfile.SYMTYPE; info.linkname = '../../../../etc/passwd'; t.addfile(info)
+`;
+  await execa('python3', ['-c', script, kind, file]);
+  return file;
+}
+
+const sha256 = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
+
+describe('upgrader install', () => {
+  it('installs from a directory, and says so when the same content is installed again', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const source = sourceTree();
+    const first = await runCli(['install', '--root', root, '--version', '2.0.0', source]);
+    expect(first).toMatchObject({ code: 0 });
+    expect(first.stdout).toMatch(/installed 2\.0\.0/);
+    expect(readFileSync(join(root, 'versions/2.0.0/data.txt'), 'utf8')).toBe('one');
+    const again = await runCli(['install', '--root', root, '--version', '2.0.0', source]);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/already installed with identical content/);
+    const other = await runCli(['install', '--root', root, '--version', '2.0.0', sourceTree('two')]);
+    expect(other.code).toBe(73);
+    expect(other.stderr).toMatch(/Version 2\.0\.0 is already installed with different content/);
+    expect(readFileSync(join(root, 'versions/2.0.0/data.txt'), 'utf8')).toBe('one');
+    expect(staging(root)).toEqual([]);
+  });
+
+  it('installs from an archive with a matching checksum, and refuses a mismatch showing both digests', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const archive = await archiveOf(sourceTree());
+    const wrong = '0'.repeat(64);
+    const refused = await runCli(['install', '--root', root, '--version', '2.0.0', '--sha256', wrong, archive]);
+    expect(refused.code).toBe(65);
+    expect(refused.stderr).toContain(sha256(archive));
+    expect(refused.stderr).toContain(wrong);
+    expect(existsSync(join(root, 'versions/2.0.0'))).toBe(false);
+    const ok = await runCli(['install', '--root', root, '--version', '2.0.0', '--sha256', sha256(archive), archive]);
+    expect(ok.code).toBe(0);
+    expect(readFileSync(join(root, 'versions/2.0.0/data.txt'), 'utf8')).toBe('one');
+    expect(staging(root)).toEqual([]);
+  });
+
+  it.each([
+    ['dotdot', /\.\.\/evil leads outside the version directory/],
+    ['absolute', /\/tmp\/upgrader-evil-absolute is an absolute path/],
+    ['symlink-out', /bin\/link is a link to .*outside the version directory/],
+  ] as const)('refuses an archive entry that would escape (%s) and leaves nothing behind', async (kind, message) => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const result = await runCli(['install', '--root', root, '--version', '2.0.0', await hostileArchive(kind)]);
+    expect(result.code).toBe(65);
+    expect(result.stderr).toMatch(message);
+    expect(existsSync(join(root, 'versions/2.0.0'))).toBe(false);
+    expect(existsSync(join(root, 'versions/evil'))).toBe(false);
+    expect(existsSync(join(root, 'evil'))).toBe(false);
+    expect(existsSync('/tmp/upgrader-evil-absolute')).toBe(false);
+    expect(staging(root)).toEqual([]);
+  });
+
+  it('refuses a version whose entry point is missing or not executable', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const source = sourceTree();
+    chmodSync(join(source, 'bin/agent'), 0o644);
+    const result = await runCli(['install', '--root', root, '--version', '2.0.0', source]);
+    expect(result.code).toBe(78);
+    expect(result.stderr).toMatch(/Refusing to install 2\.0\.0: the entry point .* is not executable/);
+    rmSync(join(source, 'bin/agent'));
+    expect((await runCli(['install', '--root', root, '--version', '2.0.0', source])).stderr).toMatch(/has no entry point/);
+    expect(staging(root)).toEqual([]);
+  });
+
+  it('refuses bad names before touching anything', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const result = await runCli(['install', '--root', root, '--version', '../x', sourceTree()]);
+    expect(result.code).toBe(64);
+    expect(result.stderr).toMatch(/"..\/x" is not a valid version name/);
+  });
+
+  it('an install killed halfway leaves a staging directory that the next install and the next run remove', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    // What a killed install leaves: a temporary directory named after its (now dead) process.
+    mkdirSync(join(root, 'versions/.2.0.0.tmp-999999-dead/bin'), { recursive: true });
+    expect((await runCli(['install', '--root', root, '--version', '3.0.0', sourceTree()])).code).toBe(0);
+    expect(staging(root)).toEqual([]);
+    mkdirSync(join(root, 'versions/.4.0.0.tmp-999998-dead'));
+    const { up } = await startReady(root, FAST);
+    expect(staging(root)).toEqual([]);
+    expect(up.logs.some((l) => l.msg === 'removed a temporary file left by a crash')).toBe(true);
+  });
+});
+
+describe('upgrader versions and prune', () => {
+  it('lists versions newest first with their markers, and prunes only what is not needed', async () => {
+    const root = makeRoot({ '1.0.0': {}, '1.1.0': {}, '1.2.0': {}, '2.0.0': {}, '0.9.0': {} }, '1.0.0');
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '1.1.0');
+    await up.waitForSent('go', '1.1.0');
+    const listed = await runCli(['versions', '--root', root, '--json']);
+    const list = JSON.parse(listed.stdout) as { version: string; markers: string[]; sizeBytes: number; installedAt: string }[];
+    expect(list.map((v) => v.version)).toEqual(['2.0.0', '1.2.0', '1.1.0', '1.0.0', '0.9.0']);
+    expect(list.find((v) => v.version === '1.1.0')!.markers).toEqual(['current', 'running']);
+    expect(list.find((v) => v.version === '1.0.0')!.markers).toEqual(['previous']);
+    expect(list[0]!.sizeBytes).toBeGreaterThan(0);
+    expect((await runCli(['versions', '--root', root])).stdout).toMatch(/1\.1\.0\s+\S+\s+.*\[current, running\]/);
+
+    const dry = JSON.parse((await runCli(['prune', '--root', root, '--keep', '1', '--dry-run', '--json'])).stdout);
+    expect(dry).toMatchObject({ dryRun: true, removed: ['1.2.0', '0.9.0'] });
+    expect(existsSync(join(root, 'versions/1.2.0'))).toBe(true);
+    const done = await runCli(['prune', '--root', root, '--keep', '1']);
+    expect(done.stdout).toMatch(/removed 1\.2\.0, 0\.9\.0/);
+    expect(readdirSync(join(root, 'versions')).sort()).toEqual(['1.0.0', '1.1.0', '2.0.0']);
+    expect(currentTarget(root)).toBe('versions/1.1.0');
+  });
+
+  it('prune racing installs: both finish, and no install is half-removed', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const source = sourceTree();
+    for (let i = 1; i <= 5; i++) {
+      const [installed, pruned] = await Promise.all([
+        runCli(['install', '--root', root, '--version', `1.0.${i}`, source]),
+        runCli(['prune', '--root', root, '--keep', '1']),
+      ]);
+      expect(installed.code).toBe(0);
+      expect(pruned.code).toBe(0);
+      for (const name of readdirSync(join(root, 'versions')).filter((n) => !n.startsWith('.'))) {
+        expect(readFileSync(join(root, 'versions', name, 'bin/agent'), 'utf8').length).toBeGreaterThan(0);
+      }
+    }
+    expect(existsSync(join(root, 'versions/1.0.5'))).toBe(true);
+    expect(staging(root)).toEqual([]);
+  });
+});
+
+describe('host-wide status', () => {
+  it('shows every root under the base, one of them without an upgrader', async () => {
+    const base = scratch();
+    const roots = ['alpha', 'beta', 'gamma'].map((name) => {
+      const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+      symlinkSync(root, join(base, name));
+      return root;
+    });
+    mkdirSync(join(base, 'not-a-root'));
+    await startReady(roots[0]!, FAST);
+    await startReady(roots[1]!, FAST);
+    const table = await runCli(['status', '--base', base]);
+    expect(table.code).toBe(3);
+    const lines = table.stdout.trim().split('\n');
+    expect(lines[0]).toMatch(/^NAME\s+STATE\s+VERSION\s+PID\s+UPTIME\s+LAST UPGRADE$/);
+    expect(lines.slice(1).map((l) => l.split(/\s+/).slice(0, 3).join(' '))).toEqual(['alpha running 1.0.0', 'beta running 1.0.0', 'gamma stopped 1.0.0']);
+    expect(table.stdout).not.toMatch(/\x1b\[/);
+    const json = JSON.parse((await execa(process.execPath, [CLI, 'status', '--json'], { env: { UPGRADER_BASE: base }, reject: false })).stdout);
+    expect(json.map((r: { name: string }) => r.name)).toEqual(['alpha', 'beta', 'gamma']);
+    expect(json.map((r: { running: boolean }) => r.running)).toEqual([true, true, false]);
+  });
+});
