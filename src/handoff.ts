@@ -79,7 +79,8 @@ export type Event =
   | { type: 'shutdown'; signal: string }
   | { type: 'io-failed'; trigger: Event; error: string };
 
-export type Outcome = { from: string; to: string; mode: HandoffMode; startedAt: string; result: UpgradeResult; reason: string | null };
+/** An upgrade's result. `quarantine`: the new version itself failed (not the disk, not a signal): keep agents from asking for it again. */
+export type Outcome = { from: string; to: string; mode: HandoffMode; startedAt: string; result: UpgradeResult; reason: string | null; quarantine: boolean };
 
 export type Effect =
   | { kind: 'spawn'; id: number; version: string; role: Role; fromVersion: string | null }
@@ -123,8 +124,8 @@ function spawnActive(ctx: Context, version: string): { ctx: Context; effect: Eff
   };
 }
 
-function outcomeOf(handoff: Handoff | Probation, from: string, to: string, result: UpgradeResult, reason: string | null): Outcome {
-  return { from, to, mode: handoff.mode, startedAt: handoff.startedAt, result, reason };
+function outcomeOf(handoff: Handoff | Probation, from: string, to: string, result: UpgradeResult, reason: string | null, quarantine = false): Outcome {
+  return { from, to, mode: handoff.mode, startedAt: handoff.startedAt, result, reason, quarantine };
 }
 
 /** Puts an agent on its way out with SIGTERM now and its tree killed if it outlives `graceMs`. */
@@ -224,7 +225,7 @@ function promote(ctx: Context, before: Effect[], config: Config): Step {
  * The candidate failed (exit, timeout, protocol error, or `current` could not be moved to it).
  * Its tree is killed; if it has already exited, only what it left behind is, and nothing waits for it.
  */
-function failCandidate(ctx: Context, reason: string, config: Config, exited = false): Step {
+function failCandidate(ctx: Context, reason: string, config: Config, exited = false, versionAtFault = true): Step {
   const handoff = ctx.handoff!;
   let step: Step = { next: { ...ctx, candidate: null }, effects: [{ kind: 'cancel-timer', timer: 'ready' }] };
   if (ctx.candidate) {
@@ -233,7 +234,7 @@ function failCandidate(ctx: Context, reason: string, config: Config, exited = fa
       ? then(step, (c) => ({ next: c, effects: [{ kind: 'kill-tree', id: candidate.id }] }))
       : then(step, (c) => killTree(c, candidate));
   }
-  const outcome = outcomeOf(handoff, handoff.from, handoff.to, 'failed', reason);
+  const outcome = outcomeOf(handoff, handoff.from, handoff.to, 'failed', reason, versionAtFault);
   if (handoff.draining !== null) {
     // The old agent is already stopping and cannot be called back; start its version again once it is gone.
     return then(step, (c) => ({
@@ -291,7 +292,7 @@ function oldReleased(ctx: Context, config: Config): Step {
 }
 
 function rollBackProbation(ctx: Context, probation: Probation, reason: string): Step {
-  const outcome = outcomeOf(probation, probation.from, probation.version, 'rolled-back', reason);
+  const outcome = outcomeOf(probation, probation.from, probation.version, 'rolled-back', reason, true);
   const spawned = spawnActive({ ...ctx, active: null, probation: null, previous: probation.previous }, probation.from);
   return {
     next: spawned.ctx,
@@ -396,7 +397,7 @@ function onIoFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, 
     return { next: ctx, effects: [{ kind: 'send', id: ctx.active.id, message: { type: 'upgrade-failed', version: trigger.version, reason } }] };
   }
   if (trigger.type === 'ready' && ctx.handoff) {
-    return failCandidate(ctx, `current could not be pointed at ${ctx.handoff.to} (${event.error})`, config);
+    return failCandidate(ctx, `current could not be pointed at ${ctx.handoff.to} (${event.error})`, config, false, false);
   }
   return stay(ctx);
 }

@@ -13,6 +13,7 @@ import { UpgraderError } from './errors.js';
 import { fsyncDirectory } from './durable.js';
 import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
 import { withLayoutLock } from './layout-lock.js';
+import { Quarantine } from './quarantine.js';
 
 export type InstallOptions = {
   root: string;
@@ -26,7 +27,7 @@ export type InstallOptions = {
   onProgress?: (done: number, total: number) => void;
 };
 
-export type InstallResult = { version: string; path: string; identical: boolean };
+export type InstallResult = { version: string; path: string; identical: boolean; liftedQuarantine: boolean };
 
 export async function installVersion(options: InstallOptions): Promise<InstallResult> {
   assertVersionName(options.version);
@@ -48,15 +49,17 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
     fsyncTree(staging);
     return await withLayoutLock(layout, () => {
       const target = join(layout.versionsDir, options.version);
+      // Re-installing a version is how an operator says it deserves another try.
+      const lift = () => new Quarantine(layout.stateDir).lift(options.version);
       if (exists(target)) {
         if (treeDigest(target) !== treeDigest(staging)) {
           throw new UpgraderError('E_VERSION_EXISTS', `Version ${options.version} is already installed with different content; install it under another name.`);
         }
-        return { version: options.version, path: target, identical: true };
+        return { version: options.version, path: target, identical: true, liftedQuarantine: lift() };
       }
       renameSync(staging, target);
       fsyncDirectory(layout.versionsDir);
-      return { version: options.version, path: target, identical: false };
+      return { version: options.version, path: target, identical: false, liftedQuarantine: lift() };
     });
   } finally {
     rmSync(staging, { recursive: true, force: true });

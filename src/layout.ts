@@ -11,6 +11,7 @@ import { accessSync, constants, lstatSync, readdirSync, readlinkSync, realpathSy
 import { dirname, join, sep } from 'node:path';
 import { UpgraderError } from './errors.js';
 import { isTempName, replaceSymlinkDurably } from './durable.js';
+import { readManifest } from './manifest.js';
 
 export const VERSION_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
 export const DEFAULT_ENTRY = 'bin/agent';
@@ -75,8 +76,15 @@ export class Layout {
     return join(this.versionsDir, version);
   }
 
+  /** The entry point's path: the manifest's `entry` if it names one, else --entry. */
   entryPath(version: string): string {
-    return join(this.versionDir(version), this.entry);
+    const dir = this.versionDir(version);
+    return join(dir, this.entryIn(dir));
+  }
+
+  private entryIn(dir: string): string {
+    const read = readManifest(dir);
+    return 'manifest' in read && read.manifest.entry !== undefined ? read.manifest.entry : this.entry;
   }
 
   /**
@@ -95,9 +103,14 @@ export class Layout {
     return this.directoryProblem(dir, `version ${version}`);
   }
 
-  /** Why the directory `dir` (a version, or one being staged) has no usable entry point, or null. */
+  /** Why the directory `dir` (a version, or one being staged) is unusable (manifest, entry point), or null. */
   directoryProblem(dir: string, label: string): string | null {
-    const entry = join(dir, this.entry);
+    const read = readManifest(dir);
+    if ('problem' in read) return `${label}: ${read.problem}`;
+    const entryName = read.manifest.entry ?? this.entry;
+    const badEntry = entryProblem(entryName);
+    if (badEntry) return `${label}: ${badEntry.replace('--entry', 'the manifest entry')}`;
+    const entry = join(dir, entryName);
     try {
       const realEntry = realpathSync(entry);
       if (!realEntry.startsWith(realpathSync(dir) + sep)) return `the entry point ${entry} leads outside its version directory`;

@@ -11,6 +11,7 @@ import type { Layout } from './layout.js';
 import { liveOwner } from './ownership.js';
 import { isSameProcessAlive } from './proc.js';
 import { StateFile, type RecordedAgent, type UpgradeRecord } from './state.js';
+import { Quarantine, type QuarantineEntry } from './quarantine.js';
 
 export type AgentView = { pid: number; version: string; role: string; ready: boolean; since: string; uptimeMs: number };
 
@@ -27,6 +28,7 @@ export type StatusReport = {
   handoff: { from: string; to: string; mode: string; phase: string; startedAt: string } | null;
   probation: { version: string; from: string } | null;
   agentStatus: AgentStatus | null;
+  quarantined: QuarantineEntry[];
   lastUpgrade: UpgradeRecord | null;
   history: UpgradeRecord[];
   stateProblem: string | null;
@@ -55,6 +57,7 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
     handoff: owner ? (saved?.handoff ?? null) : null,
     probation: owner && saved?.probation ? { version: saved.probation.version, from: saved.probation.from } : null,
     agentStatus: new AgentStatusFile(layout.stateDir).read(),
+    quarantined: new Quarantine(layout.stateDir).list(),
     lastUpgrade: history[0] ?? null,
     history,
     stateProblem: read.ok || read.missing ? null : read.problem,
@@ -90,6 +93,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   if (r.probation) rows.push(['probation', `${r.probation.version} rolls back to ${r.probation.from} if it exits`]);
   if (r.agentStatus) rows.push(['message', `${JSON.stringify(r.agentStatus.message)} (${r.agentStatus.version}, ${ago(r.agentStatus.at, now)})`]);
   rows.push(['last upgrade', r.lastUpgrade ? describeUpgrade(r.lastUpgrade, now) : 'none']);
+  for (const q of r.quarantined) rows.push(['quarantined', `${q.version} since ${ago(q.at, now)}: ${q.reason}`]);
   if (r.stateProblem) rows.push(['warning', r.stateProblem]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');

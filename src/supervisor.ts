@@ -13,6 +13,8 @@ import type { Logger } from './log.js';
 import { AgentStatusFile } from './agent-status.js';
 import type { Ownership } from './ownership.js';
 import type { SystemdNotifier } from './notify.js';
+import { jumpProblem, readManifest } from './manifest.js';
+import { Quarantine } from './quarantine.js';
 import { findLiveProcesses, isSameProcessAlive } from './proc.js';
 import { MAX_STATUS_CHARS, type AgentMessage, type Parsed } from './protocol.js';
 import { withUpgrade, type PersistedState, type RecordedAgent, type StateFile, type UpgradeRecord } from './state.js';
@@ -47,6 +49,7 @@ export class Supervisor {
   private readonly log: Logger;
   private readonly notifier: SystemdNotifier;
   private readonly readyOnSpawn: boolean;
+  private readonly quarantine: Quarantine;
   private history: UpgradeRecord[];
   private current: string | null;
 
@@ -62,6 +65,7 @@ export class Supervisor {
       readyOnSpawn: this.readyOnSpawn,
     } = options);
     ({ history: this.history, current: this.current } = recovered);
+    this.quarantine = new Quarantine(this.layout.stateDir);
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
   }
 
@@ -260,15 +264,19 @@ export class Supervisor {
         return this.dispatch({ type: 'ready', id });
       case 'stopped':
         return this.dispatch({ type: 'stopped', id });
-      case 'upgrade':
+      case 'upgrade': {
+        const problem = this.requestProblem(this.ctx.active?.id === id ? this.ctx.active.version : undefined, message.version);
+        const manifest = problem ? null : readManifest(this.layout.versionDir(message.version));
+        const sequential = manifest !== null && 'manifest' in manifest && manifest.manifest.sequential === true;
         return this.dispatch({
           type: 'upgrade-requested',
           id,
           version: message.version,
-          mode: message.mode,
-          problem: this.layout.versionProblem(message.version),
+          mode: sequential ? 'sequential' : message.mode,
+          problem,
           at: new Date().toISOString(),
         });
+      }
       case 'status':
         this.agentStatus.record({ version: proc.spec.version, pid: proc.pid ?? null, message: message.message.slice(0, MAX_STATUS_CHARS), at: new Date().toISOString() });
         return;
@@ -321,11 +329,32 @@ export class Supervisor {
     if (outcome) {
       const now = new Date();
       const mono = this.handoffStartedMono ? performance.now() - this.handoffStartedMono : now.getTime() - Date.parse(outcome.startedAt);
-      this.history = withUpgrade(this.history, { ...outcome, at: now.toISOString(), durationMs: Math.max(0, Math.round(mono)) });
+      const { quarantine, ...record } = outcome;
+      this.history = withUpgrade(this.history, { ...record, at: now.toISOString(), durationMs: Math.max(0, Math.round(mono)) });
+      if (quarantine) this.quarantineVersion(outcome.to, outcome.reason ?? outcome.result);
       const memory = process.memoryUsage();
       this.log.info({ ...outcome, rss: memory.rss, heapUsed: memory.heapUsed }, `upgrade ${outcome.from} -> ${outcome.to} ${outcome.result}`);
     }
     this.stateFile.write(this.snapshot(next));
+  }
+
+  private quarantineVersion(version: string, reason: string): void {
+    try {
+      this.quarantine.add(version, reason);
+      this.log.warn({ version, reason }, `quarantined ${version}: agents' requests for it are refused until it is re-installed`);
+    } catch (error) {
+      this.log.error({ version, err: describeError(error) }, `could not quarantine ${version}`);
+    }
+  }
+
+  /** Why an agent may not have `version`: not launchable, quarantined, or a jump its manifest forbids. */
+  private requestProblem(from: string | undefined, version: string): string | null {
+    const problem = this.layout.versionProblem(version);
+    if (problem) return problem;
+    const quarantined = this.quarantine.get(version);
+    if (quarantined) return `${version} is quarantined since ${quarantined.at} (${quarantined.reason}); re-install it to try again`;
+    const read = readManifest(this.layout.versionDir(version));
+    return from && 'manifest' in read ? jumpProblem(from, version, read.manifest) : null;
   }
 
   private snapshot(next: Context): PersistedState {

@@ -13,7 +13,7 @@ import { versionNameProblem } from './layout.js';
 import { withLayoutLock } from './layout-lock.js';
 import { readStatus } from './status.js';
 
-export type Marker = 'current' | 'previous' | 'running' | 'candidate';
+export type Marker = 'current' | 'previous' | 'running' | 'candidate' | 'quarantined';
 
 export type VersionInfo = {
   version: string;
@@ -40,6 +40,7 @@ function markersOf(layout: Layout): Map<string, Marker[]> {
   mark(report.previous, 'previous');
   mark(report.agent?.version, 'running');
   mark(report.candidate?.version, 'candidate');
+  for (const entry of report.quarantined) mark(entry.version, 'quarantined');
   return markers;
 }
 
@@ -80,7 +81,8 @@ export async function pruneVersions(layout: Layout, keep: number, dryRun: boolea
   return withLayoutLock(layout, () => {
     const result: PruneResult = { removed: [], kept: [], dryRun };
     for (const [index, info] of listVersions(layout).entries()) {
-      if (info.markers.length > 0) result.kept.push({ version: info.version, why: info.markers.join(', ') });
+      const protecting = info.markers.filter((m) => m !== 'quarantined');
+      if (protecting.length > 0) result.kept.push({ version: info.version, why: protecting.join(', ') });
       else if (index < keep) result.kept.push({ version: info.version, why: `among the newest ${keep}` });
       else result.removed.push(info.version);
     }

@@ -200,3 +200,72 @@ describe('host-wide status', () => {
     expect(json.map((r: { running: boolean }) => r.running)).toEqual([true, true, false]);
   });
 });
+
+describe('manifests: which jumps are allowed', () => {
+  const manifest = (root: string, version: string, content: unknown) => writeFileSync(join(root, 'versions', version, 'upgrader.json'), JSON.stringify(content));
+
+  it('refuses a jump outside upgradeFrom, naming the range, and allows one inside', async () => {
+    const root = makeRoot({ '1.0.0': {}, '3.0.0': {}, '2.0.0': {} }, '1.0.0');
+    manifest(root, '3.0.0', { upgradeFrom: '>=2.0.0 <3.0.0' });
+    manifest(root, '2.0.0', { upgradeFrom: '^1.0.0' });
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '3.0.0');
+    const refused = await up.waitForSent('upgrade-failed', '1.0.0');
+    expect((refused.message as { reason: string }).reason).toBe('3.0.0 may only take over from versions in ">=2.0.0 <3.0.0" (its upgrader.json), and 1.0.0 is not one');
+    askUpgrade(root, pid, '2.0.0');
+    await up.waitForSent('go', '2.0.0');
+    expect(currentTarget(root)).toBe('versions/2.0.0');
+  });
+
+  it('a manifest can require a sequential handoff and name the entry point', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const dir = join(root, 'versions/2.0.0');
+    cpSync(join(dir, 'bin/agent'), join(dir, 'start.sh'));
+    rmSync(join(dir, 'bin/agent'));
+    manifest(root, '2.0.0', { sequential: true, entry: 'start.sh' });
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '2.0.0');
+    const outcome = await up.waitForLog((l) => l.msg === 'upgrade 1.0.0 -> 2.0.0 succeeded');
+    expect(outcome.mode).toBe('sequential');
+  });
+
+  it('an invalid manifest makes the version unusable, with the reason', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    manifest(root, '2.0.0', { upgradeFrom: 'not a range', colour: 'blue' });
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '2.0.0');
+    const refused = await up.waitForSent('upgrade-failed', '1.0.0');
+    expect((refused.message as { reason: string }).reason).toMatch(/version 2\.0\.0: its upgrader\.json is invalid/);
+  });
+});
+
+describe('quarantine', () => {
+  it('a failed candidate is quarantined: asked again, it is refused; re-installing it lifts that', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitBeforeReady: 4 } } }, '1.0.0');
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '2.0.0');
+    await up.waitForSent('upgrade-failed', '1.0.0');
+    askUpgrade(root, pid, '2.0.0');
+    const refused = await up.waitForLog((l) => l.msg === 'sent upgrade-failed' && /is quarantined/.test((l.message as { reason: string }).reason));
+    expect((refused.message as { reason: string }).reason).toMatch(/2\.0\.0 is quarantined since .* \(the candidate 2\.0\.0 exited with code 4 before reporting ready\); re-install it/);
+    expect(up.logs.filter((l) => l.msg === 'spawned candidate 2.0.0')).toHaveLength(1);
+    const report = JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout);
+    expect(report.quarantined.map((q: { version: string }) => q.version)).toEqual(['2.0.0']);
+    const listed = JSON.parse((await runCli(['versions', '--root', root, '--json'])).stdout);
+    expect(listed.find((v: { version: string }) => v.version === '2.0.0').markers).toContain('quarantined');
+
+    const reinstall = await runCli(['install', '--root', root, '--version', '2.0.0', '--json', join(root, 'versions/2.0.0')]);
+    expect(JSON.parse(reinstall.stdout)).toMatchObject({ identical: true, liftedQuarantine: true });
+    askUpgrade(root, pid, '2.0.0');
+    await up.waitForLog((l) => l.msg === 'spawned candidate 2.0.0' && up.logs.filter((x) => x.msg === 'spawned candidate 2.0.0').length === 2);
+  });
+
+  it('a version rolled back in probation is quarantined', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 100 } } }, '1.0.0');
+    const { up, pid } = await startReady(root, ['--probation', '5s']);
+    askUpgrade(root, pid, '2.0.0');
+    await up.waitForLog((l) => l.msg === 'quarantined 2.0.0: agents\' requests for it are refused until it is re-installed');
+    const status = JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout);
+    expect(status.quarantined[0]).toMatchObject({ version: '2.0.0', reason: expect.stringMatching(/during its probation/) });
+  });
+});

@@ -5,7 +5,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { afterEach, expect, it } from 'vitest';
-import { askUpgrade, cleanupRoots, makeRoot, startReady, stopAllUpgraders, Upgrader, waitUntil } from '../helpers.js';
+import { addVersion, askUpgrade, cleanupRoots, makeRoot, startReady, stopAllUpgraders, Upgrader, waitUntil } from '../helpers.js';
 import { checkInvariant, rootProcesses } from './invariant.js';
 
 const HANDOFFS = process.env.UPGRADER_SOAK === '1' ? 1000 : 60;
@@ -42,14 +42,16 @@ async function sample(up: Upgrader): Promise<Sample> {
 }
 
 it(`${HANDOFFS} consecutive handoffs, every tenth candidate failing: nothing grows`, async () => {
-  const root = makeRoot({ a: { config: { stopDelayMs: 0 } }, b: {}, broken: { config: { exitBeforeReady: 3 } } }, 'a');
+  const root = makeRoot({ a: { config: { stopDelayMs: 0 } }, b: {} }, 'a');
   const { up } = await startReady(root, ['--ready-timeout', '5s', '--probation', '0s'], 'a');
   let version = 'a';
   let first: Sample | null = null;
   const outcomes = { succeeded: 0, failed: 0 };
   for (let i = 1; i <= HANDOFFS; i++) {
     const active = rootProcesses(root).find((p) => p.ppid === up.pid && p.version === version)!;
-    const target = i % 10 === 0 ? 'broken' : version === 'a' ? 'b' : 'a';
+    // Every tenth request is for a new broken release (a failed one is quarantined, so each is new).
+    const target = i % 10 === 0 ? `broken-${i}` : version === 'a' ? 'b' : 'a';
+    if (i % 10 === 0) addVersion(root, target, { config: { exitBeforeReady: 3 } });
     const before = up.logs.length;
     askUpgrade(root, active.pid, target);
     const outcome = await up.waitForLog((l) => up.logs.indexOf(l) >= before && /^upgrade .* (succeeded|failed)$/.test(l.msg), 15_000, `handoff ${i} to ${target}`);

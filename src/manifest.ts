@@ -1,0 +1,52 @@
+/**
+ * A version's manifest, versions/<v>/upgrader.json (optional), validated on every read:
+ *   { "entry": "bin/agent", "upgradeFrom": ">=1.4.0 <2.0.0", "sequential": false }
+ * entry: the entry point inside the version (else --entry); upgradeFrom: a semver range the running
+ * version must satisfy for this version to take over; sequential: this version's handoffs must be
+ * sequential (it cannot run beside the old one).
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import semver from 'semver';
+import { z } from 'zod';
+
+export const MANIFEST_FILE = 'upgrader.json';
+
+const Manifest = z
+  .object({
+    entry: z.string().min(1).max(4096).optional(),
+    upgradeFrom: z.string().refine((range) => semver.validRange(range) !== null, 'is not a semver range').optional(),
+    sequential: z.boolean().optional(),
+  })
+  .strict();
+export type Manifest = z.infer<typeof Manifest>;
+
+/** The manifest, {} when there is none, or the reason it is unusable. */
+export function readManifest(versionDir: string): { manifest: Manifest } | { problem: string } {
+  let text: string;
+  try {
+    text = readFileSync(join(versionDir, MANIFEST_FILE), 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { manifest: {} };
+    return { problem: `its ${MANIFEST_FILE} cannot be read (${(error as NodeJS.ErrnoException).code})` };
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return { problem: `its ${MANIFEST_FILE} is not valid JSON` };
+  }
+  const parsed = Manifest.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    return { problem: `its ${MANIFEST_FILE} is invalid (${issue.path.join('.') || 'manifest'}: ${issue.message})` };
+  }
+  return { manifest: parsed.data };
+}
+
+/** Why `to` may not take over from `from` under its manifest's upgradeFrom, or null. */
+export function jumpProblem(from: string, to: string, manifest: Manifest): string | null {
+  if (!manifest.upgradeFrom) return null;
+  if (semver.valid(from) && semver.satisfies(from, manifest.upgradeFrom, { includePrerelease: true })) return null;
+  return `${to} may only take over from versions in "${manifest.upgradeFrom}" (its ${MANIFEST_FILE}), and ${from} is not one`;
+}

@@ -1,0 +1,51 @@
+/**
+ * Quarantined versions: a version whose candidate failed, or which was rolled back in probation, is
+ * marked in <root>/state/quarantine/<version>.json, and an agent's request for it is refused, so that an
+ * agent cannot loop on a broken release. Re-installing the version (`upgrader install`) lifts it.
+ * One file per version: marking and lifting are each a single atomic step, with no lock to share.
+ */
+import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { replaceFileAtomically } from './durable.js';
+
+const Entry = z.object({ version: z.string(), reason: z.string(), at: z.string() });
+export type QuarantineEntry = z.infer<typeof Entry>;
+
+export class Quarantine {
+  readonly dir: string;
+  constructor(stateDir: string) {
+    this.dir = join(stateDir, 'quarantine');
+  }
+
+  add(version: string, reason: string): void {
+    mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+    replaceFileAtomically(join(this.dir, `${version}.json`), `${JSON.stringify({ version, reason, at: new Date().toISOString() })}\n`);
+  }
+
+  lift(version: string): boolean {
+    const path = join(this.dir, `${version}.json`);
+    const had = this.get(version) !== null;
+    rmSync(path, { force: true });
+    return had;
+  }
+
+  get(version: string): QuarantineEntry | null {
+    try {
+      const parsed = Entry.safeParse(JSON.parse(readFileSync(join(this.dir, `${version}.json`), 'utf8')));
+      return parsed.success && parsed.data.version === version ? parsed.data : null;
+    } catch {
+      return null;
+    }
+  }
+
+  list(): QuarantineEntry[] {
+    let names: string[];
+    try {
+      names = readdirSync(this.dir);
+    } catch {
+      return [];
+    }
+    return names.filter((n) => n.endsWith('.json') && !n.startsWith('.')).flatMap((n) => this.get(n.slice(0, -'.json'.length)) ?? []);
+  }
+}
