@@ -7,7 +7,8 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { AgentStatusFile } from './agent-status.js';
 import { DEFAULTS, runConfig } from './config.js';
 import { describeError, EXIT, UpgraderError } from './errors.js';
-import { DEFAULT_ENTRY, Layout } from './layout.js';
+import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
+import { sendControlRequest, type ControlRequest } from './control.js';
 import { createLogger } from './log.js';
 import { Ownership } from './ownership.js';
 import { formatHost, formatStatus, hostExitCode, readStatus, rootsUnder, statusExitCode } from './status.js';
@@ -27,6 +28,8 @@ Usage:
   upgrader install --root <dir> --version <v> <source>   stage a version from a directory or .tar.gz
   upgrader versions --root <dir> [--json]   list the installed versions
   upgrader prune --root <dir> --keep <n>    remove old versions
+  upgrader upgrade --root <dir> --to <v>    ask the running upgrader for a handoff to <v>
+  upgrader rollback --root <dir>            ask it for a handoff back to the previous version
   upgrader --version | --help
 
 Run "upgrader <command> --help" for a command's options.`,
@@ -84,6 +87,26 @@ time), with their markers (current, previous, running, candidate), install time 
 
 Example:
   upgrader versions --root /var/lib/upgrader/myagent --json`,
+  upgrade: `Usage: upgrader upgrade --root <dir> --to <v> [--force] [--no-wait] [--json]
+
+Asks the upgrader running on <dir> for the same handoff an agent would ask for (live, or sequential
+if the version's manifest says so), over its operator channel (state/control/sock, reachable only by
+the root's owner and root). Prints each step as it happens; exits 0 once <v> has been told go.
+--force overrides the version's quarantine and its manifest's upgradeFrom (never a missing or broken
+version). --no-wait returns as soon as the handoff is accepted.
+
+Exit status: 0 done (or accepted, with --no-wait); 1 refused or failed, with the reason;
+3 no upgrader runs on <dir>; 77 not allowed to reach its channel.
+
+Example:
+  upgrader upgrade --root /var/lib/upgrader/myagent --to 1.4.0`,
+  rollback: `Usage: upgrader rollback --root <dir> [--force] [--no-wait] [--json]
+
+A handoff back to the previous version (the one before current), performed like any other: live,
+with no downtime. Options and exit status as for upgrade.
+
+Example:
+  upgrader rollback --root /var/lib/upgrader/myagent`,
   prune: `Usage: upgrader prune --root <dir> --keep <n> [--dry-run] [--json]
 
 Removes the versions beyond the newest <n>, never the current, previous, running or candidate one.
@@ -232,6 +255,38 @@ async function prune(args: string[]): Promise<number> {
   return EXIT.ok;
 }
 
+async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]): Promise<number> {
+  const options = { root: { type: 'string' }, force: { type: 'boolean', default: false }, 'no-wait': { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } as const;
+  const v = parse(args, command === 'upgrade' ? { ...options, to: { type: 'string' } } : options);
+  if (v.help) return help(command);
+  const layout = Layout.open(requireRoot(v.root));
+  const wait = v['no-wait'] !== true;
+  let request: ControlRequest;
+  if (command === 'upgrade') {
+    if (typeof v.to !== 'string') throw new UpgraderError('E_USAGE', '--to <version> is required (see --help).');
+    assertVersionName(v.to);
+    request = { type: 'upgrade', version: v.to, force: v.force === true, wait };
+  } else {
+    request = { type: 'rollback', force: v.force === true, wait };
+  }
+  const outcome = await sendControlRequest(layout.stateDir, request, (reply) => {
+    if (v.json) process.stdout.write(`${JSON.stringify(reply)}\n`);
+    else if (reply.type === 'step') process.stdout.write(`  ${reply.text}\n`);
+    else if (reply.type === 'accepted') process.stdout.write(`accepted: handoff to ${reply.version}\n`);
+    else if (reply.type === 'succeeded') process.stdout.write(`done: ${reply.version} is running\n`);
+    else process.stdout.write(`failed${reply.version ? ` (${reply.version})` : ''}: ${reply.reason}\n`);
+  });
+  if (outcome.kind === 'unreachable') {
+    if (outcome.code === 'EACCES' || outcome.code === 'EPERM') {
+      throw new UpgraderError('E_PERMISSION', `Not allowed to reach the upgrader of ${layout.root}: its operator channel is for the root's owner and root only.`);
+    }
+    process.stderr.write(`upgrader: No upgrader runs on ${layout.root} (its operator channel answers ${outcome.code}).\n`);
+    return EXIT.notRunning;
+  }
+  const last = outcome.reply;
+  return last.type === 'succeeded' || (last.type === 'accepted' && !wait) ? EXIT.ok : EXIT.refused;
+}
+
 function formatBytes(bytes: number): string {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KiB`;
@@ -256,6 +311,9 @@ export async function main(argv: string[]): Promise<number> {
       return versions(rest);
     case 'prune':
       return prune(rest);
+    case 'upgrade':
+    case 'rollback':
+      return operatorHandoff(command, rest);
     case '--version':
     case '-v':
       process.stdout.write(`${UPGRADER_VERSION}\n`);
@@ -266,7 +324,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'help':
       return help('main');
     default:
-      throw new UpgraderError('E_USAGE', `Unknown command ${JSON.stringify(command)}; the commands are run, status, install, versions and prune (see --help).`);
+      throw new UpgraderError('E_USAGE', `Unknown command ${JSON.stringify(command)}; the commands are run, status, install, versions, prune, upgrade and rollback (see --help).`);
   }
 }
 

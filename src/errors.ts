@@ -23,6 +23,10 @@ export const EXIT = {
   badInput: 65,
   /** The version to install exists with other content. */
   exists: 73,
+  /** `upgrade`/`rollback`: refused or failed. */
+  refused: 1,
+  /** Not allowed to reach the operator channel. */
+  permission: 77,
 } as const;
 
 export type ErrorCode =
@@ -37,6 +41,7 @@ export type ErrorCode =
   | 'E_CHECKSUM'
   | 'E_UNSAFE_ARCHIVE'
   | 'E_VERSION_EXISTS'
+  | 'E_PERMISSION'
   | 'E_INTERNAL';
 
 const exitByCode: Record<ErrorCode, number> = {
@@ -51,6 +56,7 @@ const exitByCode: Record<ErrorCode, number> = {
   E_CHECKSUM: EXIT.badInput,
   E_UNSAFE_ARCHIVE: EXIT.badInput,
   E_VERSION_EXISTS: EXIT.exists,
+  E_PERMISSION: EXIT.permission,
   E_INTERNAL: EXIT.internal,
 };
 

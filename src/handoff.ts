@@ -34,6 +34,8 @@ export type Config = {
 
 export type StateName = 'idle' | 'running' | 'verifying' | 'draining' | 'stopping' | 'exited';
 export type Role = 'active' | 'candidate';
+/** Who asked for an upgrade: the active agent (answered with upgrade-failed) or an operator (answered with reports). */
+export type Origin = 'agent' | 'operator';
 
 export type AgentRef = { id: number; version: string; ready: boolean };
 
@@ -41,6 +43,7 @@ export type AgentRef = { id: number; version: string; ready: boolean };
 export type Dying = { id: number; version: string; phase: 'stopping' | 'terminating' | 'killing' };
 
 export type Handoff = {
+  origin: Origin;
   from: string;
   to: string;
   mode: HandoffMode;
@@ -70,7 +73,7 @@ export type TimerName = 'ready' | 'probation' | `dying:${number}`;
 
 export type Event =
   | { type: 'start'; version: string; previous: string | null; probation: Probation | null }
-  | { type: 'upgrade-requested'; id: number; version: string; mode: HandoffMode; problem: string | null; at: string }
+  | { type: 'upgrade-requested'; origin: Origin; id: number; version: string; mode: HandoffMode; problem: string | null; at: string }
   | { type: 'ready'; id: number }
   | { type: 'stopped'; id: number }
   | { type: 'protocol-error'; id: number; detail: string }
@@ -91,7 +94,9 @@ export type Effect =
   | { kind: 'persist'; required: boolean; outcome: Outcome | null }
   | { kind: 'start-timer'; timer: TimerName; ms: number }
   | { kind: 'cancel-timer'; timer: TimerName }
-  | { kind: 'exit'; code: number };
+  | { kind: 'exit'; code: number }
+  /** To the operator who asked for this handoff. */
+  | { kind: 'report'; outcome: 'accepted' | 'succeeded' | 'failed'; version: string; reason: string | null };
 
 export type Step = { next: Context; effects: Effect[] };
 
@@ -152,9 +157,11 @@ function then(first: Step, more: (ctx: Context) => Step): Step {
 
 // ---------------------------------------------------------------- the handoff, step by step
 
-function acceptUpgrade(ctx: Context, active: AgentRef, version: string, mode: HandoffMode, at: string, config: Config): Step {
-  const handoff: Handoff = { from: active.version, to: version, mode, startedAt: at, draining: null, failure: null };
+function acceptUpgrade(ctx: Context, active: AgentRef, event: Extract<Event, { type: 'upgrade-requested' }>, config: Config): Step {
+  const { version, mode, at, origin } = event;
+  const handoff: Handoff = { origin, from: active.version, to: version, mode, startedAt: at, draining: null, failure: null };
   const effects: Effect[] = [{ kind: 'persist', required: true, outcome: null }];
+  if (origin === 'operator') effects.push({ kind: 'report', outcome: 'accepted', version, reason: null });
   if (ctx.probation) effects.push({ kind: 'cancel-timer', timer: 'probation' });
   const base: Context = { ...ctx, handoff, probation: null };
   if (mode === 'live') {
@@ -215,6 +222,7 @@ function promote(ctx: Context, before: Effect[], config: Config): Step {
   const effects: Effect[] = [...before, { kind: 'send', id: candidate.id, message: { type: 'go' } }];
   if (probation) effects.push({ kind: 'start-timer', timer: 'probation', ms: config.probationMs });
   effects.push({ kind: 'persist', required: false, outcome: outcomeOf(handoff, handoff.from, handoff.to, 'succeeded', null) });
+  if (handoff.origin === 'operator') effects.push({ kind: 'report', outcome: 'succeeded', version: handoff.to, reason: null });
   return {
     next: { ...ctx, state: 'running', active: candidate, candidate: null, handoff: null, probation, previous: handoff.from },
     effects,
@@ -235,6 +243,7 @@ function failCandidate(ctx: Context, reason: string, config: Config, exited = fa
       : then(step, (c) => killTree(c, candidate));
   }
   const outcome = outcomeOf(handoff, handoff.from, handoff.to, 'failed', reason, versionAtFault);
+  if (handoff.origin === 'operator') step = then(step, (c) => ({ next: c, effects: [{ kind: 'report', outcome: 'failed', version: handoff.to, reason }] }));
   if (handoff.draining !== null) {
     // The old agent is already stopping and cannot be called back; start its version again once it is gone.
     return then(step, (c) => ({
@@ -250,7 +259,7 @@ function failCandidate(ctx: Context, reason: string, config: Config, exited = fa
     return then(step, (c) => ({
       next: { ...c, state: 'running', handoff: null },
       effects: [
-        { kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: handoff.to, reason } },
+        ...(handoff.origin === 'agent' ? [{ kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: handoff.to, reason } } as const] : []),
         { kind: 'persist', required: false, outcome },
       ],
     }));
@@ -315,6 +324,7 @@ function shutDown(ctx: Context, signal: string, config: Config): Step {
       effects: [
         { kind: 'commit-current', version: handoff.from, required: false },
         { kind: 'persist', required: false, outcome: outcomeOf(handoff, handoff.from, handoff.to, 'failed', reason) },
+        ...(handoff.origin === 'operator' ? [{ kind: 'report', outcome: 'failed', version: handoff.to, reason } as const] : []),
       ],
     }));
   }
@@ -360,17 +370,22 @@ function onExited(ctx: Context, event: Extract<Event, { type: 'exited' }>, confi
 }
 
 function onUpgradeRequest(ctx: Context, event: Extract<Event, { type: 'upgrade-requested' }>, config: Config): Step {
-  if (ctx.candidate?.id === event.id) return failCandidate(ctx, `protocol error: the candidate asked for an upgrade before it was told go`, config);
+  const fromAgent = event.origin === 'agent';
+  if (fromAgent && ctx.candidate?.id === event.id) return failCandidate(ctx, `protocol error: the candidate asked for an upgrade before it was told go`, config);
   const active = ctx.active;
-  if (!active || active.id !== event.id) return stay(ctx);
-  const refuse = (reason: string): Step => ({
-    next: ctx,
-    effects: [{ kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: event.version, reason } }],
-  });
-  if (ctx.state !== 'running') return refuse(`a handoff to ${ctx.handoff?.to ?? 'another version'} is already in progress`);
+  // Only the active agent may ask; anything else an agent sends of this kind is ignored.
+  if (fromAgent && (!active || active.id !== event.id)) return stay(ctx);
+  const refuse = (reason: string): Step => ({ next: ctx, effects: [answer(event, active, reason)] });
+  if (ctx.state !== 'running' || !active) return refuse(ctx.handoff ? `a handoff to ${ctx.handoff.to} is already in progress` : `the upgrader is ${ctx.state}, with no active agent`);
   if (event.problem) return refuse(event.problem);
   if (event.version === active.version) return refuse(`${event.version} is the running version`);
-  return acceptUpgrade(ctx, active, event.version, event.mode, event.at, config);
+  return acceptUpgrade(ctx, active, event, config);
+}
+
+/** A refusal, to whoever asked. */
+function answer(event: Extract<Event, { type: 'upgrade-requested' }>, active: AgentRef | null, reason: string): Effect {
+  if (event.origin === 'operator' || !active) return { kind: 'report', outcome: 'failed', version: event.version, reason };
+  return { kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: event.version, reason } };
 }
 
 function onTimeout(ctx: Context, timer: TimerName, config: Config): Step {
@@ -392,9 +407,9 @@ function onTimeout(ctx: Context, timer: TimerName, config: Config): Step {
 
 function onIoFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, config: Config): Step {
   const trigger = event.trigger;
-  if (trigger.type === 'upgrade-requested' && ctx.active) {
+  if (trigger.type === 'upgrade-requested') {
     const reason = `the upgrade could not be recorded durably (${event.error}); nothing was changed`;
-    return { next: ctx, effects: [{ kind: 'send', id: ctx.active.id, message: { type: 'upgrade-failed', version: trigger.version, reason } }] };
+    return { next: ctx, effects: [answer(trigger, ctx.active, reason)] };
   }
   if (trigger.type === 'ready' && ctx.handoff) {
     return failCandidate(ctx, `current could not be pointed at ${ctx.handoff.to} (${event.error})`, config, false, false);

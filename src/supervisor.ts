@@ -14,6 +14,7 @@ import { AgentStatusFile } from './agent-status.js';
 import type { Ownership } from './ownership.js';
 import type { SystemdNotifier } from './notify.js';
 import { jumpProblem, readManifest } from './manifest.js';
+import { ControlServer, type ControlRequest, type Replier } from './control.js';
 import { Quarantine } from './quarantine.js';
 import { findLiveProcesses, isSameProcessAlive } from './proc.js';
 import { MAX_STATUS_CHARS, type AgentMessage, type Parsed } from './protocol.js';
@@ -52,6 +53,9 @@ export class Supervisor {
   private readonly quarantine: Quarantine;
   private history: UpgradeRecord[];
   private current: string | null;
+  private control: ControlServer | null = null;
+  /** The operator waiting on the handoff they asked for, if any. */
+  private operator: { replier: Replier; wait: boolean; force: boolean } | null = null;
 
   constructor(options: StartOptions, recovered: { history: UpgradeRecord[]; current: string | null }) {
     ({
@@ -156,6 +160,7 @@ export class Supervisor {
       },
       `transition ${previous.state} -> ${next.state} on ${event.type}`,
     );
+    if (previous.state !== next.state) this.tellOperator(`${previous.state} -> ${next.state} (${event.type})`);
   }
 
   private run(effect: Effect, next: Context): void {
@@ -166,6 +171,7 @@ export class Supervisor {
         const proc = this.procs.get(effect.id);
         proc?.send(effect.message);
         this.log.info({ message: effect.message, agentPid: proc?.pid, version: proc?.spec.version }, `sent ${effect.message.type}`);
+        this.tellOperator(`sent ${effect.message.type} to ${proc?.spec.version} (pid ${proc?.pid})`);
         return;
       }
       case 'terminate':
@@ -196,7 +202,59 @@ export class Supervisor {
       case 'exit':
         void this.finish(effect.code);
         return;
+      case 'report':
+        return this.reportToOperator(effect);
     }
+  }
+
+  // ---------------------------------------------------------------- the operator channel
+
+  async openControlChannel(): Promise<void> {
+    const control = new ControlServer(this.layout.stateDir, (request, replier) => this.onOperatorRequest(request, replier));
+    const problem = await control.listen();
+    if (problem) this.log.warn({ problem }, 'the operator channel is off: upgrader upgrade and rollback cannot reach this upgrader');
+    else this.control = control;
+  }
+
+  private onOperatorRequest(request: ControlRequest, replier: Replier): void {
+    if (this.operator) {
+      replier.send({ type: 'failed', version: null, reason: 'another operator request is in progress' });
+      return replier.end();
+    }
+    const version = request.type === 'rollback' ? this.ctx.previous : request.version;
+    if (!version) {
+      replier.send({ type: 'failed', version: null, reason: 'no previous version is recorded: there is nothing to roll back to' });
+      return replier.end();
+    }
+    this.operator = { replier, wait: request.wait, force: request.force };
+    replier.onClose(() => {
+      if (this.operator?.replier === replier) this.operator = null;
+    });
+    this.log.info({ request }, `operator asks for ${request.type === 'rollback' ? `a rollback to ${version}` : `an upgrade to ${version}`}`);
+    const problem = this.requestProblem(this.ctx.active?.version, version, request.force);
+    const read = problem ? null : readManifest(this.layout.versionDir(version));
+    const sequential = read !== null && 'manifest' in read && read.manifest.sequential === true;
+    this.dispatch({ type: 'upgrade-requested', origin: 'operator', id: 0, version, mode: sequential ? 'sequential' : 'live', problem, at: new Date().toISOString() });
+  }
+
+  private reportToOperator(effect: Extract<Effect, { kind: 'report' }>): void {
+    const operator = this.operator;
+    if (!operator) return;
+    if (effect.outcome === 'accepted') {
+      if (operator.force && this.quarantine.lift(effect.version)) this.log.info({ version: effect.version }, `lifted the quarantine of ${effect.version} (--force)`);
+      operator.replier.send({ type: 'accepted', version: effect.version });
+      if (operator.wait) return;
+    } else if (effect.outcome === 'succeeded') {
+      operator.replier.send({ type: 'succeeded', version: effect.version });
+    } else {
+      operator.replier.send({ type: 'failed', version: effect.version, reason: effect.reason ?? 'the upgrade failed' });
+    }
+    operator.replier.end();
+    this.operator = null;
+  }
+
+  private tellOperator(text: string): void {
+    this.operator?.replier.send({ type: 'step', text });
   }
 
   private spawn(effect: Extract<Effect, { kind: 'spawn' }>): void {
@@ -211,6 +269,7 @@ export class Supervisor {
     }
     this.procs.set(effect.id, proc);
     this.log.info({ agentPid: proc.pid, version: effect.version, role: effect.role }, `spawned ${effect.role} ${effect.version}`);
+    this.tellOperator(`started ${effect.version} as the ${effect.role} (pid ${proc.pid})`);
     // An agent that does not speak readiness counts as ready once spawned; candidates always must say so.
     if (this.readyOnSpawn && effect.role === 'active') this.dispatch({ type: 'ready', id: effect.id });
   }
@@ -270,6 +329,7 @@ export class Supervisor {
         const sequential = manifest !== null && 'manifest' in manifest && manifest.manifest.sequential === true;
         return this.dispatch({
           type: 'upgrade-requested',
+          origin: 'agent',
           id,
           version: message.version,
           mode: sequential ? 'sequential' : message.mode,
@@ -347,10 +407,13 @@ export class Supervisor {
     }
   }
 
-  /** Why an agent may not have `version`: not launchable, quarantined, or a jump its manifest forbids. */
-  private requestProblem(from: string | undefined, version: string): string | null {
+  /**
+   * Why `version` may not be had: not launchable, quarantined, or a jump its manifest forbids.
+   * `force` (an operator's) overrides the last two, never the first.
+   */
+  private requestProblem(from: string | undefined, version: string, force = false): string | null {
     const problem = this.layout.versionProblem(version);
-    if (problem) return problem;
+    if (problem || force) return problem;
     const quarantined = this.quarantine.get(version);
     if (quarantined) return `${version} is quarantined since ${quarantined.at} (${quarantined.reason}); re-install it to try again`;
     const read = readManifest(this.layout.versionDir(version));
@@ -389,10 +452,13 @@ export class Supervisor {
     this.log.fatal({ root: this.layout.root }, 'this upgrader no longer owns the root (state/owner.json names another process); stopping at once');
     for (const proc of this.procs.values()) if (proc.pid !== undefined) signalQuietly(-proc.pid, 'SIGKILL');
     for (const timer of this.timers.values()) clearTimeout(timer);
+    // The socket's path may already be the new owner's: close ours, remove nothing.
+    this.control?.close(false);
     this.resolveExit(EXIT.locked);
   }
 
   private async finish(code: number): Promise<void> {
+    this.control?.close();
     this.notifier.stopWatchdog();
     for (const timer of this.timers.values()) clearTimeout(timer);
     this.timers.clear();
@@ -464,6 +530,7 @@ export async function startSupervisor(options: StartOptions): Promise<Supervisor
 
   const supervisor = new Supervisor(options, { history, current: version });
   supervisor.dispatch({ type: 'start', version, previous, probation });
+  await supervisor.openControlChannel();
   return supervisor;
 }
 

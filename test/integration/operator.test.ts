@@ -5,7 +5,7 @@ import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rea
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, currentTarget, makeRoot, runCli, startReady, stopAllUpgraders } from '../helpers.js';
+import { askUpgrade, CLI, cleanupRoots, currentTarget, makeRoot, REPO, runCli, startReady, stopAllUpgraders, workSpans } from '../helpers.js';
 
 afterEach(async () => {
   await stopAllUpgraders();
@@ -267,5 +267,78 @@ describe('quarantine', () => {
     await up.waitForLog((l) => l.msg === 'quarantined 2.0.0: agents\' requests for it are refused until it is re-installed');
     const status = JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout);
     expect(status.quarantined[0]).toMatchObject({ version: '2.0.0', reason: expect.stringMatching(/during its probation/) });
+  });
+});
+
+describe('upgrade and rollback from the shell', () => {
+  it('upgrade prints each step and exits 0 once the new version was told go; rollback is a handoff back', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { readyDelayMs: 200 } } }, '1.0.0');
+    const { up, pid } = await startReady(root, FAST);
+    const upgraded = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
+    expect(upgraded.code).toBe(0);
+    expect(upgraded.stdout).toMatch(/accepted: handoff to 2\.0\.0/);
+    expect(upgraded.stdout).toMatch(/running -> verifying/);
+    expect(upgraded.stdout).toMatch(/sent stop to 1\.0\.0/);
+    expect(upgraded.stdout).toMatch(/sent go to 2\.0\.0/);
+    expect(upgraded.stdout.trim().split('\n').at(-1)).toBe('done: 2.0.0 is running');
+    expect(currentTarget(root)).toBe('versions/2.0.0');
+    // The old agent did not ask, so it is told nothing but stop.
+    expect(readFileSync(join(root, 'events.log'), 'utf8')).not.toMatch(new RegExp(`${pid} 1\\.0\\.0 got .*upgrade-failed`));
+
+    const rolled = await runCli(['rollback', '--root', root, '--json']);
+    expect(rolled.code).toBe(0);
+    const replies = rolled.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(replies.at(-1)).toEqual({ type: 'succeeded', version: '1.0.0' });
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+    const spans = workSpans(root);
+    for (let i = 1; i < spans.length; i++) expect(spans[i]!.first).toBeGreaterThan(spans[i - 1]!.last);
+    expect(up.logs.filter((l) => /^upgrade .* succeeded$/.test(l.msg))).toHaveLength(2);
+  });
+
+  it('a failed candidate: exit 1 with the reason; --no-wait returns once accepted', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitBeforeReady: 6 } }, '3.0.0': { config: { readyDelayMs: 300 } } }, '1.0.0');
+    const { up } = await startReady(root, FAST);
+    const failed = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
+    expect(failed.code).toBe(1);
+    expect(failed.stdout).toMatch(/failed \(2\.0\.0\): the candidate 2\.0\.0 exited with code 6 before reporting ready/);
+    const quick = await runCli(['upgrade', '--root', root, '--to', '3.0.0', '--no-wait']);
+    expect(quick.code).toBe(0);
+    expect(quick.stdout.trim().split('\n').at(-1)).toBe('accepted: handoff to 3.0.0');
+    await up.waitForSent('go', '3.0.0');
+  });
+
+  it('--force overrides a quarantine and lifts it', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitBeforeReady: 6 } } }, '1.0.0');
+    const { up } = await startReady(root, FAST);
+    expect((await runCli(['upgrade', '--root', root, '--to', '2.0.0'])).code).toBe(1);
+    const refused = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
+    expect(refused.stdout).toMatch(/2\.0\.0 is quarantined/);
+    writeFileSync(join(root, 'versions/2.0.0/fixture.json'), '{}');
+    const forced = await runCli(['upgrade', '--root', root, '--to', '2.0.0', '--force']);
+    expect(forced.code).toBe(0);
+    expect(up.logs.some((l) => l.msg === 'lifted the quarantine of 2.0.0 (--force)')).toBe(true);
+    expect(JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout).quarantined).toEqual([]);
+  });
+
+  it('says so when no upgrader runs on the root', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const result = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
+    expect(result.code).toBe(3);
+    expect(result.stderr).toMatch(/No upgrader runs on .* \(its operator channel answers ENOENT\)/);
+  });
+
+  it.skipIf(process.getuid?.() !== 0)('refuses another user at the channel', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    chmodSync(root, 0o755);
+    await startReady(root, FAST);
+    // The bundle runs alone, so it can live where the other user can read it.
+    const dir = scratch();
+    chmodSync(dir, 0o755);
+    cpSync(join(REPO, 'dist/upgrader.cjs'), join(dir, 'upgrader.cjs'));
+    chmodSync(join(dir, 'upgrader.cjs'), 0o755);
+    const result = await execa('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, join(dir, 'upgrader.cjs'), 'upgrade', '--root', root, '--to', '2.0.0'], { reject: false });
+    expect(result.exitCode).toBe(77);
+    expect(result.stderr).toMatch(/Not allowed to reach the upgrader of .*: its operator channel is for the root's owner and root only/);
+    expect(currentTarget(root)).toBe('versions/1.0.0');
   });
 });

@@ -17,7 +17,7 @@ function play(events: Event[], ctx = initialContext()): { ctx: Context; effects:
 
 const at = '2026-01-01T00:00:00.000Z';
 const start: Event = { type: 'start', version: '1', previous: null, probation: null };
-const upgrade = (id: number, version: string, mode: 'live' | 'sequential' = 'live'): Event => ({ type: 'upgrade-requested', id, version, mode, problem: null, at });
+const upgrade = (id: number, version: string, mode: 'live' | 'sequential' = 'live'): Event => ({ type: 'upgrade-requested', origin: 'agent', id, version, mode, problem: null, at });
 const sends = (effects: Effect[]) => effects.flatMap((e) => (e.kind === 'send' ? [`${e.message.type}->${e.id}`] : []));
 
 describe('handoff transitions', () => {
@@ -84,6 +84,25 @@ describe('handoff transitions', () => {
     expect(sends(play([start, upgrade(1, '1')]).effects)).toEqual(['upgrade-failed->1']);
     expect(sends(play([start, { ...upgrade(1, '2'), problem: 'no' } as Event]).effects)).toEqual(['upgrade-failed->1']);
     expect(sends(play([start, upgrade(1, '2'), upgrade(1, '3')]).effects)).toEqual(['upgrade-failed->1']);
+  });
+
+  it('an operator is answered with reports, and the old agent, which did not ask, hears nothing of it', () => {
+    const operator = (version: string): Event => ({ type: 'upgrade-requested', origin: 'operator', id: 0, version, mode: 'live', problem: null, at });
+    const reports = (effects: Effect[]) => effects.flatMap((e) => (e.kind === 'report' ? [`${e.outcome} ${e.version}`] : []));
+    let r = play([start, operator('1')]);
+    expect(reports(r.effects)).toEqual(['failed 1']);
+    expect(sends(r.effects)).toEqual([]);
+    r = play([start, operator('2')]);
+    const persistAt = r.effects.findIndex((e) => e.kind === 'persist' && e.required);
+    expect(r.effects.findIndex((e) => e.kind === 'report')).toBeGreaterThan(persistAt);
+    expect(reports(r.effects)).toEqual(['accepted 2']);
+    const failed = play([{ type: 'exited', id: 2, code: 1, signal: null }], r.ctx);
+    expect(reports(failed.effects)).toEqual(['failed 2']);
+    expect(sends(failed.effects)).toEqual([]);
+    const done = play([{ type: 'ready', id: 2 }, { type: 'stopped', id: 1 }], r.ctx);
+    expect(reports(done.effects)).toEqual(['succeeded 2']);
+    expect(reports(play([upgrade(1, '3')], r.ctx).effects)).toEqual([]);
+    expect(reports(play([operator('3')], r.ctx).effects)).toEqual(['failed 3']);
   });
 
   it('a failed intent write refuses the upgrade and changes nothing', () => {
@@ -195,7 +214,11 @@ describe('handoff invariants under random events', () => {
       case 2:
         return world.live.has(id) ? { type: 'exited', id, code: pick % 3, signal: null } : null;
       case 3:
-        return { ...(upgrade(id, ['1', '2', '3'][version % 3]!, mode ? 'live' : 'sequential') as Extract<Event, { type: 'upgrade-requested' }>), problem: problem ? 'broken' : null };
+        return {
+          ...(upgrade(id, ['1', '2', '3'][version % 3]!, mode ? 'live' : 'sequential') as Extract<Event, { type: 'upgrade-requested' }>),
+          origin: pick % 3 === 0 ? 'operator' : 'agent',
+          problem: problem ? 'broken' : null,
+        };
       case 4:
         return timers.length ? { type: 'timeout', timer: timers[pick % timers.length]! } : null;
       case 5:
