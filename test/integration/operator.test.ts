@@ -320,6 +320,26 @@ describe('upgrade and rollback from the shell', () => {
     expect(JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout).quarantined).toEqual([]);
   });
 
+  it('--force overrides a manifest\'s upgradeFrom; without it the range is named', async () => {
+    const root = makeRoot({ '1.0.0': {}, '3.0.0': {} }, '1.0.0');
+    writeFileSync(join(root, 'versions/3.0.0/upgrader.json'), JSON.stringify({ upgradeFrom: '^2.0.0' }));
+    await startReady(root, FAST);
+    const refused = await runCli(['upgrade', '--root', root, '--to', '3.0.0']);
+    expect(refused.code).toBe(1);
+    expect(refused.stdout).toMatch(/3\.0\.0 may only take over from versions in "\^2\.0\.0"/);
+    expect((await runCli(['upgrade', '--root', root, '--to', '3.0.0', '--force'])).code).toBe(0);
+    expect(currentTarget(root)).toBe('versions/3.0.0');
+  });
+
+  it('every command has --help with an example', async () => {
+    for (const command of ['run', 'status', 'install', 'versions', 'prune', 'upgrade', 'rollback']) {
+      const { code, stdout } = await runCli([command, '--help']);
+      expect(code).toBe(0);
+      expect(stdout).toMatch(new RegExp(`^Usage: upgrader ${command}`));
+      expect(stdout).toMatch(/Examples?:\n {2}upgrader /);
+    }
+  });
+
   it('says so when no upgrader runs on the root', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     const result = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
