@@ -243,20 +243,31 @@ export function readLines(root: string, file: string): string[] {
   return existsSync(path) ? readFileSync(path, 'utf8').split('\n').filter(Boolean) : [];
 }
 
-/** Every process whose environment names this root: agents and anything they started. */
-export function agentPidsOf(root: string): number[] {
-  const pids: number[] = [];
-  const needle = Buffer.from(`\0UPGRADER_ROOT=${root}\0`);
+export type RootProcess = { pid: number; ppid: number; agentId: string; version: string };
+
+/** Every live process carrying this root's agent marker: agents and anything they started. */
+export function rootProcesses(root: string): RootProcess[] {
+  const found: RootProcess[] = [];
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
     try {
-      const env = Buffer.concat([Buffer.from([0]), readFileSync(`/proc/${name}/environ`), Buffer.from([0])]);
-      if (env.includes(needle) && isAlive(Number(name))) pids.push(Number(name));
+      const env = readFileSync(`/proc/${name}/environ`, 'utf8').split('\0');
+      if (!env.includes(`UPGRADER_ROOT=${root}`)) continue;
+      const agentId = env.find((e) => e.startsWith('UPGRADER_AGENT_ID='));
+      if (!agentId || !isAlive(Number(name))) continue;
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      const version = env.find((e) => e.startsWith('UPGRADER_VERSION='))!.slice('UPGRADER_VERSION='.length);
+      found.push({ pid: Number(name), ppid, agentId: agentId.slice('UPGRADER_AGENT_ID='.length), version });
     } catch {
-      // gone or not ours
+      // gone, or not readable
     }
   }
-  return pids;
+  return found;
+}
+
+export function agentPidsOf(root: string): number[] {
+  return rootProcesses(root).map((p) => p.pid);
 }
 
 /** Work intervals per agent PID from work.log: first and last timestamps (ms, fractional). */

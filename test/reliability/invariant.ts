@@ -4,36 +4,15 @@
  * `status --json` and the state file agree with what runs; no process of another version survives;
  * an upgrade reported as succeeded stays.
  */
-import { accessSync, constants, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { accessSync, constants, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
-import { isAlive, savedState, statusJson } from '../helpers.js';
+import { rootProcesses, savedState, statusJson, type RootProcess } from '../helpers.js';
+
+export { rootProcesses };
 
 /** How long after a (re)start the invariant must hold. */
 export const INVARIANT_BOUND_MS = 10_000;
-
-export type RootProcess = { pid: number; ppid: number; agentId: string; version: string };
-
-/** Every live process carrying this root's agent marker. */
-export function rootProcesses(root: string): RootProcess[] {
-  const found: RootProcess[] = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const env = readFileSync(`/proc/${name}/environ`, 'utf8').split('\0');
-      if (!env.includes(`UPGRADER_ROOT=${root}`)) continue;
-      const agentId = env.find((e) => e.startsWith('UPGRADER_AGENT_ID='));
-      if (!agentId || !isAlive(Number(name))) continue;
-      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      const version = env.find((e) => e.startsWith('UPGRADER_VERSION='))!.slice('UPGRADER_VERSION='.length);
-      found.push({ pid: Number(name), ppid, agentId: agentId.slice('UPGRADER_AGENT_ID='.length), version });
-    } catch {
-      // gone, or not readable
-    }
-  }
-  return found;
-}
 
 export type Expectation = {
   /** Versions that may legitimately run: the one before, or one whose upgrade was reported succeeded. */
