@@ -6,6 +6,7 @@
  *
  *   npm run bench              full run (200 handoffs per system, 30 s idle window); writes docs/bench/
  *   npm run bench -- --smoke   a few handoffs of each, for CI; writes bench/out/
+ *   npx tsx bench/run.ts --redraw   redraws docs/bench/gaps.svg from the saved results.json
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -279,31 +280,42 @@ async function measureIdle(): Promise<{ rssMb: number; cpuMs: number; wakeups: n
 
 // ---------------------------------------------------------------- the picture
 
-function cdfSvg(summaries: Summary[]): string {
+const COLOURS: Record<string, string> = { upgrader: '#1b7837', floor: '#555555', 'pm2 fork': '#c51b7d', 'pm2 cluster': '#e08214' };
+
+/** One CDF chart of `summaries`, drawn at vertical offset `top`. */
+function cdfChart(summaries: Summary[], title: string, top: number): string {
   const width = 720;
-  const height = 360;
-  const pad = { left: 60, right: 20, top: 30, bottom: 50 };
+  const height = 330;
+  const pad = { left: 60, right: 230, top: 30, bottom: 45 };
   const all = summaries.flatMap((s) => s.gaps);
   const lo = Math.min(0, ...all);
   const hi = Math.max(...all);
   const x = (v: number) => pad.left + ((v - lo) / (hi - lo || 1)) * (width - pad.left - pad.right);
-  const y = (f: number) => height - pad.bottom - f * (height - pad.top - pad.bottom);
-  const colours = ['#1b7837', '#555555', '#c51b7d', '#e08214'];
+  const y = (f: number) => top + height - pad.bottom - f * (height - pad.top - pad.bottom);
   const lines = summaries.map((s, i) => {
+    const colour = COLOURS[s.name] ?? 'black';
     const points = s.gaps.map((g, j) => `${x(g).toFixed(1)},${y((j + 1) / s.gaps.length).toFixed(1)}`).join(' ');
-    return `<polyline fill="none" stroke="${colours[i]}" stroke-width="2" points="${points}"/>` +
-      `<text x="${width - pad.right - 200}" y="${pad.top + 18 * i + 10}" fill="${colours[i]}" font-size="13">${s.name} (p50 ${s.p50.toFixed(2)} ms)</text>`;
+    return `<polyline fill="none" stroke="${colour}" stroke-width="2" points="${points}"/>` +
+      `<text x="${width - pad.right + 15}" y="${top + pad.top + 18 * i + 10}" fill="${colour}" font-size="13">${s.name}: p50 ${s.p50.toFixed(2)} ms</text>`;
   });
   const ticks = Array.from({ length: 6 }, (_, i) => lo + ((hi - lo) * i) / 5);
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif">
-<rect width="100%" height="100%" fill="white"/>
-<text x="${pad.left}" y="18" font-size="14">Handoff gap, CDF (ms; negative = overlap, both agents working)</text>
-<line x1="${x(0)}" y1="${pad.top}" x2="${x(0)}" y2="${height - pad.bottom}" stroke="#bbb" stroke-dasharray="4"/>
-<line x1="${pad.left}" y1="${height - pad.bottom}" x2="${width - pad.right}" y2="${height - pad.bottom}" stroke="black"/>
-<line x1="${pad.left}" y1="${pad.top}" x2="${pad.left}" y2="${height - pad.bottom}" stroke="black"/>
-${ticks.map((t) => `<text x="${x(t)}" y="${height - pad.bottom + 18}" font-size="11" text-anchor="middle">${t.toFixed(1)}</text>`).join('\n')}
+  return `<text x="${pad.left}" y="${top + 18}" font-size="14">${title}</text>
+<line x1="${x(0)}" y1="${y(1)}" x2="${x(0)}" y2="${y(0)}" stroke="#bbb" stroke-dasharray="4"/>
+<line x1="${pad.left}" y1="${y(0)}" x2="${width - pad.right}" y2="${y(0)}" stroke="black"/>
+<line x1="${pad.left}" y1="${y(1)}" x2="${pad.left}" y2="${y(0)}" stroke="black"/>
+${ticks.map((t) => `<text x="${x(t)}" y="${y(0) + 18}" font-size="11" text-anchor="middle">${t.toFixed(1)}</text>`).join('\n')}
+<text x="${(pad.left + width - pad.right) / 2}" y="${y(0) + 36}" font-size="11" text-anchor="middle">gap, ms</text>
 ${[0, 0.5, 1].map((f) => `<text x="${pad.left - 8}" y="${y(f) + 4}" font-size="11" text-anchor="end">${f}</text>`).join('\n')}
-${lines.join('\n')}
+${lines.join('\n')}`;
+}
+
+/** Two CDFs: every system at full scale, then the upgrader against the floor, close up. */
+function cdfSvg(summaries: Summary[]): string {
+  const close = summaries.filter((s) => s.name === 'upgrader' || s.name === 'floor');
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="720" height="660" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+${cdfChart(summaries, 'Handoff gap, CDF, all systems (negative: both agents working at once)', 0)}
+${cdfChart(close, 'Close up: the upgrader against the floor (the bare handshake)', 330)}
 </svg>
 `;
 }
@@ -324,6 +336,12 @@ function updateReadme(report: string): void {
 const fmt = (v: number | null, digits = 2) => (v === null || Number.isNaN(v) ? 'n/a' : v.toFixed(digits));
 
 async function main(): Promise<void> {
+  if (process.argv.includes('--redraw')) {
+    // Redraw the picture from the last full run's raw figures, without measuring again.
+    const saved = JSON.parse(readFileSync(join(OUT, 'results.json'), 'utf8')) as { summaries: Summary[] };
+    writeFileSync(join(OUT, 'gaps.svg'), cdfSvg(saved.summaries));
+    return;
+  }
   if (!existsSync(BUNDLE) || !existsSync(COMPILED)) throw new Error('bench: run `npm run build` first');
   const systems = [upgrader, floor, pm2('fork'), pm2('cluster')];
   const results = new Map<string, Handoff[]>(systems.map((s) => [s.name, []]));
