@@ -7,7 +7,7 @@
 import { performance } from 'node:perf_hooks';
 import { AgentProcess, agentMarker, signalQuietly } from './agent-process.js';
 import { describeError, EXIT, UpgraderError } from './errors.js';
-import { transition, initialContext, publicState, type Config, type Context, type Effect, type Event, type Outcome, type Probation, type TimerName } from './handoff.js';
+import { transition, initialContext, publicState, type Config, type Context, type Effect, type Event, type Origin, type Outcome, type Probation, type TimerName } from './handoff.js';
 import type { Layout } from './layout.js';
 import type { Logger } from './log.js';
 import { AgentStatusFile } from './agent-status.js';
@@ -17,7 +17,7 @@ import { jumpProblem, readManifest } from './manifest.js';
 import { ControlServer, type ControlRequest, type Replier } from './control.js';
 import { Quarantine } from './quarantine.js';
 import { findLiveProcesses, isSameProcessAlive } from './proc.js';
-import { MAX_STATUS_CHARS, type AgentMessage, type Parsed } from './protocol.js';
+import { MAX_STATUS_CHARS, type AgentMessage, type HandoffMode, type Parsed } from './protocol.js';
 import { withUpgrade, type PersistedState, type RecordedAgent, type StateFile, type UpgradeRecord } from './state.js';
 import treeKill from 'tree-kill';
 
@@ -231,10 +231,7 @@ export class Supervisor {
       if (this.operator?.replier === replier) this.operator = null;
     });
     this.log.info({ request }, `operator asks for ${request.type === 'rollback' ? `a rollback to ${version}` : `an upgrade to ${version}`}`);
-    const problem = this.requestProblem(this.ctx.active?.version, version, request.force);
-    const read = problem ? null : readManifest(this.layout.versionDir(version));
-    const sequential = read !== null && 'manifest' in read && read.manifest.sequential === true;
-    this.dispatch({ type: 'upgrade-requested', origin: 'operator', id: 0, version, mode: sequential ? 'sequential' : 'live', problem, at: new Date().toISOString() });
+    this.requestUpgrade('operator', 0, version, 'live', request.force);
   }
 
   private reportToOperator(effect: Extract<Effect, { kind: 'report' }>): void {
@@ -323,20 +320,8 @@ export class Supervisor {
         return this.dispatch({ type: 'ready', id });
       case 'stopped':
         return this.dispatch({ type: 'stopped', id });
-      case 'upgrade': {
-        const problem = this.requestProblem(this.ctx.active?.id === id ? this.ctx.active.version : undefined, message.version);
-        const manifest = problem ? null : readManifest(this.layout.versionDir(message.version));
-        const sequential = manifest !== null && 'manifest' in manifest && manifest.manifest.sequential === true;
-        return this.dispatch({
-          type: 'upgrade-requested',
-          origin: 'agent',
-          id,
-          version: message.version,
-          mode: sequential ? 'sequential' : message.mode,
-          problem,
-          at: new Date().toISOString(),
-        });
-      }
+      case 'upgrade':
+        return this.requestUpgrade('agent', id, message.version, message.mode, false);
       case 'status':
         this.agentStatus.record({ version: proc.spec.version, pid: proc.pid ?? null, message: message.message.slice(0, MAX_STATUS_CHARS), at: new Date().toISOString() });
         return;
@@ -408,16 +393,23 @@ export class Supervisor {
   }
 
   /**
-   * Why `version` may not be had: not launchable, quarantined, or a jump its manifest forbids.
-   * `force` (an operator's) overrides the last two, never the first.
+   * Hands a request for `version` to the state machine, with what the machine cannot know: whether the
+   * version is launchable, quarantined, or a jump its manifest forbids (an operator's `force` waives the
+   * last two, never the first), and whether its manifest makes the handoff sequential.
    */
-  private requestProblem(from: string | undefined, version: string, force = false): string | null {
-    const problem = this.layout.versionProblem(version);
-    if (problem || force) return problem;
-    const quarantined = this.quarantine.get(version);
-    if (quarantined) return `${version} is quarantined since ${quarantined.at} (${quarantined.reason}); re-install it to try again`;
-    const read = readManifest(this.layout.versionDir(version));
-    return from && 'manifest' in read ? jumpProblem(from, version, read.manifest) : null;
+  private requestUpgrade(origin: Origin, id: number, version: string, mode: HandoffMode, force: boolean): void {
+    const active = this.ctx.active;
+    const from = active && (origin === 'operator' || active.id === id) ? active.version : undefined;
+    let problem = this.layout.versionProblem(version);
+    const read = problem === null ? readManifest(this.layout.versionDir(version)) : null;
+    const manifest = read && 'manifest' in read ? read.manifest : {};
+    if (problem === null && !force) {
+      const quarantined = this.quarantine.get(version);
+      if (quarantined) problem = `${version} is quarantined since ${quarantined.at} (${quarantined.reason}); re-install it to try again`;
+      else if (from) problem = jumpProblem(from, version, manifest);
+    }
+    const effectiveMode = manifest.sequential ? 'sequential' : mode;
+    this.dispatch({ type: 'upgrade-requested', origin, id, version, mode: effectiveMode, problem, at: new Date().toISOString() });
   }
 
   private snapshot(next: Context): PersistedState {
