@@ -4,7 +4,7 @@
  * content or the new one, never a mix. These calls are synchronous on purpose: the supervisor
  * takes each step of a transition as a whole, and no other event can slip in between.
  */
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, symlinkSync, unlinkSync, writeSync, constants } from 'node:fs';
+import { closeSync, fsyncSync, lstatSync, openSync, readdirSync, renameSync, rmSync, symlinkSync, unlinkSync, writeSync, constants } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
@@ -26,6 +26,24 @@ export function fsyncDirectory(dir: string): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/** Makes a whole tree durable before it is renamed into place: every file, then every directory. */
+export function fsyncTree(dir: string): void {
+  for (const name of readdirSync(dir)) {
+    const full = join(dir, name);
+    const stat = lstatSync(full);
+    if (stat.isDirectory()) fsyncTree(full);
+    else if (stat.isFile()) {
+      const fd = openSync(full, constants.O_RDONLY);
+      try {
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+    }
+  }
+  fsyncDirectory(dir);
 }
 
 /**

@@ -7,10 +7,10 @@
  * version; a crash leaves only the temporary directory, which the next install or run removes.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, cpSync, openSync, fsyncSync, closeSync, constants } from 'node:fs';
+import { createReadStream, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, cpSync } from 'node:fs';
 import { isAbsolute, join, normalize, relative, sep, dirname } from 'node:path';
 import { UpgraderError } from './errors.js';
-import { fsyncDirectory } from './durable.js';
+import { fsyncDirectory, fsyncTree } from './durable.js';
 import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
 import { withLayoutLock } from './layout-lock.js';
 import { Quarantine } from './quarantine.js';
@@ -157,23 +157,6 @@ function copyDirectory(source: string, staging: string): void {
   walk(source);
   if (problems.length > 0) throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing the directory ${source}: ${problems.slice(0, 3).join('; ')}.`);
   cpSync(source, staging, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
-}
-
-function fsyncTree(dir: string): void {
-  for (const name of readdirSync(dir)) {
-    const full = join(dir, name);
-    const stat = lstatSync(full);
-    if (stat.isDirectory()) fsyncTree(full);
-    else if (stat.isFile()) {
-      const fd = openSync(full, constants.O_RDONLY);
-      try {
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
-    }
-  }
-  fsyncDirectory(dir);
 }
 
 /** A digest of a tree's names, kinds, executable bits, contents and link targets. */

@@ -153,13 +153,13 @@ export class Layout {
   }
 
   /**
-   * Removes temporary links, files and staging directories left by a crash, in the root, versions/ and the
-   * state directory. A temporary name carries its creator's PID: one whose creator still runs (an install
+   * Removes temporary links, files and staging directories left by a crash, in the root, versions/, the
+   * state directory and its quarantine/. A temporary name carries its creator's PID: one whose creator still runs (an install
    * in progress) is left alone.
    */
   removeStaleTemporaries(): string[] {
     const removed: string[] = [];
-    for (const dir of [this.root, this.versionsDir, this.stateDir]) {
+    for (const dir of [this.root, this.versionsDir, this.stateDir, join(this.stateDir, 'quarantine')]) {
       let names: string[];
       try {
         names = readdirSync(dir);
