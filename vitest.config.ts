@@ -9,5 +9,7 @@ export default defineConfig({
     // Integration tests spawn real agents; on two cores, two files at a time keeps timings sane.
     maxWorkers: 2,
     minWorkers: 1,
+    // In CI, also a machine-readable summary, from which .ci/run prints its closing line.
+    reporters: process.env.CI ? ['default', ['json', { outputFile: 'test-results.json' }]] : ['default'],
   },
 });
