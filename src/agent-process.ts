@@ -110,12 +110,17 @@ export class AgentProcess {
    * process that carries this agent's marker in its environment (descendants that escaped with setsid).
    */
   killTree(): Promise<void> {
-    this.signalGroup('SIGKILL');
-    for (const pid of this.leftovers()) signalQuietly(pid, 'SIGKILL');
+    this.killLeftovers();
     return new Promise((resolve) => {
       if (this.pid === undefined) return resolve();
       treeKill(this.pid, 'SIGKILL', () => resolve());
     });
+  }
+
+  /** SIGKILL to the group and to every marked descendant: what is still reachable once the agent itself has exited. */
+  killLeftovers(): void {
+    this.signalGroup('SIGKILL');
+    for (const pid of this.leftovers()) signalQuietly(pid, 'SIGKILL');
   }
 
   /** True once the agent, its group and every marked descendant are gone. */

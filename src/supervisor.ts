@@ -351,7 +351,9 @@ export class Supervisor {
         this.log.error({ agentPid: proc.pid, version: proc.spec.version }, 'an agent process tree is still alive after SIGKILL');
         return false;
       }
-      if (proc.hasExited) await proc.killTree();
+      // Once the agent has exited its descendants have lost their parent link, so tree-kill (which runs
+      // ps each time) finds nothing more: the group and the environment marker are what is left to hit.
+      if (proc.hasExited) proc.killLeftovers();
       await delay(POLL_MS);
     }
     return true;
