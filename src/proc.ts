@@ -80,7 +80,9 @@ const O_CLOEXEC = 0o2000000;
 /**
  * Closes the descriptors above 2 that this process inherited from whoever started it. Everything Node and
  * the upgrader open is close-on-exec, so these are exactly the descriptors that would otherwise leak into
- * every agent. Call it first thing, before anything else is opened.
+ * every agent. Node marks only the low, contiguous inherited ones close-on-exec at start-up (libuv's
+ * uv_disable_stdio_inheritance); a leaked fd 40 or 251 gets past it, which is why this exists.
+ * Call it first thing, before anything else is opened.
  */
 export function closeInheritedDescriptors(): number[] {
   const closed: number[] = [];
