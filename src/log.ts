@@ -13,15 +13,15 @@ export type { Logger };
  * stderr lines all go through here, so no line is ever cut into by another.
  */
 export function writeStderr(data: Buffer): void {
-    let written = 0;
-    for (let attempts = 0; written < data.length && attempts < 1000; attempts++) {
-      try {
-        written += writeSync(2, data, written);
-      } catch (error) {
-        // A non-blocking stderr that is full: try again; anything else: drop the line.
-        if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') return;
-      }
+  let written = 0;
+  for (let attempts = 0; written < data.length && attempts < 1000; attempts++) {
+    try {
+      written += writeSync(2, data, written);
+    } catch (error) {
+      // A non-blocking stderr that is full: try again; anything else: drop the line.
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') return;
     }
+  }
 }
 
 const stderr = { write: (line: string) => writeStderr(Buffer.from(line)) };
