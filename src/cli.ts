@@ -155,7 +155,7 @@ async function run(args: string[]): Promise<number> {
   const layout = Layout.open(requireRoot(v.root), v.entry as string);
   const log = createLogger();
   if (inherited.length > 0) log.info({ fds: inherited }, 'closed descriptors inherited from the parent, so that agents do not get them');
-  const ownership = await Ownership.acquire(layout.stateDir);
+  const ownership = await Ownership.acquire(layout.stateDir, (message) => log.warn(message));
   const notifier = new SystemdNotifier(log);
   log.info({ root: layout.root, config, upgrader: UPGRADER_VERSION, systemd: notifier.enabled }, 'upgrader starting');
   let supervisor;

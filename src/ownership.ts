@@ -8,7 +8,7 @@
  * Before each durable change the owner confirms the record still names it (see `confirm`): if anything
  * has replaced it, the upgrader stops touching the root at once.
  */
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { lstatSync, mkdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { z } from 'zod';
@@ -55,6 +55,24 @@ export function liveOwner(stateDir: string): OwnerRecord | null {
   return owner && isSameProcessAlive(owner) ? owner : null;
 }
 
+/**
+ * The take-over lock is always a directory (proper-lockfile makes it with mkdir). Anything else at its name,
+ * a symlink or a file, is nobody's lock: left there, it would keep every upgrader out of the root for good.
+ * It is unlinked, which never follows a link, so whatever a planted link points at is left untouched.
+ */
+function removeForeignLock(lockPath: string, warn: (message: string) => void): void {
+  let kind: string;
+  try {
+    const stat = lstatSync(lockPath);
+    if (stat.isDirectory()) return;
+    kind = stat.isSymbolicLink() ? 'a symbolic link' : 'a file';
+  } catch {
+    return;
+  }
+  unlinkSync(lockPath);
+  warn(`removed ${lockPath}: ${kind}, not the directory the upgrader locks with`);
+}
+
 export class Ownership {
   private constructor(
     private readonly stateDir: string,
@@ -68,12 +86,14 @@ export class Ownership {
    * run its agent (it refuses upgrades, which need writes), but only a live owner recorded earlier can keep a
    * second instance out; `readOnly` says so.
    */
-  static async acquire(stateDir: string): Promise<Ownership> {
+  static async acquire(stateDir: string, warn: (message: string) => void = () => undefined): Promise<Ownership> {
     let release: () => Promise<void>;
+    const lockPath = join(stateDir, 'takeover.lock');
     try {
       mkdirSync(stateDir, { recursive: true, mode: 0o755 });
+      removeForeignLock(lockPath, warn);
       release = await lockfile.lock(stateDir, {
-        lockfilePath: join(stateDir, 'takeover.lock'),
+        lockfilePath: lockPath,
         realpath: false,
         stale: 5000,
         retries: { retries: 40, minTimeout: 25, maxTimeout: 250 },

@@ -191,6 +191,23 @@ describe('leftovers and planted links', () => {
     expect(lstatSync(join(root, 'state/state.json')).isSymbolicLink()).toBe(false);
     rmSync(victims, { recursive: true });
   });
+
+  it.each([
+    ['a symlink to a directory', (path: string, victim: string) => symlinkSync(victim, path)],
+    ['a file', (path: string) => writeFileSync(path, 'not a lock')],
+  ])('%s planted at the take-over lock is unlinked, never followed, and the upgrader starts', async (_, plant) => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const victim = mkdtempSync(join(tmpdir(), 'victim-'));
+    writeFileSync(join(victim, 'a'), 'untouched');
+    mkdirSync(join(root, 'state'));
+    plant(join(root, 'state/takeover.lock'), victim);
+    const { up } = await startReady(root, FAST);
+    expect(up.logs.some((l) => l.level === 'warn' && l.msg.startsWith(`removed ${join(root, 'state/takeover.lock')}`))).toBe(true);
+    expect(readdirSync(victim)).toEqual(['a']);
+    expect(readFileSync(join(victim, 'a'), 'utf8')).toBe('untouched');
+    expect(() => lstatSync(join(root, 'state/takeover.lock'))).toThrow(/ENOENT/);
+    rmSync(victim, { recursive: true });
+  });
 });
 
 describe.skipIf(!isRoot)('running as root: versions another user could change are refused', () => {
