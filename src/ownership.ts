@@ -86,7 +86,7 @@ export class Ownership {
    * run its agent (it refuses upgrades, which need writes), but only a live owner recorded earlier can keep a
    * second instance out; `readOnly` says so.
    */
-  static async acquire(stateDir: string, warn: (message: string) => void = () => undefined): Promise<Ownership> {
+  static async acquire(stateDir: string, warn: (message: string) => void): Promise<Ownership> {
     let release: () => Promise<void>;
     const lockPath = join(stateDir, 'takeover.lock');
     try {
