@@ -64,8 +64,11 @@ describe('hostile candidates', () => {
 });
 
 describe('hostile old agents', () => {
-  it('an old agent stopped with SIGSTOP is woken (SIGCONT), terminated, and the handoff completes', async () => {
-    const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { readyDelayMs: 300 } } }, '1.0.0');
+  it.each([
+    ['is woken (SIGCONT), terminated, and the handoff completes', {}, { readyDelayMs: 300 }],
+    ['and also ignores SIGTERM is killed, and the handoff completes', { ignoreSigterm: true, ignoreStop: true }, {}],
+  ])('an old agent stopped with SIGSTOP %s', async (_, oldConfig, newConfig) => {
+    const root = makeRoot({ '1.0.0': { config: oldConfig }, '2.0.0': { config: newConfig } }, '1.0.0');
     const { up, pid } = await startReady(root, FAST);
     askUpgrade(root, pid, '2.0.0');
     await up.agentPid('2.0.0', 'candidate');
@@ -73,16 +76,6 @@ describe('hostile old agents', () => {
     await up.waitForSent('go', '2.0.0', 15_000);
     expect(isAlive(pid)).toBe(false);
     await checkInvariant(root, up.pid, { allowed: ['2.0.0'] });
-  });
-
-  it('an old agent stopped with SIGSTOP that also ignores SIGTERM is killed', async () => {
-    const root = makeRoot({ '1.0.0': { config: { ignoreSigterm: true, ignoreStop: true } }, '2.0.0': {} }, '1.0.0');
-    const { up, pid } = await startReady(root, FAST);
-    askUpgrade(root, pid, '2.0.0');
-    await up.agentPid('2.0.0', 'candidate');
-    process.kill(pid, 'SIGSTOP');
-    await up.waitForSent('go', '2.0.0', 15_000);
-    expect(isAlive(pid)).toBe(false);
   });
 });
 
