@@ -191,7 +191,7 @@ function creatorRuns(name: string): boolean {
   }
 }
 
-function selfAndAncestors(path: string): string[] {
+export function selfAndAncestors(path: string): string[] {
   const chain = [path];
   while (dirname(chain.at(-1)!) !== chain.at(-1)) chain.push(dirname(chain.at(-1)!));
   return chain;
@@ -202,7 +202,7 @@ function selfAndAncestors(path: string): string[] {
  * could change. Each path must be owned by root and not writable by group or others; a sticky directory
  * owned by root (such as /tmp) is allowed, since nobody else can replace what root put in it.
  */
-function unsafeForRoot(paths: string[]): string | null {
+export function unsafeForRoot(paths: string[]): string | null {
   for (const path of paths) {
     const stat = lstatSync(path);
     const mode = `0${(stat.mode & 0o7777).toString(8)}`;
