@@ -9,6 +9,9 @@
  *   running    one active agent does the work (possibly on probation after an upgrade)
  *   verifying  a candidate is starting and verifying itself; in live mode the old agent still works
  *   draining   the old agent has been told `stop`; we wait for `stopped` or its exit
+ *   waiting    an agent must be started (a candidate, or the active version again), but an old agent
+ *              that has said `stopped` is still exiting: nothing new starts beside it. In a live handoff
+ *              the active agent works meanwhile; after a probation rollback nobody does until it is gone.
  *   stopping   the upgrader was asked to stop; every agent is terminating
  *   exited     nothing left to supervise; the upgrader exits with `exitCode`
  *
@@ -19,6 +22,10 @@
  *     whenever the version that had proved itself is started again.
  *   - Durable effects that an outcome depends on (`required`) come first in their batch: if one fails,
  *     the whole transition is dropped and an `io-failed` event is handled in the state before it.
+ *   - No agent is started while an old one is still exiting: at most one old agent, one active agent and
+ *     one candidate exist at any instant, and never two processes of the version being restarted.
+ *   - Success is reported to an operator only once it is durable (`recorded`); a success that could not be
+ *     written is reported as such, and its record is retried until it is written.
  */
 import { constants } from 'node:os';
 import type { HandoffMode, UpgraderMessage } from './protocol.js';
@@ -32,7 +39,7 @@ export type Config = {
   probationMs: number;
 };
 
-export type StateName = 'idle' | 'running' | 'verifying' | 'draining' | 'stopping' | 'exited';
+export type StateName = 'idle' | 'running' | 'verifying' | 'draining' | 'waiting' | 'stopping' | 'exited';
 export type Role = 'active' | 'candidate';
 /** Who asked for an upgrade: the active agent (answered with upgrade-failed) or an operator (answered with reports). */
 export type Origin = 'agent' | 'operator';
@@ -56,6 +63,9 @@ export type Handoff = {
 
 export type Probation = { from: string; version: string; mode: HandoffMode; startedAt: string; previous: string | null };
 
+/** An agent to start once every old agent has exited (state `waiting`). */
+export type Pending = { role: Role; version: string; fromVersion: string | null };
+
 export type Context = {
   state: StateName;
   active: AgentRef | null;
@@ -67,9 +77,11 @@ export type Context = {
   previous: string | null;
   nextId: number;
   exitCode: number | null;
+  /** What the `waiting` state will start once `dying` is empty. */
+  pending: Pending | null;
 };
 
-export type TimerName = 'ready' | 'probation' | `dying:${number}`;
+export type TimerName = 'ready' | 'probation' | 'record' | `dying:${number}`;
 
 export type Event =
   | { type: 'start'; version: string; previous: string | null; probation: Probation | null }
@@ -77,13 +89,21 @@ export type Event =
   | { type: 'ready'; id: number }
   | { type: 'stopped'; id: number }
   | { type: 'protocol-error'; id: number; detail: string }
-  | { type: 'exited'; id: number; code: number | null; signal: NodeJS.Signals | null; error?: string }
+  /** `error`/`errorCode`: the process could not be started at all (spawn failed with that errno). */
+  | { type: 'exited'; id: number; code: number | null; signal: NodeJS.Signals | null; error?: string; errorCode?: string }
   | { type: 'timeout'; timer: TimerName }
   | { type: 'shutdown'; signal: string }
-  | { type: 'io-failed'; trigger: Event; error: string };
+  | { type: 'io-failed'; trigger: Event; error: string }
+  /** A `persist` carrying an outcome was written durably. */
+  | { type: 'recorded'; outcome: Outcome }
+  /** An optional `persist` failed; `outcome` is the result it carried, if any (the supervisor keeps it and writes it with the next persist). */
+  | { type: 'record-failed'; outcome: Outcome | null; error: string };
 
 /** An upgrade's result. `quarantine`: the new version itself failed (not the disk, not a signal): keep agents from asking for it again. */
-export type Outcome = { from: string; to: string; mode: HandoffMode; startedAt: string; result: UpgradeResult; reason: string | null; quarantine: boolean };
+export type Outcome = { origin: Origin; from: string; to: string; mode: HandoffMode; startedAt: string; result: UpgradeResult; reason: string | null; quarantine: boolean };
+
+/** How long a failed record waits before it is written again. */
+export const RECORD_RETRY_MS = 5000;
 
 export type Effect =
   | { kind: 'spawn'; id: number; version: string; role: Role; fromVersion: string | null }
@@ -101,7 +121,7 @@ export type Effect =
 export type Step = { next: Context; effects: Effect[] };
 
 export function initialContext(): Context {
-  return { state: 'idle', active: null, candidate: null, handoff: null, probation: null, dying: [], previous: null, nextId: 1, exitCode: null };
+  return { state: 'idle', active: null, candidate: null, handoff: null, probation: null, dying: [], previous: null, nextId: 1, exitCode: null, pending: null };
 }
 
 /** The exit status a shell would report: the code, or 128 + the signal's number. */
@@ -109,6 +129,25 @@ export function exitStatusOf(code: number | null, signal: NodeJS.Signals | null)
   if (code !== null) return code;
   return 128 + (signal ? (constants.signals[signal] ?? 0) : 0);
 }
+
+/** The statuses `upgrader run` keeps for its own conditions (64 usage ... 78 layout; see errors.ts). */
+export const RESERVED_EXIT_STATUSES = { first: 64, last: 78 } as const;
+/** What `upgrader run` exits with when its agent exited with a reserved status. */
+export const AGENT_RESERVED_STATUS = 79;
+
+/**
+ * The status `upgrader run` exits with when its agent ends on its own: the agent's status, except one the
+ * upgrader reserves (an agent exiting 78 must not read as a broken layout, which the units never restart),
+ * which becomes 79.
+ */
+export function runExitStatusForAgent(code: number | null, signal: NodeJS.Signals | null): number {
+  const status = exitStatusOf(code, signal);
+  return status >= RESERVED_EXIT_STATUSES.first && status <= RESERVED_EXIT_STATUSES.last ? AGENT_RESERVED_STATUS : status;
+}
+
+/** Spawn failures that say the host is short of something, not that the version is bad: they never quarantine. */
+const RESOURCE_ERRORS = new Set(['EMFILE', 'ENFILE', 'EAGAIN', 'ENOMEM', 'ENOSPC']);
+export const isResourceError = (code: string | undefined): boolean => code !== undefined && RESOURCE_ERRORS.has(code);
 
 function describeExit(code: number | null, signal: NodeJS.Signals | null, error?: string): string {
   if (error) return `could not be started (${error})`;
@@ -121,16 +160,33 @@ function stay(ctx: Context): Step {
   return { next: ctx, effects: [] };
 }
 
-function spawnActive(ctx: Context, version: string): { ctx: Context; effect: Effect } {
-  const id = ctx.nextId;
-  return {
-    ctx: { ...ctx, active: { id, version, ready: false }, nextId: id + 1 },
-    effect: { kind: 'spawn', id, version, role: 'active', fromVersion: null },
-  };
+function outcomeOf(handoff: Handoff | Probation, from: string, to: string, result: UpgradeResult, reason: string | null, quarantine = false): Outcome {
+  const origin = 'origin' in handoff ? handoff.origin : 'agent';
+  return { origin, from, to, mode: handoff.mode, startedAt: handoff.startedAt, result, reason, quarantine };
 }
 
-function outcomeOf(handoff: Handoff | Probation, from: string, to: string, result: UpgradeResult, reason: string | null, quarantine = false): Outcome {
-  return { from, to, mode: handoff.mode, startedAt: handoff.startedAt, result, reason, quarantine };
+/**
+ * Starts an agent now, or, while an old agent is still exiting, enters `waiting` and starts it once every
+ * old agent is gone: two processes of one version (or a third agent) never run side by side.
+ */
+function startWhenClear(ctx: Context, pending: Pending, config: Config, stateAfter: StateName): Step {
+  if (ctx.dying.length > 0) {
+    return { next: { ...ctx, state: 'waiting', pending }, effects: [{ kind: 'persist', required: false, outcome: null }] };
+  }
+  return startNow({ ...ctx, state: stateAfter, pending: null }, pending, config);
+}
+
+function startNow(ctx: Context, pending: Pending, config: Config): Step {
+  const id = ctx.nextId;
+  const agent: AgentRef = { id, version: pending.version, ready: false };
+  const spawn: Effect = { kind: 'spawn', id, version: pending.version, role: pending.role, fromVersion: pending.fromVersion };
+  if (pending.role === 'active') {
+    return { next: { ...ctx, state: 'running', active: agent, pending: null, nextId: id + 1 }, effects: [spawn, { kind: 'persist', required: false, outcome: null }] };
+  }
+  return {
+    next: { ...ctx, state: 'verifying', candidate: agent, pending: null, nextId: id + 1 },
+    effects: [spawn, { kind: 'start-timer', timer: 'ready', ms: config.readyMs }, { kind: 'persist', required: false, outcome: null }],
+  };
 }
 
 /** Puts an agent on its way out with SIGTERM now and its tree killed if it outlives `graceMs`. */
@@ -165,16 +221,8 @@ function acceptUpgrade(ctx: Context, active: AgentRef, event: Extract<Event, { t
   if (ctx.probation) effects.push({ kind: 'cancel-timer', timer: 'probation' });
   const base: Context = { ...ctx, handoff, probation: null };
   if (mode === 'live') {
-    const id = ctx.nextId;
-    return {
-      next: { ...base, state: 'verifying', candidate: { id, version, ready: false }, nextId: id + 1 },
-      effects: [
-        ...effects,
-        { kind: 'spawn', id, version, role: 'candidate', fromVersion: active.version },
-        { kind: 'start-timer', timer: 'ready', ms: config.readyMs },
-        { kind: 'persist', required: false, outcome: null },
-      ],
-    };
+    const started = startWhenClear(base, { role: 'candidate', version, fromVersion: active.version }, config, 'verifying');
+    return { next: started.next, effects: [...effects, ...started.effects] };
   }
   return drainOld(base, active, effects, config);
 }
@@ -221,8 +269,8 @@ function promote(ctx: Context, before: Effect[], config: Config): Step {
     config.probationMs > 0 ? { from: handoff.from, version: handoff.to, mode: handoff.mode, startedAt: handoff.startedAt, previous: ctx.previous } : null;
   const effects: Effect[] = [...before, { kind: 'send', id: candidate.id, message: { type: 'go' } }];
   if (probation) effects.push({ kind: 'start-timer', timer: 'probation', ms: config.probationMs });
+  // The operator hears `succeeded` on `recorded`, once this is durable, never before.
   effects.push({ kind: 'persist', required: false, outcome: outcomeOf(handoff, handoff.from, handoff.to, 'succeeded', null) });
-  if (handoff.origin === 'operator') effects.push({ kind: 'report', outcome: 'succeeded', version: handoff.to, reason: null });
   return {
     next: { ...ctx, state: 'running', active: candidate, candidate: null, handoff: null, probation, previous: handoff.from },
     effects,
@@ -264,20 +312,19 @@ function failCandidate(ctx: Context, reason: string, config: Config, exited = fa
       ],
     }));
   }
-  return then(step, (c) => restartFrom(c, handoff, outcome));
+  return then(step, (c) => restartFrom(c, handoff, outcome, config));
 }
 
-/** Nobody works: start the version that proved itself again, as the active agent. */
-function restartFrom(ctx: Context, handoff: Handoff, outcome: Outcome): Step {
-  const spawned = spawnActive({ ...ctx, state: 'running', handoff: null }, handoff.from);
-  return {
-    next: spawned.ctx,
+/** Nobody works: start the version that proved itself again, as the active agent (once no old agent is left). */
+function restartFrom(ctx: Context, handoff: Handoff, outcome: Outcome, config: Config): Step {
+  const recorded: Step = {
+    next: { ...ctx, handoff: null },
     effects: [
       { kind: 'commit-current', version: handoff.from, required: false },
-      spawned.effect,
       { kind: 'persist', required: false, outcome },
     ],
   };
+  return then(recorded, (c) => startWhenClear(c, { role: 'active', version: handoff.from, fromVersion: null }, config, 'running'));
 }
 
 /** The old agent sent `stopped` or exited: the candidate may go (or, after a failure, the old version comes back). */
@@ -285,33 +332,24 @@ function oldReleased(ctx: Context, config: Config): Step {
   const handoff = ctx.handoff!;
   const released: Context = { ...ctx, handoff: { ...handoff, draining: null } };
   if (handoff.failure !== null) {
-    return restartFrom(released, handoff, outcomeOf(handoff, handoff.from, handoff.to, 'failed', handoff.failure));
+    return restartFrom(released, handoff, outcomeOf(handoff, handoff.from, handoff.to, 'failed', handoff.failure), config);
   }
   if (ctx.candidate) return promote(released, [], config);
   // Sequential mode: only now does the candidate start.
-  const id = ctx.nextId;
-  return {
-    next: { ...released, state: 'verifying', candidate: { id, version: handoff.to, ready: false }, nextId: id + 1 },
-    effects: [
-      { kind: 'spawn', id, version: handoff.to, role: 'candidate', fromVersion: handoff.from },
-      { kind: 'start-timer', timer: 'ready', ms: config.readyMs },
-      { kind: 'persist', required: false, outcome: null },
-    ],
-  };
+  return startWhenClear(released, { role: 'candidate', version: handoff.to, fromVersion: handoff.from }, config, 'verifying');
 }
 
-function rollBackProbation(ctx: Context, probation: Probation, reason: string): Step {
+function rollBackProbation(ctx: Context, probation: Probation, reason: string, config: Config): Step {
   const outcome = outcomeOf(probation, probation.from, probation.version, 'rolled-back', reason, true);
-  const spawned = spawnActive({ ...ctx, active: null, probation: null, previous: probation.previous }, probation.from);
-  return {
-    next: spawned.ctx,
+  const recorded: Step = {
+    next: { ...ctx, active: null, probation: null, previous: probation.previous },
     effects: [
       { kind: 'cancel-timer', timer: 'probation' },
       { kind: 'commit-current', version: probation.from, required: false },
-      spawned.effect,
       { kind: 'persist', required: false, outcome },
     ],
   };
+  return then(recorded, (c) => startWhenClear(c, { role: 'active', version: probation.from, fromVersion: null }, config, 'running'));
 }
 
 function shutDown(ctx: Context, signal: string, config: Config): Step {
@@ -329,7 +367,7 @@ function shutDown(ctx: Context, signal: string, config: Config): Step {
     }));
   }
   const live = [ctx.active, ctx.candidate, ...ctx.dying.filter((d) => d.phase === 'stopping')].filter((a): a is AgentRef | Dying => a !== null);
-  step = then(step, (c) => ({ next: { ...c, active: null, candidate: null, handoff: null, probation: null }, effects: [] }));
+  step = then(step, (c) => ({ next: { ...c, active: null, candidate: null, handoff: null, probation: null, pending: null }, effects: [] }));
   for (const agent of live) step = then(step, (c) => terminate(c, agent, config.stopMs));
   return then(step, finishIfEmpty);
 }
@@ -348,25 +386,29 @@ function onExited(ctx: Context, event: Extract<Event, { type: 'exited' }>, confi
     const next: Context = { ...ctx, dying: ctx.dying.filter((d) => d.id !== id) };
     const cleared: Step = { next, effects: [{ kind: 'cancel-timer', timer: dyingTimer(id) }] };
     if (ctx.state === 'draining' && ctx.handoff?.draining === id) return then(cleared, (c) => oldReleased(c, config));
+    if (ctx.state === 'waiting' && next.dying.length === 0 && ctx.pending) {
+      const pending = ctx.pending;
+      return then(cleared, (c) => startNow(c, pending, config));
+    }
     return then(cleared, finishIfEmpty);
   }
   const how = describeExit(event.code, event.signal, event.error);
   if (ctx.candidate?.id === id) {
     const when = event.error ? '' : ` before ${ctx.candidate.ready ? 'it was told go' : 'reporting ready'}`;
-    return failCandidate(ctx, `the candidate ${ctx.candidate.version} ${how}${when}`, config, true);
+    // A host out of descriptors, processes or memory says nothing about the version: no quarantine.
+    return failCandidate(ctx, `the candidate ${ctx.candidate.version} ${how}${when}`, config, true, !isResourceError(event.errorCode));
   }
   if (ctx.active?.id !== id) return stay(ctx);
   const active = ctx.active;
-  if (ctx.state === 'verifying') {
-    // The old agent died while the candidate verifies: the candidate takes over as soon as it is ready.
+  if (ctx.state === 'verifying' || ctx.state === 'waiting') {
+    // The old agent died while the candidate verifies (or waits to start): it takes over once it is ready.
     return { next: { ...ctx, active: null }, effects: [{ kind: 'persist', required: false, outcome: null }] };
   }
   if (ctx.probation) {
-    return rollBackProbation(ctx, ctx.probation, `${active.version} ${how} during its probation`);
+    return rollBackProbation(ctx, ctx.probation, `${active.version} ${how} during its probation`, config);
   }
   // The agent ended on its own: so do we, with its status, and the init system decides what comes next.
-  const code = exitStatusOf(event.code, event.signal);
-  return finishIfEmpty({ ...ctx, state: 'stopping', active: null, exitCode: code });
+  return finishIfEmpty({ ...ctx, state: 'stopping', active: null, exitCode: runExitStatusForAgent(event.code, event.signal) });
 }
 
 function onUpgradeRequest(ctx: Context, event: Extract<Event, { type: 'upgrade-requested' }>, config: Config): Step {
@@ -376,7 +418,11 @@ function onUpgradeRequest(ctx: Context, event: Extract<Event, { type: 'upgrade-r
   // Only the active agent may ask; anything else an agent sends of this kind is ignored.
   if (fromAgent && (!active || active.id !== event.id)) return stay(ctx);
   const refuse = (reason: string): Step => ({ next: ctx, effects: [answer(event, active, reason)] });
-  if (ctx.state !== 'running' || !active) return refuse(ctx.handoff ? `a handoff to ${ctx.handoff.to} is already in progress` : `the upgrader is ${ctx.state}, with no active agent`);
+  if (ctx.state !== 'running' || !active) {
+    if (ctx.handoff) return refuse(`a handoff to ${ctx.handoff.to} is already in progress`);
+    if (ctx.pending) return refuse(`${ctx.pending.version} is being started again once the old agent has exited`);
+    return refuse(`the upgrader is ${ctx.state}, with no active agent`);
+  }
   if (event.problem) return refuse(event.problem);
   if (event.version === active.version) return refuse(`${event.version} is the running version`);
   return acceptUpgrade(ctx, active, event, config);
@@ -397,6 +443,7 @@ function onTimeout(ctx: Context, timer: TimerName, config: Config): Step {
     if (!ctx.probation) return stay(ctx);
     return { next: { ...ctx, probation: null }, effects: [{ kind: 'persist', required: false, outcome: null }] };
   }
+  if (timer === 'record') return { next: ctx, effects: [{ kind: 'persist', required: false, outcome: null }] };
   const id = Number(timer.slice('dying:'.length));
   const dying = ctx.dying.find((d) => d.id === id);
   if (!dying) return stay(ctx);
@@ -412,9 +459,34 @@ function onIoFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, 
     return { next: ctx, effects: [answer(trigger, ctx.active, reason)] };
   }
   if (trigger.type === 'ready' && ctx.handoff) {
-    return failCandidate(ctx, `current could not be pointed at ${ctx.handoff.to} (${event.error})`, config, false, false);
+    // The move of `current` is undone where it got that far (layout.ts); pointing it at `from` again makes
+    // sure, so that `current`, the state and the reported failure agree.
+    const from = ctx.handoff.from;
+    const failed = failCandidate(ctx, `current could not be pointed at ${ctx.handoff.to} (${event.error}); it still names ${from}`, config, false, false);
+    return { next: failed.next, effects: [{ kind: 'commit-current', version: from, required: false }, ...failed.effects] };
   }
   return stay(ctx);
+}
+
+/** The result an operator waits for is durable now: only now is it told. */
+function onRecorded(ctx: Context, outcome: Outcome): Step {
+  if (outcome.result !== 'succeeded' || outcome.origin !== 'operator') return stay(ctx);
+  return { next: ctx, effects: [{ kind: 'report', outcome: 'succeeded', version: outcome.to, reason: null }] };
+}
+
+/**
+ * A state write failed. The supervisor keeps the outcome it carried and writes it with the next persist,
+ * which a timer brings about; an operator waiting for that success is told it is not recorded yet (so that
+ * nobody is ever told `succeeded` of an upgrade that a crash would then undo).
+ */
+function onRecordFailed(ctx: Context, event: Extract<Event, { type: 'record-failed' }>): Step {
+  const effects: Effect[] = [{ kind: 'start-timer', timer: 'record', ms: RECORD_RETRY_MS }];
+  const outcome = event.outcome;
+  if (outcome?.result === 'succeeded' && outcome.origin === 'operator') {
+    const reason = `${outcome.to} runs, but its success could not be recorded (${event.error}); the upgrader retries every ${formatDuration(RECORD_RETRY_MS)}, and a restart before that succeeds goes back to ${outcome.from}`;
+    effects.unshift({ kind: 'report', outcome: 'failed', version: outcome.to, reason });
+  }
+  return { next: ctx, effects };
 }
 
 /** The whole state machine. Unknown combinations of state and event change nothing. */
@@ -423,11 +495,9 @@ export function transition(ctx: Context, event: Event, config: Config): Step {
   switch (event.type) {
     case 'start': {
       if (ctx.state !== 'idle') return stay(ctx);
-      const spawned = spawnActive({ ...ctx, state: 'running', previous: event.previous, probation: event.probation }, event.version);
-      const effects: Effect[] = [spawned.effect];
-      if (event.probation) effects.push({ kind: 'start-timer', timer: 'probation', ms: config.probationMs });
-      effects.push({ kind: 'persist', required: false, outcome: null });
-      return { next: spawned.ctx, effects };
+      const started = startNow({ ...ctx, previous: event.previous, probation: event.probation }, { role: 'active', version: event.version, fromVersion: null }, config);
+      if (!event.probation) return started;
+      return { next: started.next, effects: [...started.effects, { kind: 'start-timer', timer: 'probation', ms: config.probationMs }] };
     }
     case 'shutdown':
       if (ctx.state === 'stopping' || ctx.state === 'idle') return stay(ctx);
@@ -457,6 +527,10 @@ export function transition(ctx: Context, event: Event, config: Config): Step {
       return onTimeout(ctx, event.timer, config);
     case 'io-failed':
       return onIoFailed(ctx, event, config);
+    case 'recorded':
+      return onRecorded(ctx, event.outcome);
+    case 'record-failed':
+      return onRecordFailed(ctx, event);
   }
 }
 
@@ -469,6 +543,7 @@ export function publicState(ctx: Context): 'starting' | 'running' | 'upgrading' 
       return 'running';
     case 'verifying':
     case 'draining':
+    case 'waiting':
       return 'upgrading';
     case 'stopping':
       return 'stopping';

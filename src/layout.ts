@@ -103,6 +103,14 @@ export class Layout {
     return this.directoryProblem(dir, `version ${version}`);
   }
 
+  /**
+   * Why `version` must not be launched by this process: incomplete, or (as root) changeable by another user.
+   * (The install engineer's branch extends the root check to every file of the version.)
+   */
+  launchProblem(version: string): string | null {
+    return this.versionProblem(version);
+  }
+
   /** Why the directory `dir` (a version, or one being staged) is unusable (manifest, entry point), or null. */
   directoryProblem(dir: string, label: string): string | null {
     const read = readManifest(dir);
@@ -145,11 +153,27 @@ export class Layout {
     return problem ? { problem: `current points at ${version}, but ${problem}` } : { version };
   }
 
-  /** Durably points `current` at a version, which must be complete. */
+  /**
+   * Durably points `current` at a version, which must be complete. All or nothing: if the move cannot be
+   * made durable (the directory's fsync fails after the rename), `current` is put back as it was before the
+   * error is thrown, so that a caller reporting the failure and the link never disagree.
+   */
   commitCurrent(version: string): void {
     const problem = this.versionProblem(version);
     if (problem) throw new UpgraderError('E_VERSION_MISSING', `Cannot point current at ${version}: ${problem}.`);
-    replaceSymlinkDurably(this.currentLink, `versions/${version}`);
+    const before = linkText(this.currentLink);
+    try {
+      replaceSymlinkDurably(this.currentLink, `versions/${version}`);
+    } catch (error) {
+      if (before !== null && linkText(this.currentLink) !== before) {
+        try {
+          replaceSymlinkDurably(this.currentLink, before);
+        } catch {
+          // A second failure in a row: the link may name either version; start-up's recovery decides.
+        }
+      }
+      throw error;
+    }
   }
 
   /**
@@ -176,6 +200,14 @@ export class Layout {
       }
     }
     return removed;
+  }
+}
+
+function linkText(path: string): string | null {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return null;
   }
 }
 

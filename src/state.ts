@@ -53,6 +53,10 @@ const OpenHandoff = z.object({
   startedAt: Iso,
 });
 
+/** What start-up did when `current` named a version that could not run. */
+const Repair = z.object({ at: Iso, problem: z.string().max(4096), version: Version });
+export type Repair = z.infer<typeof Repair>;
+
 export const PersistedState = z.object({
   state: z.enum(['starting', 'running', 'upgrading', 'stopping', 'stopped']),
   current: Version.nullable(),
@@ -63,6 +67,8 @@ export const PersistedState = z.object({
     .object({ version: Version, from: Version, mode: HandoffMode, startedAt: Iso, previous: Version.nullable() })
     .nullable(),
   history: z.array(UpgradeRecord).max(HISTORY_LIMIT),
+  /** The last time start-up had to run another version than `current` named (absent in older files). */
+  repair: Repair.nullable().default(null),
   updatedAt: Iso,
 });
 export type PersistedState = z.infer<typeof PersistedState>;
@@ -83,6 +89,7 @@ export function emptyState(): PersistedState {
     handoff: null,
     probation: null,
     history: [],
+    repair: null,
     updatedAt: new Date(0).toISOString(),
   };
 }

@@ -10,7 +10,7 @@ import { EXIT, UpgraderError } from './errors.js';
 import type { Layout } from './layout.js';
 import { liveOwner } from './ownership.js';
 import { isSameProcessAlive } from './proc.js';
-import { StateFile, type RecordedAgent, type UpgradeRecord } from './state.js';
+import { StateFile, type RecordedAgent, type Repair, type UpgradeRecord } from './state.js';
 import { Quarantine, type QuarantineEntry } from './quarantine.js';
 
 export type AgentView = { pid: number; version: string; role: string; ready: boolean; since: string; uptimeMs: number };
@@ -32,6 +32,8 @@ export type StatusReport = {
   lastUpgrade: UpgradeRecord | null;
   history: UpgradeRecord[];
   stateProblem: string | null;
+  /** The last time start-up found `current` unable to run and ran another version instead. */
+  repair: Repair | null;
 };
 
 export function readStatus(layout: Layout, now = Date.now()): StatusReport {
@@ -61,6 +63,7 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
     lastUpgrade: history[0] ?? null,
     history,
     stateProblem: read.ok || read.missing ? null : read.problem,
+    repair: saved?.repair ?? null,
   };
 }
 
@@ -95,6 +98,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   rows.push(['last upgrade', r.lastUpgrade ? describeUpgrade(r.lastUpgrade, now) : 'none']);
   for (const q of r.quarantined) rows.push(['quarantined', `${q.version} since ${ago(q.at, now)}: ${q.reason}`]);
   if (r.stateProblem) rows.push(['warning', r.stateProblem]);
+  if (r.repair) rows.push(['repaired', `${ago(r.repair.at, now)}: ${r.repair.problem}; ran ${r.repair.version} instead and pointed current at it`]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');
 }

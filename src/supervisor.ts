@@ -18,7 +18,7 @@ import { ControlServer, type ControlRequest, type Replier } from './control.js';
 import { Quarantine } from './quarantine.js';
 import { findLiveProcesses, isSameProcessAlive } from './proc.js';
 import { MAX_STATUS_CHARS, type AgentMessage, type HandoffMode, type Parsed } from './protocol.js';
-import { withUpgrade, type PersistedState, type RecordedAgent, type StateFile, type UpgradeRecord } from './state.js';
+import { withUpgrade, type PersistedState, type RecordedAgent, type Repair, type StateFile, type UpgradeRecord } from './state.js';
 import treeKill from 'tree-kill';
 
 /** How long a killed process tree may take to disappear before the upgrader reports it. */
@@ -51,13 +51,18 @@ export class Supervisor {
   private readonly notifier: SystemdNotifier;
   private readonly readyOnSpawn: boolean;
   private readonly quarantine: Quarantine;
+  /** The upgrades recorded durably in the state file, newest first. */
   private history: UpgradeRecord[];
+  /** Outcomes whose write failed: added to the next state written. */
+  private readonly unrecorded: UpgradeRecord[] = [];
+  /** What start-up did when `current` could not be run (recorded until the next repair). */
+  private readonly repair: Repair | null;
   private current: string | null;
   private control: ControlServer | null = null;
   /** The operator waiting on the handoff they asked for, if any. */
   private operator: { replier: Replier; wait: boolean; force: boolean } | null = null;
 
-  constructor(options: StartOptions, recovered: { history: UpgradeRecord[]; current: string | null }) {
+  constructor(options: StartOptions, recovered: { history: UpgradeRecord[]; current: string | null; repair: Repair | null }) {
     ({
       layout: this.layout,
       stateFile: this.stateFile,
@@ -68,7 +73,7 @@ export class Supervisor {
       notifier: this.notifier,
       readyOnSpawn: this.readyOnSpawn,
     } = options);
-    ({ history: this.history, current: this.current } = recovered);
+    ({ history: this.history, current: this.current, repair: this.repair } = recovered);
     this.quarantine = new Quarantine(this.layout.stateDir);
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
   }
@@ -132,7 +137,9 @@ export class Supervisor {
     switch (ctx.state) {
       case 'verifying':
       case 'draining':
-        return `upgrading ${ctx.handoff?.from} -> ${ctx.handoff?.to} (${ctx.state})${lastText}`;
+      case 'waiting':
+        if (!ctx.handoff) return `restarting ${ctx.pending?.version} once the old agent has exited${lastText}`;
+        return `upgrading ${ctx.handoff.from} -> ${ctx.handoff.to} (${ctx.state})${lastText}`;
       case 'running': {
         const active = ctx.active!;
         const pid = this.procs.get(active.id)?.pid;
@@ -185,7 +192,7 @@ export class Supervisor {
       case 'commit-current':
         return this.commitCurrent(effect.version);
       case 'persist':
-        return this.persist(next, effect.outcome);
+        return effect.required ? this.persist(next, null) : this.persistOptional(next, effect.outcome);
       case 'start-timer': {
         clearTimeout(this.timers.get(effect.timer));
         const timer = setTimeout(() => {
@@ -261,7 +268,7 @@ export class Supervisor {
     } catch (error) {
       // Out of descriptors or processes: spawn throws before any process exists. Report it as an exit.
       this.log.error({ version: effect.version, role: effect.role, err: describeError(error) }, `could not start ${effect.role} ${effect.version}`);
-      this.dispatch({ type: 'exited', id: effect.id, code: 127, signal: null, error: describeError(error) });
+      this.dispatch({ type: 'exited', id: effect.id, code: 127, signal: null, error: describeError(error), errorCode: (error as NodeJS.ErrnoException).code });
       return;
     }
     this.procs.set(effect.id, proc);
@@ -333,7 +340,8 @@ export class Supervisor {
     if (proc.pid !== undefined) signalQuietly(-proc.pid, 'SIGKILL');
     this.log.info({ agentPid: proc.pid, version: proc.spec.version, code, signal, err: error ? describeError(error) : undefined }, `agent ${proc.spec.version} exited`);
     const failedToStart = error !== null && code === null && signal === null;
-    this.dispatch({ type: 'exited', id: proc.spec.id, code: failedToStart ? 127 : code, signal, ...(failedToStart ? { error: describeError(error) } : {}) });
+    const failure = failedToStart ? { error: describeError(error), errorCode: (error as NodeJS.ErrnoException).code } : {};
+    this.dispatch({ type: 'exited', id: proc.spec.id, code: failedToStart ? 127 : code, signal, ...failure });
     void this.confirmGone(proc).then(() => this.procs.delete(proc.spec.id));
   }
 
@@ -371,18 +379,39 @@ export class Supervisor {
     this.log.info({ version }, `current -> versions/${version}`);
   }
 
+  /**
+   * Writes the state, with the outcome (if any) and every outcome a failed write left unrecorded. `history`
+   * changes only once the write succeeded: what `status`, STATUS= and the log call done is durable.
+   */
   private persist(next: Context, outcome: Outcome | null): void {
     this.assertOwnership();
     if (outcome) {
       const now = new Date();
       const mono = this.handoffStartedMono ? performance.now() - this.handoffStartedMono : now.getTime() - Date.parse(outcome.startedAt);
-      const { quarantine, ...record } = outcome;
-      this.history = withUpgrade(this.history, { ...record, at: now.toISOString(), durationMs: Math.max(0, Math.round(mono)) });
+      const { quarantine, origin: _origin, ...record } = outcome;
+      this.unrecorded.push({ ...record, at: now.toISOString(), durationMs: Math.max(0, Math.round(mono)) });
       if (quarantine) this.quarantineVersion(outcome.to, outcome.reason ?? outcome.result);
-      const memory = process.memoryUsage();
-      this.log.info({ ...outcome, rss: memory.rss, heapUsed: memory.heapUsed }, `upgrade ${outcome.from} -> ${outcome.to} ${outcome.result}`);
     }
-    this.stateFile.write(this.snapshot(next));
+    const history = this.unrecorded.reduce(withUpgrade, this.history);
+    this.stateFile.write(this.snapshot(next, history));
+    this.history = history;
+    for (const record of this.unrecorded.splice(0)) {
+      const memory = process.memoryUsage();
+      this.log.info({ ...record, rss: memory.rss, heapUsed: memory.heapUsed }, `upgrade ${record.from} -> ${record.to} ${record.result}`);
+    }
+  }
+
+  /** A write the step does not depend on: a failure is the machine's to handle (`record-failed`), not the step's. */
+  private persistOptional(next: Context, outcome: Outcome | null): void {
+    try {
+      this.persist(next, outcome);
+    } catch (error) {
+      if (error instanceof LostOwnershipError) throw error;
+      this.log.error({ err: describeError(error), unrecorded: this.unrecorded.length }, 'the state could not be written; it is kept and written again');
+      this.dispatch({ type: 'record-failed', outcome, error: describeError(error) });
+      return;
+    }
+    if (outcome) this.dispatch({ type: 'recorded', outcome });
   }
 
   private quarantineVersion(version: string, reason: string): void {
@@ -414,7 +443,7 @@ export class Supervisor {
     this.dispatch({ type: 'upgrade-requested', origin, id, version, mode: effectiveMode, problem, at: new Date().toISOString() });
   }
 
-  private snapshot(next: Context): PersistedState {
+  private snapshot(next: Context, history: UpgradeRecord[]): PersistedState {
     const agents: RecordedAgent[] = [];
     const add = (id: number, role: RecordedAgent['role'], ready: boolean) => {
       const proc = this.procs.get(id);
@@ -432,7 +461,8 @@ export class Supervisor {
       agents,
       handoff: handoff ? { from: handoff.from, to: handoff.to, mode: handoff.mode, phase: next.state, startedAt: handoff.startedAt } : null,
       probation: next.probation,
-      history: this.history,
+      history,
+      repair: this.repair,
       updatedAt: new Date().toISOString(),
     };
   }
@@ -502,43 +532,46 @@ export async function startSupervisor(options: StartOptions): Promise<Supervisor
 
   let history = saved?.history ?? [];
   let probation: Probation | null = saved?.probation ?? null;
-  let version: string;
-  let previous = saved?.previous ?? null;
+  const previous = saved?.previous ?? null;
+  let chosen: { version: string; repair: Repair | null };
 
   if (saved?.handoff) {
     const h = saved.handoff;
     const reason = `the upgrader stopped during the handoff (phase ${h.phase}); ${h.from} was started again`;
-    if (layout.versionProblem(h.from) === null) {
-      tryCommit(layout, h.from, log);
-      version = h.from;
-    } else {
-      version = pickCurrent(layout, saved, log);
-    }
+    chosen = layout.launchProblem(h.from) === null ? { version: h.from, repair: null } : chooseVersion(layout, saved, log);
+    tryCommit(layout, chosen.version, log);
     history = withUpgrade(history, { from: h.from, to: h.to, mode: h.mode, result: 'failed', reason, startedAt: h.startedAt, at: new Date().toISOString(), durationMs: Math.max(0, Date.now() - Date.parse(h.startedAt)) });
     log.warn({ from: h.from, to: h.to, phase: h.phase }, 'recovered an interrupted handoff: rolled back');
     probation = null;
   } else {
-    version = pickCurrent(layout, saved, log);
+    chosen = chooseVersion(layout, saved, log);
   }
+  const version = chosen.version;
   if (probation && probation.version !== version) probation = null;
 
-  const supervisor = new Supervisor(options, { history, current: version });
+  const supervisor = new Supervisor(options, { history, current: version, repair: chosen.repair ?? saved?.repair ?? null });
   supervisor.dispatch({ type: 'start', version, previous, probation });
   await supervisor.openControlChannel();
   return supervisor;
 }
 
-/** The version to launch: what `current` says, or, if `current` is broken, what the state file says (and `current` is repaired). */
-function pickCurrent(layout: Layout, saved: PersistedState | null, log: Logger): string {
+/**
+ * The version to launch: what `current` says, if it can run. If not, the host is not bricked while a good
+ * version is on disk: the first runnable one of the state's `current`, its `previous`, then every version
+ * the history shows running, newest first. `current` is repaired to it, loudly, and the repair recorded.
+ * Only when none of them can run does the upgrader refuse to start (78).
+ */
+function chooseVersion(layout: Layout, saved: PersistedState | null, log: Logger): { version: string; repair: Repair | null } {
   const current = layout.readCurrent();
-  if ('version' in current) return current.version;
-  const fallback = saved?.current;
-  if (fallback && layout.versionProblem(fallback) === null) {
-    log.warn({ problem: current.problem, version: fallback }, 'current is unusable; repairing it from the state file');
-    tryCommit(layout, fallback, log);
-    return fallback;
-  }
-  throw new UpgraderError('E_CURRENT', `Nothing to launch: ${current.problem}, and the state file names no complete version.`);
+  const problem = 'version' in current ? layout.launchProblem(current.version) : current.problem;
+  if (problem === null && 'version' in current) return { version: current.version, repair: null };
+  const known = [saved?.current, saved?.previous, ...(saved?.history ?? []).flatMap((u) => (u.result === 'succeeded' ? [u.to, u.from] : [u.from]))];
+  const fallback = [...new Set(known)].find((v): v is string => typeof v === 'string' && layout.launchProblem(v) === null);
+  if (!fallback) throw new UpgraderError('E_CURRENT', `Nothing to launch: ${problem}, and no version the state file names as having run can run.`);
+  const repair: Repair = { at: new Date().toISOString(), problem: problem ?? 'current is unusable', version: fallback };
+  log.error({ problem, version: fallback, repaired: true }, `current cannot be run (${problem}); running ${fallback}, the last version known to have run, and pointing current at it`);
+  tryCommit(layout, fallback, log);
+  return { version: fallback, repair };
 }
 
 /**

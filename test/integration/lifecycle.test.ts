@@ -201,7 +201,35 @@ describe('kill -9 of the upgrader, then restart', () => {
     const second = startUpgrader(root, FAST);
     await second.agentPid('2.0.0');
     expect(currentTarget(root)).toBe('versions/2.0.0');
-    expect(second.logs.some((l) => l.msg === 'current is unusable; repairing it from the state file')).toBe(true);
+    expect(second.logs.some((l) => l.repaired === true && l.version === '2.0.0')).toBe(true);
+  });
+
+  it('never bricks while a good version is on disk: current naming a deleted version falls back to the previous one, loudly and on record', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const { up, pid } = await startReady(root, FAST);
+    askUpgrade(root, pid, '2.0.0');
+    await up.waitForSent('go', '2.0.0');
+    await waitForSavedState(root, (s) => s.previous === '1.0.0' && s.current === '2.0.0' && s.handoff === null, 'the upgrade to 2.0.0 recorded');
+    up.kill('SIGKILL');
+    await up.exit;
+    // Both current and the state name 2.0.0, which is now gone (deleted by hand, a bad disk).
+    rmSync(join(root, 'versions/2.0.0'), { recursive: true });
+    const second = startUpgrader(root, FAST);
+    await second.agentPid('1.0.0');
+    await second.waitForTransition('ready', 'running');
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+    expect(second.logs.find((l) => l.repaired === true)).toMatchObject({ level: 'error', version: '1.0.0' });
+    const { code, report } = await statusJson(root);
+    expect(code).toBe(0);
+    expect(report.repair).toMatchObject({ version: '1.0.0', problem: expect.stringContaining('2.0.0') });
+    await waitForSavedState(root, (s) => s.repair?.version === '1.0.0', 'the repair recorded');
+  });
+
+  it('refuses to start (78) only when no version it knows to have run can run', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    chmodSync(join(root, 'versions/1.0.0/bin/agent'), 0o644);
+    const up = startUpgrader(root, FAST);
+    expect((await up.waitForExit()).code).toBe(78);
   });
 
   it('falls back to current when the state file is garbage', async () => {

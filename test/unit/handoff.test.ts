@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { initialContext, transition, exitStatusOf, type Config, type Context, type Effect, type Event, type TimerName } from '../../src/handoff.js';
+import { initialContext, transition, exitStatusOf, runExitStatusForAgent, type Config, type Context, type Effect, type Event, type TimerName } from '../../src/handoff.js';
 
 const config: Config = { readyMs: 1000, stopMs: 2000, killMs: 500, probationMs: 3000 };
 
@@ -49,12 +49,49 @@ describe('handoff transitions', () => {
     expect(sends(r.effects)).toEqual(['go->2']);
   });
 
-  it('live: the old agent dying and the candidate failing restarts the old version', () => {
-    const r = play([start, upgrade(1, '2'), { type: 'exited', id: 1, code: 1, signal: null }, { type: 'timeout', timer: 'ready' }]);
+  it('live: the old agent dying and the candidate failing restarts the old version, once the candidate is gone', () => {
+    const verifying = play([start, upgrade(1, '2'), { type: 'exited', id: 1, code: 1, signal: null }]).ctx;
+    let r = play([{ type: 'timeout', timer: 'ready' }], verifying);
+    expect(r.effects).toContainEqual({ kind: 'kill-tree', id: 2 });
+    expect(r.ctx.state).toBe('waiting');
+    expect(r.effects.some((e) => e.kind === 'spawn')).toBe(false);
+    r = play([{ type: 'exited', id: 2, code: null, signal: 'SIGKILL' }], r.ctx);
     expect(r.ctx.state).toBe('running');
     expect(r.ctx.active).toEqual({ id: 3, version: '1', ready: false });
-    expect(r.effects).toContainEqual({ kind: 'kill-tree', id: 2 });
     expect(r.effects).toContainEqual({ kind: 'spawn', id: 3, version: '1', role: 'active', fromVersion: null });
+  });
+
+  it('probation rollback: the old version starts again only once its previous instance has exited', () => {
+    // The old agent said stopped (the candidate got go) but is still exiting when the new one dies.
+    let r = play([start, upgrade(1, '2'), { type: 'ready', id: 2 }, { type: 'stopped', id: 1 }]);
+    expect(r.ctx.dying.map((d) => d.id)).toEqual([1]);
+    r = play([{ type: 'exited', id: 2, code: 1, signal: null }], r.ctx);
+    expect(r.ctx).toMatchObject({ state: 'waiting', active: null, pending: { role: 'active', version: '1' } });
+    expect(r.effects.some((e) => e.kind === 'spawn')).toBe(false);
+    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1', required: false });
+    expect(sends(play([upgrade(0, '3')], r.ctx).effects)).toEqual([]);
+    r = play([{ type: 'exited', id: 1, code: 0, signal: null }], r.ctx);
+    expect(r.ctx).toMatchObject({ state: 'running', active: { id: 3, version: '1' }, pending: null });
+    expect(r.effects).toContainEqual({ kind: 'spawn', id: 3, version: '1', role: 'active', fromVersion: null });
+  });
+
+  it('a new handoff while the previous old agent is still exiting starts its candidate once that agent is gone; the active keeps working', () => {
+    let r = play([start, upgrade(1, '2'), { type: 'ready', id: 2 }, { type: 'stopped', id: 1 }, upgrade(2, '3')]);
+    expect(r.ctx).toMatchObject({ state: 'waiting', active: { id: 2 }, candidate: null, handoff: { from: '2', to: '3' } });
+    expect(r.effects.filter((e) => e.kind === 'spawn' && e.role === 'candidate')).toHaveLength(1); // only the first handoff's
+    expect(sends(play([upgrade(2, '4')], r.ctx).effects)).toEqual(['upgrade-failed->2']);
+    r = play([{ type: 'exited', id: 1, code: 0, signal: null }], r.ctx);
+    expect(r.ctx.state).toBe('verifying');
+    expect(r.effects).toContainEqual({ kind: 'spawn', id: 3, version: '3', role: 'candidate', fromVersion: '2' });
+    expect(r.effects).toContainEqual({ kind: 'start-timer', timer: 'ready', ms: config.readyMs });
+  });
+
+  it('a candidate that cannot be spawned for lack of resources is not quarantined; one whose entry point is missing is', () => {
+    const verifying = play([start, upgrade(1, '2')]).ctx;
+    const outcome = (errorCode: string) =>
+      play([{ type: 'exited', id: 2, code: 127, signal: null, error: `${errorCode}: spawn`, errorCode }], verifying).effects.find((e) => e.kind === 'persist' && e.outcome);
+    for (const code of ['EMFILE', 'ENFILE', 'EAGAIN', 'ENOMEM']) expect(outcome(code)).toMatchObject({ outcome: { result: 'failed', quarantine: false } });
+    expect(outcome('ENOENT')).toMatchObject({ outcome: { result: 'failed', quarantine: true } });
   });
 
   it('live: a candidate failing after the old was told stop restarts the old version once it exits', () => {
@@ -100,7 +137,15 @@ describe('handoff transitions', () => {
     expect(reports(failed.effects)).toEqual(['failed 2']);
     expect(sends(failed.effects)).toEqual([]);
     const done = play([{ type: 'ready', id: 2 }, { type: 'stopped', id: 1 }], r.ctx);
-    expect(reports(done.effects)).toEqual(['succeeded 2']);
+    // Success is told only once it is durable: on `recorded`, never with `go`.
+    expect(reports(done.effects)).toEqual([]);
+    const record = done.effects.find((e) => e.kind === 'persist' && e.outcome?.result === 'succeeded');
+    if (record?.kind !== 'persist' || !record.outcome) throw new Error('no success record');
+    expect(reports(play([{ type: 'recorded', outcome: record.outcome }], done.ctx).effects)).toEqual(['succeeded 2']);
+    const unrecorded = play([{ type: 'record-failed', outcome: record.outcome, error: 'ENOSPC' }], done.ctx);
+    expect(reports(unrecorded.effects)).toEqual(['failed 2']);
+    expect(unrecorded.effects).toContainEqual({ kind: 'start-timer', timer: 'record', ms: expect.any(Number) });
+    expect(play([{ type: 'timeout', timer: 'record' }], unrecorded.ctx).effects).toEqual([{ kind: 'persist', required: false, outcome: null }]);
     expect(reports(play([upgrade(1, '3')], r.ctx).effects)).toEqual([]);
     expect(reports(play([operator('3')], r.ctx).effects)).toEqual(['failed 3']);
   });
@@ -112,12 +157,14 @@ describe('handoff transitions', () => {
     expect(r.effects).toEqual([{ kind: 'send', id: 1, message: { type: 'upgrade-failed', version: '2', reason: expect.stringMatching(/ENOSPC/) } }]);
   });
 
-  it('a failed move of current fails the candidate; the old agent carries on', () => {
+  it('a failed move of current fails the candidate, puts current back first and does not quarantine; the old agent carries on', () => {
     const verifying = play([start, upgrade(1, '2')]).ctx;
     const r = play([{ type: 'io-failed', trigger: { type: 'ready', id: 2 }, error: 'EIO' }], verifying);
     expect(r.ctx.state).toBe('running');
     expect(r.ctx.active?.id).toBe(1);
+    expect(r.effects[0]).toEqual({ kind: 'commit-current', version: '1', required: false });
     expect(sends(r.effects)).toEqual(['upgrade-failed->1']);
+    expect(r.effects.find((e) => e.kind === 'persist' && e.outcome)).toMatchObject({ outcome: { result: 'failed', quarantine: false } });
   });
 
   it('sequential: stop first, spawn the candidate only when the old one has exited', () => {
@@ -150,6 +197,13 @@ describe('handoff transitions', () => {
     expect(exitStatusOf(null, 'SIGTERM')).toBe(143);
   });
 
+  it("an agent's status that the upgrader keeps for itself (64 to 78) becomes 79, so the init system never mistakes it", () => {
+    const exitCode = (code: number) => play([start, { type: 'exited', id: 1, code, signal: null }]).effects.find((e) => e.kind === 'exit');
+    for (const code of [64, 65, 70, 73, 74, 75, 77, 78]) expect(exitCode(code)).toEqual({ kind: 'exit', code: 79 });
+    for (const code of [0, 1, 3, 63, 79, 255]) expect(exitCode(code)).toEqual({ kind: 'exit', code });
+    expect(runExitStatusForAgent(null, 'SIGTERM')).toBe(143);
+  });
+
   it('shutdown: SIGTERM every agent, SIGKILL after stop timeout, exit 0 once all are gone', () => {
     let r = play([start, upgrade(1, '2'), { type: 'shutdown', signal: 'SIGTERM' }]);
     expect(r.ctx.state).toBe('stopping');
@@ -178,6 +232,8 @@ describe('handoff invariants under random events', () => {
     }
     for (const effect of effects) {
       if (effect.kind === 'spawn') {
+        // Nothing starts beside an agent on its way out: the only other process may be the working active one.
+        expect([...world.live].filter((id) => id !== world.ctx.active?.id)).toEqual([]);
         world.live.add(effect.id);
         if (effect.role === 'active') {
           expect(world.working.size).toBe(0);
@@ -226,6 +282,7 @@ describe('handoff invariants under random events', () => {
       case 6:
         return pick % 10 === 0 ? { type: 'shutdown', signal: 'SIGTERM' } : { type: 'ready', id };
       default:
+        if (pick % 5 === 0) return { type: 'record-failed', outcome: null, error: 'ENOSPC' };
         return { type: 'io-failed', trigger: pick % 2 ? { type: 'ready', id } : upgrade(id, '2'), error: 'EIO' };
     }
   };
