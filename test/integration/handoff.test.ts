@@ -58,14 +58,14 @@ describe('live handoff', () => {
 
   it('kills a candidate that hangs past the ready timeout, with its children', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { neverReady: true, children: 2, setsidChild: true } } }, '1.0.0');
-    const { up, pid: oldPid } = await startReady(root, ['--ready-timeout', '800ms', '--probation', '0s']);
+    const { up, pid: oldPid } = await startReady(root, ['--ready-timeout', '2s', '--probation', '0s']);
     askUpgrade(root, oldPid, '2.0.0');
     const candidatePid = await up.agentPid('2.0.0', 'candidate');
     await waitUntil(() => readLines(root, 'children.log').length > 0, 'the candidate started its children');
     const children = readLines(root, 'children.log')[0]!.split(' ').slice(1).map(Number);
     expect(children).toHaveLength(3);
     const failed = await up.waitForSent('upgrade-failed', '1.0.0');
-    expect((failed.message as { reason: string }).reason).toMatch(/did not report ready within 800ms/);
+    expect((failed.message as { reason: string }).reason).toMatch(/did not report ready within 2s/);
     await waitUntil(() => ![candidatePid, ...children].some(isAlive), 'the candidate and all its descendants are gone');
     expect(isAlive(oldPid)).toBe(true);
     expect(currentTarget(root)).toBe('versions/1.0.0');
@@ -114,6 +114,49 @@ describe('live handoff', () => {
     expect(report.lastUpgrade).toMatchObject({ from: '1.0.0', to: '2.0.0', result: 'rolled-back' });
     expect(report.lastUpgrade.reason).toMatch(/2\.0\.0 exited with code 9 during its probation/);
     expect(report.history).toHaveLength(1);
+  });
+
+  /** Start and exit times per agent process, from the fixture's lifecycle.log. */
+  const lifetimes = (root: string) => {
+    const spans = new Map<number, { pid: number; version: string; start: number; exit: number }>();
+    for (const [at, pid, version, what] of readLines(root, 'lifecycle.log').map((l) => l.split(' '))) {
+      const span = spans.get(Number(pid)) ?? { pid: Number(pid), version: version!, start: NaN, exit: Infinity };
+      if (what === 'start') span.start = Number(at);
+      else span.exit = Number(at);
+      spans.set(span.pid, span);
+    }
+    return [...spans.values()].sort((a, b) => a.start - b.start);
+  };
+
+  it('a probation rollback starts the old version again only once its previous instance, which said stopped, has exited', async () => {
+    // The old agent says stopped at once but takes 1.5 s more to exit; the new one dies 100 ms after go.
+    const root = makeRoot({ '1.0.0': { config: { lingerAfterStoppedMs: 1500 } }, '2.0.0': { config: { exitAfterGoMs: 100, exitCode: 9 } } }, '1.0.0');
+    const { up, pid: oldPid } = await startReady(root, ['--probation', '5s', '--stop-timeout', '5s']);
+    askUpgrade(root, oldPid, '2.0.0');
+    const restarted = (await up.waitForLog((l) => l.msg === 'spawned active 1.0.0' && l.agentPid !== oldPid, 10_000, 'the restart of 1.0.0')).agentPid as number;
+    await waitUntil(() => lifetimes(root).some((s) => s.pid === restarted), 'the restarted agent recorded its start');
+    const [old, , again] = lifetimes(root);
+    expect(old).toMatchObject({ pid: oldPid, version: '1.0.0' });
+    expect(again).toMatchObject({ pid: restarted, version: '1.0.0' });
+    // Never two copies of 1.0.0 at once: the old instance was gone before the new one started.
+    expect(again!.start).toBeGreaterThan(old!.exit);
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+  });
+
+  it('a new handoff while the previous old agent is still exiting starts its candidate only once that agent is gone', async () => {
+    const root = makeRoot({ '1.0.0': { config: { lingerAfterStoppedMs: 1500 } }, '2.0.0': {}, '3.0.0': {} }, '1.0.0');
+    const { up, pid: oldPid } = await startReady(root, FAST);
+    askUpgrade(root, oldPid, '2.0.0');
+    const secondPid = (await up.waitForSent('go', '2.0.0')).agentPid as number;
+    askUpgrade(root, secondPid, '3.0.0');
+    await up.waitForSent('go', '3.0.0', 10_000);
+    const spans = lifetimes(root);
+    const first = spans.find((s) => s.pid === oldPid)!;
+    const third = spans.find((s) => s.version === '3.0.0')!;
+    expect(third.start).toBeGreaterThan(first.exit);
+    // The work never stopped meanwhile: 2.0.0 worked until it handed over to 3.0.0, with no overlap.
+    const work = workSpans(root);
+    for (let i = 1; i < work.length; i++) expect(work[i]!.first).toBeGreaterThan(work[i - 1]!.last);
   });
 });
 

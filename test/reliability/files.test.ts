@@ -4,7 +4,7 @@
  * versions that another user could change while the upgrader runs as root.
  */
 import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -65,6 +65,9 @@ describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
     expect((failed.message as { reason: string }).reason).toMatch(/the candidate 2\.0\.0 could not be started \(.*EMFILE/);
     expect(currentTarget(root)).toBe('versions/1.0.0');
     expect(isAlive(pid)).toBe(true);
+    // The host was short of descriptors; the version did nothing wrong: it is not quarantined.
+    await waitForSavedState(root, (s) => s.history[0]?.result === 'failed', 'the failure recorded');
+    expect(existsSync(join(root, 'state/quarantine/2.0.0.json'))).toBe(false);
   });
 
   it('symlink failing with ENOSPC when current moves: the candidate fails, the old agent carries on', async () => {

@@ -90,6 +90,11 @@ describe('exit statuses', () => {
     ['SIGSEGV', { signal: 'SIGSEGV' }, 139],
     ['SIGABRT', { signal: 'SIGABRT' }, 134],
     ['SIGHUP', { signal: 'SIGHUP' }, 129],
+    // The upgrader's own statuses (64 usage ... 78 layout) would tell the units not to restart, or read as
+    // "another upgrader owns this root": an agent's becomes 79.
+    ['exit 64', { code: 64 }, 79],
+    ['exit 75', { code: 75 }, 79],
+    ['exit 78', { code: 78 }, 79],
   ];
   it.each(cases)('an agent that ends with %s: the upgrader exits with its status, leaving nothing', async (_, how, status) => {
     const root = makeRoot({ '1.0.0': { config: how.code !== undefined ? { exitAfterGoMs: 50, exitCode: how.code, children: 1 } : { children: 1 } } }, '1.0.0');
