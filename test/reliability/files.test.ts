@@ -8,9 +8,9 @@ import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, re
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, cleanupRoots, currentTarget, isAlive, makeRoot, REPO, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitForSavedState } from '../helpers.js';
+import { askUpgrade, cleanupRoots, currentTarget, isAlive, makeRoot, REPO, runCli, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitForSavedState, waitUntil } from '../helpers.js';
 import { checkInvariant } from './invariant.js';
-import { countCalls, hasStrace, killTraced, startTraced } from './strace.js';
+import { countCalls, hasStrace, killTraced, killTracee, startTraced } from './strace.js';
 
 afterEach(async () => {
   killTraced();
@@ -83,6 +83,71 @@ describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
     expect(isAlive(pid)).toBe(true);
     expect(leftovers(root)).toEqual([]);
     expect(up.logs.some((l) => l.msg === 'sent stop')).toBe(false);
+  });
+});
+
+describe.skipIf(!hasStrace)('a write failing after the point of no return', () => {
+  /**
+   * Runs an operator's live handoff 1.0.0 -> 2.0.0 under strace and returns the calls `syscalls` made, in
+   * order: the run the real test repeats, so that a call can be picked by its position.
+   */
+  async function probeHandoff(syscalls: string): Promise<string[]> {
+    const dir = mkdtempSync(join(tmpdir(), 'inject-'));
+    const probe = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const up = startTraced(probe, join(dir, 'probe.trace'), syscalls, FAST);
+    await up.waitForTransition('ready', 'running');
+    expect((await runCli(['upgrade', '--root', probe, '--to', '2.0.0'])).code).toBe(0);
+    killTracee(up);
+    await up.exit;
+    return readFileSync(join(dir, 'probe.trace'), 'utf8').split('\n').filter((l) => /^[a-z_0-9]+\(/.test(l));
+  }
+
+  it('the fsync after current was renamed fails: current is put back, and current, the state and the reported failure agree', async () => {
+    const calls = await probeHandoff('fsync,symlink');
+    const dirFsync = calls.slice(0, calls.findIndex((l) => l.startsWith('symlink('))).filter((l) => l.startsWith('fsync(')).length + 1;
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const up = startTraced(root, join(mkdtempSync(join(tmpdir(), 'inject-')), 'fsync.trace'), 'fsync', FAST, `error=EIO:when=${dirFsync}`);
+    await up.waitForTransition('ready', 'running');
+    const pid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
+    const answer = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
+    expect(answer.code).toBe(1);
+    expect(answer.stdout).toMatch(/current could not be pointed at 2\.0\.0 \(EIO.*it still names 1\.0\.0/);
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+    await waitForSavedState(root, (s) => s.history[0]?.result === 'failed' && s.current === '1.0.0' && s.handoff === null, 'the failure recorded');
+    expect(isAlive(pid)).toBe(true);
+    // The next start agrees with what was reported: 1.0.0.
+    killTracee(up);
+    await up.exit;
+    const next = startUpgrader(root, FAST);
+    await next.agentPid('1.0.0');
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+  });
+
+  it('the success record after go cannot be written: nobody is told succeeded until it is, and once it is, it stays', async () => {
+    const calls = (await probeHandoff('rename,symlink')).filter((l) => /^(rename|symlink)\(/.test(l));
+    const moved = calls.findIndex((l) => l.startsWith('symlink('));
+    // After current moves: its rename, the state written before stop, then the record written after go.
+    const afterGo = calls.slice(moved).filter((l) => l.startsWith('rename(') && l.includes('state.json'))[1];
+    const recordAt = calls.filter((l) => l.startsWith('rename(')).indexOf(afterGo!) + 1;
+    expect(recordAt).toBeGreaterThan(0);
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const up = startTraced(root, join(mkdtempSync(join(tmpdir(), 'inject-')), 'rename.trace'), 'rename', FAST, `error=ENOSPC:when=${recordAt}`);
+    await up.waitForTransition('ready', 'running');
+    const answer = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
+    expect(answer.code).toBe(1);
+    expect(answer.stdout).toMatch(/2\.0\.0 runs, but its success could not be recorded \(ENOSPC/);
+    expect(answer.stdout).not.toMatch(/^done/m);
+    // Not recorded, not claimed: no log line and no STATUS= calls it done before the record is durable.
+    const claimed = () => up.logs.findIndex((l) => l.msg === 'upgrade 1.0.0 -> 2.0.0 succeeded');
+    expect(claimed()).toBe(-1);
+    // The record is written again and sticks.
+    await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded' && s.history[0]?.to === '2.0.0' && s.handoff === null, 'the success recorded by the retry', 15_000);
+    await waitUntil(() => claimed() !== -1, 'the success logged once recorded');
+    killTracee(up);
+    await up.exit;
+    const next = startUpgrader(root, FAST);
+    await next.agentPid('2.0.0');
+    expect(currentTarget(root)).toBe('versions/2.0.0');
   });
 });
 
