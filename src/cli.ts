@@ -13,7 +13,8 @@ import { createLogger } from './log.js';
 import { Ownership } from './ownership.js';
 import { formatHost, formatStatus, hostExitCode, readStatus, rootsUnder, statusExitCode } from './status.js';
 import { StateFile } from './state.js';
-import { startSupervisor } from './supervisor.js';
+import { startSupervisor, type Supervisor } from './supervisor.js';
+import { actorFor, refuseForeignRootForRun, runAsOwner } from './privilege.js';
 import { SystemdNotifier } from './notify.js';
 import { closeInheritedDescriptors } from './proc.js';
 import { UPGRADER_VERSION } from './version.js';
@@ -152,13 +153,36 @@ async function run(args: string[]): Promise<number> {
     probation: v.probation as string,
   });
   const inherited = closeInheritedDescriptors();
+  // From here on a signal never kills the upgrader outright: it stops what has started, then exits 0.
+  let stopSignal: NodeJS.Signals | null = null;
+  let supervisor: Supervisor | undefined;
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.on(signal, () => {
+      stopSignal ??= signal;
+      supervisor?.dispatch({ type: 'shutdown', signal });
+    });
+  }
   const layout = Layout.open(requireRoot(v.root), v.entry as string);
+  refuseForeignRootForRun(layout.root);
+  if (stopSignal) return EXIT.ok;
   const log = createLogger();
   if (inherited.length > 0) log.info({ fds: inherited }, 'closed descriptors inherited from the parent, so that agents do not get them');
   const ownership = await Ownership.acquire(layout.stateDir, (message) => log.warn(message));
   const notifier = new SystemdNotifier(log);
   log.info({ root: layout.root, config, upgrader: UPGRADER_VERSION, systemd: notifier.enabled }, 'upgrader starting');
-  let supervisor;
+  // A bug must not leave agents running unsupervised, nor exit with a status an agent could have chosen.
+  const die = (error: unknown) => {
+    log.fatal({ err: describeError(error), stack: error instanceof Error ? error.stack : undefined }, 'internal error: killing the agents and exiting 70');
+    supervisor?.killAllNow();
+    ownership.release();
+    process.exit(EXIT.internal);
+  };
+  process.on('uncaughtException', die);
+  process.on('unhandledRejection', die);
+  if (stopSignal) {
+    ownership.release();
+    return EXIT.ok;
+  }
   try {
     supervisor = await startSupervisor({
       layout,
@@ -175,9 +199,7 @@ async function run(args: string[]): Promise<number> {
     throw error;
   }
   notifier.startWatchdog();
-  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
-    process.on(signal, () => supervisor.dispatch({ type: 'shutdown', signal }));
-  }
+  if (stopSignal) supervisor.dispatch({ type: 'shutdown', signal: stopSignal });
   return supervisor.exited;
 }
 
@@ -208,6 +230,8 @@ async function install(args: string[]): Promise<number> {
   const progress = process.stderr.isTTY
     ? (done: number, total: number) => process.stderr.write(`\runpacking ${Math.floor((done / total) * 100)}%`)
     : undefined;
+  const actor = actorFor(Layout.open(requireRoot(v.root)).root);
+  if (actor.kind === 'owner') return runAsOwner(actor, ['install', ...args]);
   const { installVersion } = await import('./install.js');
   const result = await installVersion({
     root: requireRoot(v.root),
@@ -226,8 +250,11 @@ async function install(args: string[]): Promise<number> {
 async function versions(args: string[]): Promise<number> {
   const v = parse(args, { root: { type: 'string' }, json: { type: 'boolean', default: false } });
   if (v.help) return help('versions');
+  const layout = Layout.open(requireRoot(v.root));
+  const actor = actorFor(layout.root);
+  if (actor.kind === 'owner') return runAsOwner(actor, ['versions', ...args]);
   const { listVersions } = await import('./versions.js');
-  const list = listVersions(Layout.open(requireRoot(v.root)));
+  const list = listVersions(layout);
   if (v.json) printJson(list);
   else {
     for (const info of list) {
@@ -244,8 +271,11 @@ async function prune(args: string[]): Promise<number> {
   if (v.help) return help('prune');
   const keep = Number(v.keep);
   if (typeof v.keep !== 'string' || !Number.isInteger(keep) || keep < 0) throw new UpgraderError('E_USAGE', `--keep must be a whole number of versions, not ${JSON.stringify(v.keep ?? '')}.`);
+  const layout = Layout.open(requireRoot(v.root));
+  const actor = actorFor(layout.root);
+  if (actor.kind === 'owner') return runAsOwner(actor, ['prune', ...args]);
   const { pruneVersions } = await import('./versions.js');
-  const result = await pruneVersions(Layout.open(requireRoot(v.root)), keep, v['dry-run'] === true);
+  const result = await pruneVersions(layout, keep, v['dry-run'] === true);
   if (v.json) printJson(result);
   else {
     const verb = result.dryRun ? 'would remove' : 'removed';
@@ -260,6 +290,10 @@ async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]):
   const v = parse(args, command === 'upgrade' ? { ...options, to: { type: 'string' } } : options);
   if (v.help) return help(command);
   const layout = Layout.open(requireRoot(v.root));
+  // As root on another user's root, the socket is reached as that user: root never connects to a path the
+  // owner could have replaced with a link to another socket.
+  const actor = actorFor(layout.root);
+  if (actor.kind === 'owner') return runAsOwner(actor, [command, ...args]);
   const wait = v['no-wait'] !== true;
   let request: ControlRequest;
   if (command === 'upgrade') {

@@ -42,6 +42,7 @@ export type ErrorCode =
   | 'E_UNSAFE_ARCHIVE'
   | 'E_VERSION_EXISTS'
   | 'E_PERMISSION'
+  | 'E_STATE'
   | 'E_INTERNAL';
 
 const exitByCode: Record<ErrorCode, number> = {
@@ -57,6 +58,7 @@ const exitByCode: Record<ErrorCode, number> = {
   E_UNSAFE_ARCHIVE: EXIT.badInput,
   E_VERSION_EXISTS: EXIT.exists,
   E_PERMISSION: EXIT.permission,
+  E_STATE: EXIT.layout,
   E_INTERNAL: EXIT.internal,
 };
 

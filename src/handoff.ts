@@ -390,7 +390,9 @@ function onExited(ctx: Context, event: Extract<Event, { type: 'exited' }>, confi
       const pending = ctx.pending;
       return then(cleared, (c) => startNow(c, pending, config));
     }
-    return then(cleared, finishIfEmpty);
+    if (ctx.state === 'stopping') return then(cleared, finishIfEmpty);
+    // The state file lists the agents that live: one that is gone leaves it.
+    return then(cleared, (c) => ({ next: c, effects: [{ kind: 'persist', required: false, outcome: null }] }));
   }
   const how = describeExit(event.code, event.signal, event.error);
   if (ctx.candidate?.id === id) {

@@ -47,7 +47,7 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
     const problem = layout.directoryProblem(staging, `version ${options.version}`);
     if (problem) throw new UpgraderError('E_ENTRY', `Refusing to install ${options.version}: ${problem}.`);
     fsyncTree(staging);
-    return await withLayoutLock(layout, () => {
+    return await withLayoutLock(layout, 'install', () => {
       const target = join(layout.versionsDir, options.version);
       // Re-installing a version is how an operator says it deserves another try.
       const lift = () => new Quarantine(layout.stateDir).lift(options.version);

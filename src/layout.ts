@@ -7,11 +7,12 @@
  *
  * Version names are checked against an allowlist before any path is built from them.
  */
-import { accessSync, constants, lstatSync, readdirSync, readlinkSync, realpathSync, rmSync, statSync } from 'node:fs';
+import { accessSync, constants, lstatSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import { dirname, join, sep } from 'node:path';
 import { UpgraderError } from './errors.js';
 import { isTempName, replaceSymlinkDurably } from './durable.js';
 import { readManifest } from './manifest.js';
+import { removeTree } from './remove-tree.js';
 
 export const VERSION_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
 export const DEFAULT_ENTRY = 'bin/agent';
@@ -58,14 +59,15 @@ export class Layout {
     let real: string;
     try {
       real = realpathSync(root);
-    } catch {
+    } catch (error) {
+      if (isPermissionError(error)) throw new UpgraderError('E_PERMISSION', `Not allowed to reach the root ${root} (${(error as NodeJS.ErrnoException).code}): it belongs to another user.`);
       throw new UpgraderError('E_ROOT', `The root ${root} does not exist.`);
     }
     let isDir = false;
     try {
       isDir = statSync(join(real, 'versions')).isDirectory();
-    } catch {
-      // reported below
+    } catch (error) {
+      if (isPermissionError(error)) throw new UpgraderError('E_PERMISSION', `Not allowed to read the root ${real} (${(error as NodeJS.ErrnoException).code}): it belongs to another user.`);
     }
     if (!isDir) throw new UpgraderError('E_ROOT', `The root ${real} has no versions/ directory: is it an upgrader root?`);
     return new Layout(real, entry);
@@ -192,16 +194,19 @@ export class Layout {
       }
       for (const name of names.filter((n) => isTempName(n) && !creatorRuns(n))) {
         try {
-          rmSync(join(dir, name), { force: true, recursive: true });
+          removeTree(join(dir, name));
           removed.push(join(dir, name));
         } catch {
-          // A read-only root keeps its leftovers; they are harmless and removed at a later start.
+          // A read-only root keeps its leftovers, and root leaves those another user could change: they are
+          // harmless, and removed at a later start or by their owner.
         }
       }
     }
     return removed;
   }
 }
+
+const isPermissionError = (error: unknown) => ['EACCES', 'EPERM'].includes((error as NodeJS.ErrnoException).code ?? '');
 
 function linkText(path: string): string | null {
   try {

@@ -481,6 +481,11 @@ export class Supervisor {
     this.resolveExit(EXIT.locked);
   }
 
+  /** Last resort (an internal error): SIGKILL to every agent's group and marked descendants, synchronously. */
+  killAllNow(): void {
+    for (const proc of this.procs.values()) proc.killLeftovers();
+  }
+
   private async finish(code: number): Promise<void> {
     this.control?.close();
     this.notifier.stopWatchdog();

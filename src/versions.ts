@@ -4,16 +4,20 @@
  * Order, newest first: by semantic version when every name is one (semver), otherwise by install time
  * (when versions/<v> was renamed into place: the directory's ctime).
  */
-import { lstatSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { lstatSync, readdirSync, readFileSync, readlinkSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import semver from 'semver';
 import { fsyncDirectory } from './durable.js';
 import type { Layout } from './layout.js';
 import { versionNameProblem } from './layout.js';
 import { withLayoutLock } from './layout-lock.js';
-import { readStatus } from './status.js';
+import { UpgraderError } from './errors.js';
+import { removeTree } from './remove-tree.js';
+import { findLiveProcesses } from './proc.js';
+import { Quarantine } from './quarantine.js';
+import { StateFile } from './state.js';
 
-export type Marker = 'current' | 'previous' | 'running' | 'candidate' | 'quarantined';
+export type Marker = 'current' | 'previous' | 'running' | 'candidate' | 'retiring' | 'quarantined';
 
 export type VersionInfo = {
   version: string;
@@ -30,17 +34,65 @@ function sizeOf(path: string): number {
   return readdirSync(path).reduce((sum, name) => sum + sizeOf(join(path, name)), 0);
 }
 
-function markersOf(layout: Layout): Map<string, Marker[]> {
-  const report = readStatus(layout);
-  const markers = new Map<string, Marker[]>();
+/**
+ * The versions that must not be removed, and why: what `current` names (its link text, whether or not that
+ * version is complete), what the state file names (current, previous, an open handoff's two ends, probation,
+ * the recorded agents) and what the root's live agent processes run. It depends on nothing else: not on who
+ * asks, nor on whether a version looks safe to that caller. A state file that cannot be read protects
+ * nothing it would have named, so it stops the caller instead.
+ */
+export function protectedVersions(layout: Layout): Map<string, Marker[]> {
+  const found = new Map<string, Marker[]>();
   const mark = (version: string | null | undefined, marker: Marker) => {
-    if (version) markers.set(version, [...(markers.get(version) ?? []), marker]);
+    if (!version) return;
+    const markers = found.get(version) ?? [];
+    if (!markers.includes(marker)) found.set(version, [...markers, marker]);
   };
-  mark(report.current, 'current');
-  mark(report.previous, 'previous');
-  mark(report.agent?.version, 'running');
-  mark(report.candidate?.version, 'candidate');
-  for (const entry of report.quarantined) mark(entry.version, 'quarantined');
+  mark(currentLinkVersion(layout), 'current');
+  const read = new StateFile(layout.stateDir).read();
+  if (!read.ok && !read.missing) {
+    throw new UpgraderError('E_STATE', `Cannot tell which versions are in use: ${read.problem} (${layout.stateDir}/state.json). Nothing was removed; the running upgrader rewrites the file at its next change.`);
+  }
+  if (read.ok) {
+    const state = read.state;
+    mark(state.current, 'current');
+    mark(state.previous, 'previous');
+    mark(state.handoff?.from, 'running');
+    mark(state.handoff?.to, 'candidate');
+    mark(state.probation?.version, 'running');
+    mark(state.probation?.from, 'previous');
+    for (const agent of state.agents) mark(agent.version, agent.role === 'active' ? 'running' : agent.role);
+  }
+  for (const version of versionsRunningIn(layout.root)) mark(version, 'running');
+  return found;
+}
+
+/** The version `current`'s link text names, complete or not. */
+function currentLinkVersion(layout: Layout): string | null {
+  try {
+    return /^versions\/([^/]+)\/?$/.exec(readlinkSync(layout.currentLink))?.[1] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** What the live processes carrying this root's agent marker run (those this user may read). */
+function versionsRunningIn(root: string): string[] {
+  const versions: string[] = [];
+  for (const pid of findLiveProcesses({ environment: [`UPGRADER_ROOT=${root}`, 'UPGRADER_AGENT_ID='] })) {
+    try {
+      const entry = readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0').find((e) => e.startsWith('UPGRADER_VERSION='));
+      if (entry) versions.push(entry.slice('UPGRADER_VERSION='.length));
+    } catch {
+      // gone since
+    }
+  }
+  return versions;
+}
+
+function markersOf(layout: Layout): Map<string, Marker[]> {
+  const markers = protectedVersions(layout);
+  for (const entry of new Quarantine(layout.stateDir).list()) markers.set(entry.version, [...(markers.get(entry.version) ?? []), 'quarantined']);
   return markers;
 }
 
@@ -73,26 +125,50 @@ export function newestFirst(infos: VersionInfo[]): VersionInfo[] {
 export type PruneResult = { removed: string[]; kept: { version: string; why: string }[]; dryRun: boolean };
 
 /**
- * Removes the versions beyond the newest `keep`, except those marked current, previous, running or
- * candidate. Holds the layout lock throughout, so it cannot race an install. Each version is first
- * renamed to a temporary name (gone in one step), then deleted; a crash leaves only that temporary.
+ * Removes the versions beyond the newest `keep`, except those in use (see protectedVersions). Holds the
+ * layout lock throughout, so it cannot race an install. A handoff is not locked out: instead each version is
+ * first renamed away (gone in one step), then what is in use is read again; a version that a handoff took up
+ * in the meantime is renamed back and kept. A handoff that starts later finds the version gone and is refused.
+ * A crash leaves only the temporary name, which the next install or run removes.
  */
 export async function pruneVersions(layout: Layout, keep: number, dryRun: boolean): Promise<PruneResult> {
-  return withLayoutLock(layout, () => {
+  return withLayoutLock(layout, 'prune', () => {
     const result: PruneResult = { removed: [], kept: [], dryRun };
+    const doomed: string[] = [];
     for (const [index, info] of listVersions(layout).entries()) {
       const protecting = info.markers.filter((m) => m !== 'quarantined');
       if (protecting.length > 0) result.kept.push({ version: info.version, why: protecting.join(', ') });
       else if (index < keep) result.kept.push({ version: info.version, why: `among the newest ${keep}` });
-      else result.removed.push(info.version);
+      else doomed.push(info.version);
     }
-    if (dryRun) return result;
-    for (const version of result.removed) {
-      const doomed = join(layout.versionsDir, `.${version}.tmp-${process.pid}-prune`);
-      renameSync(join(layout.versionsDir, version), doomed);
-      fsyncDirectory(layout.versionsDir);
-      rmSync(doomed, { recursive: true, force: true });
+    if (dryRun) return { ...result, removed: doomed };
+    for (const version of doomed) {
+      const kept = removeUnlessTakenUp(layout, version);
+      if (kept) result.kept.push({ version, why: `${kept.join(', ')} (taken up while prune ran)` });
+      else result.removed.push(version);
     }
     return result;
   });
+}
+
+/** Renames `version` away, then keeps it (returning why) if it is in use after all, else deletes it. */
+function removeUnlessTakenUp(layout: Layout, version: string): Marker[] | null {
+  const live = join(layout.versionsDir, version);
+  const away = join(layout.versionsDir, `.${version}.tmp-${process.pid}-prune`);
+  renameSync(live, away);
+  fsyncDirectory(layout.versionsDir);
+  let inUse: Marker[] | undefined;
+  try {
+    inUse = protectedVersions(layout).get(version);
+  } catch (error) {
+    renameSync(away, live);
+    throw error;
+  }
+  if (inUse) {
+    renameSync(away, live);
+    fsyncDirectory(layout.versionsDir);
+    return inUse;
+  }
+  removeTree(away);
+  return null;
 }

@@ -65,7 +65,7 @@ describe('live handoff', () => {
     const children = readLines(root, 'children.log')[0]!.split(' ').slice(1).map(Number);
     expect(children).toHaveLength(3);
     const failed = await up.waitForSent('upgrade-failed', '1.0.0');
-    expect((failed.message as { reason: string }).reason).toMatch(/did not report ready within 2s/);
+    expect((failed.message as { reason: string }).reason).toMatch(/did not report ready within 2\.0s/);
     await waitUntil(() => ![candidatePid, ...children].some(isAlive), 'the candidate and all its descendants are gone');
     expect(isAlive(oldPid)).toBe(true);
     expect(currentTarget(root)).toBe('versions/1.0.0');

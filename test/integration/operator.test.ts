@@ -5,7 +5,7 @@ import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rea
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, currentTarget, makeRoot, REPO, runCli, startReady, stopAllUpgraders, workSpans } from '../helpers.js';
+import { askUpgrade, CLI, cleanupRoots, currentTarget, makeRoot, REPO, runCli, startReady, stopAllUpgraders, waitForSavedState, workSpans } from '../helpers.js';
 
 afterEach(async () => {
   await stopAllUpgraders();
@@ -142,6 +142,7 @@ describe('upgrader versions and prune', () => {
     const { up, pid } = await startReady(root, FAST);
     askUpgrade(root, pid, '1.1.0');
     await up.waitForSent('go', '1.1.0');
+    await waitForSavedState(root, (s) => s.agents.length === 1, 'the old agent gone');
     const listed = await runCli(['versions', '--root', root, '--json']);
     const list = JSON.parse(listed.stdout) as { version: string; markers: string[]; sizeBytes: number; installedAt: string }[];
     expect(list.map((v) => v.version)).toEqual(['2.0.0', '1.2.0', '1.1.0', '1.0.0', '0.9.0']);
