@@ -8,18 +8,26 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, UpgraderError } from './errors.js';
 import type { Layout } from './layout.js';
-import { liveOwner } from './ownership.js';
+import { readOwnerRecord } from './ownership.js';
 import { isSameProcessAlive } from './proc.js';
 import { StateFile, type RecordedAgent, type UpgradeRecord } from './state.js';
 import { Quarantine, type QuarantineEntry } from './quarantine.js';
 
 export type AgentView = { pid: number; version: string; role: string; ready: boolean; since: string; uptimeMs: number };
 
+/**
+ * `broken`: the root is malformed, or no upgrader runs and `current` is unusable;
+ * `unreadable`: this user may not read the root or its files, so what runs there is unknown.
+ */
+export type RootState = 'starting' | 'running' | 'upgrading' | 'stopping' | 'stopped' | 'broken' | 'unreadable';
+
 export type StatusReport = {
   root: string;
   running: boolean;
   upgraderPid: number | null;
-  state: 'starting' | 'running' | 'upgrading' | 'stopping' | 'stopped';
+  state: RootState;
+  /** Why the root is broken or unreadable; null otherwise. */
+  problem: string | null;
   current: string | null;
   currentProblem: string | null;
   previous: string | null;
@@ -32,10 +40,15 @@ export type StatusReport = {
   lastUpgrade: UpgradeRecord | null;
   history: UpgradeRecord[];
   stateProblem: string | null;
+  ownerProblem: string | null;
 };
 
+const ASK_OWNER = "run status as the root's owner or as root";
+
 export function readStatus(layout: Layout, now = Date.now()): StatusReport {
-  const owner = liveOwner(layout.stateDir);
+  const ownerRead = readOwnerRecord(layout.stateDir);
+  const recorded = 'unreadable' in ownerRead ? null : ownerRead.record;
+  const owner = recorded && isSameProcessAlive(recorded) ? recorded : null;
   const read = new StateFile(layout.stateDir).read();
   const saved = read.ok ? read.state : null;
   const current = layout.readCurrent();
@@ -44,13 +57,17 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
       ? { pid: agent.pid, version: agent.version, role: agent.role, ready: agent.ready, since: agent.since, uptimeMs: Math.max(0, now - Date.parse(agent.since)) }
       : null;
   const history = saved?.history ?? [];
+  const unreadable = 'unreadable' in ownerRead ? ownerRead.unreadable : !read.ok && read.unreadable ? read.problem : null;
+  const currentProblem = 'problem' in current ? current.problem : null;
+  const problem = unreadable ? `${unreadable}; ${ASK_OWNER}` : !owner ? currentProblem : null;
   return {
     root: layout.root,
     running: owner !== null,
     upgraderPid: owner?.pid ?? null,
-    state: owner ? (saved?.state ?? 'starting') : 'stopped',
+    state: unreadable ? 'unreadable' : owner ? (saved?.state ?? 'starting') : currentProblem ? 'broken' : 'stopped',
+    problem,
     current: 'version' in current ? current.version : null,
-    currentProblem: 'problem' in current ? current.problem : null,
+    currentProblem,
     previous: saved?.previous ?? null,
     agent: view(saved?.agents.find((a) => a.role === 'active')),
     candidate: view(saved?.agents.find((a) => a.role === 'candidate')),
@@ -61,10 +78,14 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
     lastUpgrade: history[0] ?? null,
     history,
     stateProblem: read.ok || read.missing ? null : read.problem,
+    ownerProblem: 'unreadable' in ownerRead ? ownerRead.unreadable : ownerRead.problem,
   };
 }
 
+const isTroubled = (report: StatusReport) => report.state === 'broken' || report.state === 'unreadable';
+
 export function statusExitCode(report: StatusReport): number {
+  if (isTroubled(report)) return EXIT.broken;
   if (!report.running) return EXIT.notRunning;
   return report.agent?.ready ? EXIT.ok : EXIT.notReady;
 }
@@ -80,10 +101,16 @@ function describeAgent(a: AgentView): string {
   return `PID ${a.pid}, ${a.version}, ${a.role}, ${a.ready ? 'ready' : 'not ready'}, up ${formatDuration(a.uptimeMs)}`;
 }
 
+function describeState(r: StatusReport): string {
+  if (r.running) return `${r.state} (upgrader PID ${r.upgraderPid})`;
+  if (r.state === 'unreadable') return `unreadable: ${r.problem}`;
+  return r.state === 'broken' ? 'broken (no upgrader runs on this root, and current is unusable)' : 'stopped (no upgrader runs on this root)';
+}
+
 export function formatStatus(r: StatusReport, now = Date.now()): string {
   const rows: [string, string][] = [
     ['root', r.root],
-    ['state', r.running ? `${r.state} (upgrader PID ${r.upgraderPid})` : 'stopped (no upgrader runs on this root)'],
+    ['state', describeState(r)],
     ['current', r.current ?? `unusable: ${r.currentProblem}`],
     ['previous', r.previous ?? '-'],
     ['agent', r.agent ? describeAgent(r.agent) : '-'],
@@ -95,6 +122,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   rows.push(['last upgrade', r.lastUpgrade ? describeUpgrade(r.lastUpgrade, now) : 'none']);
   for (const q of r.quarantined) rows.push(['quarantined', `${q.version} since ${ago(q.at, now)}: ${q.reason}`]);
   if (r.stateProblem) rows.push(['warning', r.stateProblem]);
+  if (r.ownerProblem && r.state !== 'unreadable') rows.push(['warning', r.ownerProblem]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');
 }
