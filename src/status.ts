@@ -4,10 +4,10 @@
  */
 import { AgentStatusFile, type AgentStatus } from './agent-status.js';
 import { formatDuration } from './duration.js';
-import { existsSync, readdirSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { EXIT, UpgraderError } from './errors.js';
-import type { Layout } from './layout.js';
+import { describeError, EXIT, UpgraderError } from './errors.js';
+import { Layout } from './layout.js';
 import { readOwnerRecord } from './ownership.js';
 import { isSameProcessAlive } from './proc.js';
 import { StateFile, type RecordedAgent, type UpgradeRecord } from './state.js';
@@ -82,6 +82,30 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
   };
 }
 
+/** What a root that could not even be opened looks like in a report. */
+function unopenedReport(root: string, state: 'broken' | 'unreadable', problem: string): StatusReport {
+  return {
+    root,
+    running: false,
+    upgraderPid: null,
+    state,
+    problem,
+    current: null,
+    currentProblem: null,
+    previous: null,
+    agent: null,
+    candidate: null,
+    handoff: null,
+    probation: null,
+    agentStatus: null,
+    quarantined: [],
+    lastUpgrade: null,
+    history: [],
+    stateProblem: null,
+    ownerProblem: null,
+  };
+}
+
 const isTroubled = (report: StatusReport) => report.state === 'broken' || report.state === 'unreadable';
 
 export function statusExitCode(report: StatusReport): number {
@@ -127,27 +151,59 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');
 }
 
-/** The roots under a base directory: its subdirectories that hold a versions/ directory. */
-export function rootsUnder(base: string): { name: string; path: string }[] {
+export type HostReport = StatusReport & { name: string };
+
+/**
+ * Every root under a base directory: each subdirectory holding versions/, in name order. A root that
+ * cannot be read or opened is listed as such, never left out and never in the way of the others.
+ */
+export function readHost(base: string, now = Date.now()): HostReport[] {
   let names: string[];
   try {
     names = readdirSync(base).sort();
-  } catch {
-    throw new UpgraderError('E_ROOT', `The base directory ${base} does not exist (set --base or UPGRADER_BASE).`);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new UpgraderError('E_ROOT', `The base directory ${base} does not exist (set --base or UPGRADER_BASE).`);
+    throw new UpgraderError('E_ROOT', `The base directory ${base} cannot be listed (${code ?? describeError(error)}).`);
   }
-  return names.map((name) => ({ name, path: join(base, name) })).filter((root) => existsSync(join(root.path, 'versions')));
+  return names.flatMap((name) => {
+    const report = hostEntry(join(base, name), now);
+    return report ? [{ name, ...report }] : [];
+  });
 }
 
-/** The host-wide view: 0 when every root runs a ready agent, else 3 if any root has no upgrader, else 4. */
+/** The report of one subdirectory of the base, or null when it is no root (it has no versions/). */
+function hostEntry(path: string, now: number): StatusReport | null {
+  const versions = join(path, 'versions');
+  try {
+    statSync(versions);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    // We cannot look inside: it may well be a root, so it is shown rather than silently left out.
+    const problem = `${versions} cannot be examined (${code ?? describeError(error)})`;
+    if (code === 'EACCES' || code === 'EPERM') return unopenedReport(path, 'unreadable', `${problem}; ${ASK_OWNER}`);
+    return unopenedReport(path, 'broken', problem);
+  }
+  try {
+    return readStatus(Layout.open(path), now);
+  } catch (error) {
+    return unopenedReport(path, 'broken', describeError(error));
+  }
+}
+
+/**
+ * The host-wide view: 5 when some root is broken or unreadable; else 3 when some root has no upgrader, or
+ * there is no root at all; else 0 when every root runs a ready agent; else 4.
+ */
 export function hostExitCode(reports: StatusReport[]): number {
-  if (reports.some((r) => !r.running)) return EXIT.notRunning;
+  if (reports.some(isTroubled)) return EXIT.broken;
+  if (reports.length === 0 || reports.some((r) => !r.running)) return EXIT.notRunning;
   return reports.every((r) => r.agent?.ready) ? EXIT.ok : EXIT.notReady;
 }
 
-export type HostReport = StatusReport & { name: string };
-
-export function formatHost(reports: HostReport[], colour: boolean, now = Date.now()): string {
-  if (reports.length === 0) return 'no roots (no directory with a versions/ subdirectory)';
+export function formatHost(reports: HostReport[], base: string, colour: boolean, now = Date.now()): string {
+  if (reports.length === 0) return `no roots under ${base} (no subdirectory holds a versions/ directory)`;
   const paint = (state: string) => {
     if (!colour) return state;
     const code = state === 'running' ? 32 : state === 'upgrading' || state === 'starting' ? 33 : 31;
@@ -165,5 +221,7 @@ export function formatHost(reports: HostReport[], colour: boolean, now = Date.no
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[], paintState: boolean) =>
     cells.map((cell, i) => (i === 1 && paintState ? paint(cell) + ' '.repeat(widths[i]! - cell.length) : cell.padEnd(widths[i]!))).join('  ').trimEnd();
-  return [line(header, false), ...rows.map((row) => line(row, true))].join('\n');
+  const table = [line(header, false), ...rows.map((row) => line(row, true))];
+  const problems = reports.filter((r) => r.problem).map((r) => `${r.name}: ${r.state}: ${r.problem}`);
+  return [...table, ...(problems.length ? ['', ...problems] : [])].join('\n');
 }
