@@ -3,10 +3,10 @@
  * It is informative only, so it is replaced atomically but not fsynced, and writes are coalesced:
  * an agent that sends a million status lines causes a handful of writes, and an idle one causes none.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { replaceFileAtomically } from './durable.js';
+import { readSmallFile } from './safe-file.js';
 
 const COALESCE_MS = 200;
 
@@ -50,8 +50,10 @@ export class AgentStatusFile {
   }
 
   read(): AgentStatus | null {
+    const file = readSmallFile(this.path);
+    if (!file.ok) return null;
     try {
-      const parsed = AgentStatus.safeParse(JSON.parse(readFileSync(this.path, 'utf8')));
+      const parsed = AgentStatus.safeParse(JSON.parse(file.text));
       return parsed.success ? parsed.data : null;
     } catch {
       return null;

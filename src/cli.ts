@@ -11,7 +11,7 @@ import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
 import { sendControlRequest, type ControlRequest } from './control.js';
 import { createLogger } from './log.js';
 import { Ownership } from './ownership.js';
-import { formatHost, formatStatus, hostExitCode, readStatus, rootsUnder, statusExitCode } from './status.js';
+import { formatHost, formatStatus, hostExitCode, readHost, readStatus, statusExitCode } from './status.js';
 import { StateFile } from './state.js';
 import { startSupervisor, type Supervisor } from './supervisor.js';
 import { actorFor, refuseForeignRootForRun, runAsOwner } from './privilege.js';
@@ -61,10 +61,14 @@ Example:
 With --root: the state, versions, agent, any handoff and the last upgrades of that root.
 Without: one line per root under the base directory (--base, else $UPGRADER_BASE, else
 /var/lib/upgrader): name, state, version, agent PID, uptime, last upgrade; --json prints a list.
-Reads files only: it takes no lock and answers even when an upgrader is stopped or hung.
+A root this user may not read is shown as unreadable, one that cannot start as it is (malformed,
+or current unusable with no upgrader running) as broken, each with the reason.
+Reads files only: it takes no lock and answers even when an upgrader is stopped or hung, and it
+never follows a link or opens anything but a regular file in a root.
 
 Exit status: 0 an upgrader runs with a ready agent (on every root); 3 no upgrader runs on the root
-(on some root); 4 an upgrader runs but no agent is ready.
+(on some root), or there is no root under the base; 4 an upgrader runs but no agent is ready;
+5 the root (some root) is broken or unreadable, which takes precedence; 78 --root is not a root.
 
 Examples:
   upgrader status --root /var/lib/upgrader/myagent --json
@@ -211,9 +215,10 @@ function status(args: string[]): number {
   if (v.help) return help('status');
   if (v.root === undefined) {
     const base = (v.base as string | undefined) ?? process.env.UPGRADER_BASE ?? '/var/lib/upgrader';
-    const reports = rootsUnder(base).map(({ name, path }) => ({ name, ...readStatus(Layout.open(path)) }));
+    const reports = readHost(base);
     if (v.json) printJson(reports);
-    else process.stdout.write(`${formatHost(reports, useColour())}\n`);
+    else process.stdout.write(`${formatHost(reports, base, useColour())}\n`);
+    if (v.json && reports.length === 0) process.stderr.write(`upgrader: no roots under ${base}.\n`);
     return hostExitCode(reports);
   }
   const report = readStatus(Layout.open(requireRoot(v.root)));

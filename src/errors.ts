@@ -19,6 +19,8 @@ export const EXIT = {
   notRunning: 3,
   /** `status`: an upgrader runs, but no agent has reported ready. */
   notReady: 4,
+  /** `status`: a root is broken (cannot start as it is) or this user may not read it. */
+  broken: 5,
   /** An archive or directory to install is refused: bad checksum, or entries that would escape. */
   badInput: 65,
   /** The version to install exists with other content. */

@@ -7,13 +7,14 @@
  * version; a crash leaves only the temporary directory, which the next install or run removes.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, cpSync } from 'node:fs';
+import { closeSync, createReadStream, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, cpSync } from 'node:fs';
 import { isAbsolute, join, normalize, relative, sep, dirname } from 'node:path';
 import { UpgraderError } from './errors.js';
 import { fsyncDirectory, fsyncTree } from './durable.js';
 import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
 import { withLayoutLock } from './layout-lock.js';
 import { Quarantine } from './quarantine.js';
+import { openRegularFile } from './safe-file.js';
 
 export type InstallOptions = {
   root: string;
@@ -171,15 +172,29 @@ export function treeDigest(dir: string): string {
       else if (stat.isDirectory()) {
         hash.update(`D ${rel}\0`);
         walk(full);
-      } else {
+      } else if (stat.isFile()) {
         hash.update(`F ${rel} ${stat.mode & 0o111 ? 'x' : '-'} `);
-        hash.update(readFileSync(full));
+        hash.update(readRegularFile(full));
         hash.update('\0');
+      } else {
+        // A FIFO or a device planted in an installed version: never opened, since an open could block.
+        hash.update(`O ${rel}\0`);
       }
     }
   };
   walk(dir);
   return hash.digest('hex');
+}
+
+/** The whole content of a version's file, opened without following a link and without blocking. */
+function readRegularFile(path: string): Buffer {
+  const file = openRegularFile(path);
+  if ('ok' in file) throw new UpgraderError('E_IO', `Cannot compare ${path}: it ${file.problem}.`);
+  try {
+    return readFileSync(file.fd);
+  } finally {
+    closeSync(file.fd);
+  }
 }
 
 function exists(path: string): boolean {

@@ -5,10 +5,10 @@
  * version must satisfy for this version to take over; sequential: this version's handoffs must be
  * sequential (it cannot run beside the old one).
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import semver from 'semver';
 import { z } from 'zod';
+import { readSmallFile } from './safe-file.js';
 
 export const MANIFEST_FILE = 'upgrader.json';
 
@@ -23,16 +23,11 @@ export type Manifest = z.infer<typeof Manifest>;
 
 /** The manifest, {} when there is none, or the reason it is unusable. */
 export function readManifest(versionDir: string): { manifest: Manifest } | { problem: string } {
-  let text: string;
-  try {
-    text = readFileSync(join(versionDir, MANIFEST_FILE), 'utf8');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { manifest: {} };
-    return { problem: `its ${MANIFEST_FILE} cannot be read (${(error as NodeJS.ErrnoException).code})` };
-  }
+  const file = readSmallFile(join(versionDir, MANIFEST_FILE));
+  if (!file.ok) return file.kind === 'missing' ? { manifest: {} } : { problem: `its ${MANIFEST_FILE} ${file.problem}` };
   let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    raw = JSON.parse(file.text);
   } catch {
     return { problem: `its ${MANIFEST_FILE} is not valid JSON` };
   }

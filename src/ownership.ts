@@ -8,13 +8,14 @@
  * Before each durable change the owner confirms the record still names it (see `confirm`): if anything
  * has replaced it, the upgrader stops touching the root at once.
  */
-import { lstatSync, mkdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
+import { lstatSync, mkdirSync, rmSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { z } from 'zod';
 import { UpgraderError } from './errors.js';
 import { replaceFileAtomically } from './durable.js';
 import { identify, isSameProcessAlive, type ProcessIdentity } from './proc.js';
+import { readSmallFile } from './safe-file.js';
 
 const OwnerRecord = z.object({
   pid: z.number().int().positive(),
@@ -30,22 +31,25 @@ export function ownerPath(stateDir: string): string {
 
 export function readOwner(stateDir: string): OwnerRecord | null {
   const read = readOwnerRecord(stateDir);
-  return read === 'unreadable' ? null : read;
+  return 'unreadable' in read ? null : read.record;
 }
 
-/** The record, null when there is none (or it is not a record), 'unreadable' when the file system failed us. */
-function readOwnerRecord(stateDir: string): OwnerRecord | null | 'unreadable' {
-  let text: string;
-  try {
-    text = readFileSync(ownerPath(stateDir), 'utf8');
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'ENOENT' ? null : 'unreadable';
+/**
+ * The record, or null when there is none: no file, or something that is no record of an upgrader (not
+ * JSON, a link, a FIFO). `unreadable` (with the reason) when the file system refused the read.
+ */
+export function readOwnerRecord(stateDir: string): { record: OwnerRecord | null; problem: string | null } | { unreadable: string } {
+  const path = ownerPath(stateDir);
+  const file = readSmallFile(path);
+  if (!file.ok) {
+    if (file.kind === 'failed') return { unreadable: `${path} ${file.problem}` };
+    return { record: null, problem: file.kind === 'refused' ? `${path} ${file.problem}` : null };
   }
   try {
-    const parsed = OwnerRecord.safeParse(JSON.parse(text));
-    return parsed.success ? parsed.data : null;
+    const parsed = OwnerRecord.safeParse(JSON.parse(file.text));
+    return parsed.success ? { record: parsed.data, problem: null } : { record: null, problem: `${path} is not an owner record` };
   } catch {
-    return null;
+    return { record: null, problem: `${path} is not valid JSON` };
   }
 }
 
@@ -139,10 +143,12 @@ export class Ownership {
   /** True while the owner record still names this process. */
   confirm(): boolean {
     if (this.readOnly) return true;
-    const owner = readOwnerRecord(this.stateDir);
+    const read = readOwnerRecord(this.stateDir);
     // A read that fails (EIO, EMFILE, ENOSPC) proves nobody else took the root: keep it, and let the
-    // write that follows fail on its own and be reported.
-    if (owner === 'unreadable') return true;
+    // write that follows fail on its own and be reported. Anything else at the name (another record,
+    // a link, a FIFO) no longer names us, and a second upgrader would take the root: let it go.
+    if ('unreadable' in read) return true;
+    const owner = read.record;
     return owner !== null && owner.pid === this.self.pid && owner.startTicks === this.self.startTicks;
   }
 

@@ -4,10 +4,11 @@
  * agent cannot loop on a broken release. Re-installing the version (`upgrader install`) lifts it.
  * One file per version: marking and lifting are each a single atomic step, with no lock to share.
  */
-import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { replaceFileAtomically } from './durable.js';
+import { readSmallFile } from './safe-file.js';
 
 const Entry = z.object({ version: z.string(), reason: z.string(), at: z.string() });
 export type QuarantineEntry = z.infer<typeof Entry>;
@@ -30,9 +31,12 @@ export class Quarantine {
     return had;
   }
 
+  /** The version's record; anything but a regular file holding one (a link, a FIFO) is no record. */
   get(version: string): QuarantineEntry | null {
+    const file = readSmallFile(join(this.dir, `${version}.json`));
+    if (!file.ok) return null;
     try {
-      const parsed = Entry.safeParse(JSON.parse(readFileSync(join(this.dir, `${version}.json`), 'utf8')));
+      const parsed = Entry.safeParse(JSON.parse(file.text));
       return parsed.success && parsed.data.version === version ? parsed.data : null;
     } catch {
       return null;

@@ -7,10 +7,10 @@
  * is empty, torn, tampered with or of an unknown schema is reported and ignored, never trusted.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { replaceFileAtomically } from './durable.js';
+import { readSmallFile } from './safe-file.js';
 import { HandoffMode } from './protocol.js';
 
 export const STATE_SCHEMA = 1;
@@ -101,7 +101,8 @@ export function encodeState(state: PersistedState): string {
   return `{"format":"upgrader-state","schema":${STATE_SCHEMA},"sha256":"${digest(body)}","body":${body}}\n`;
 }
 
-export type ReadState = { ok: true; state: PersistedState } | { ok: false; missing: boolean; problem: string };
+/** `unreadable`: the system refused the read (EACCES, EIO...), so nothing is known about the state. */
+export type ReadState = { ok: true; state: PersistedState } | { ok: false; missing: boolean; unreadable?: boolean; problem: string };
 
 export function decodeState(text: string): ReadState {
   let raw: unknown;
@@ -129,14 +130,10 @@ export class StateFile {
   }
 
   read(): ReadState {
-    let text: string;
-    try {
-      text = readFileSync(this.path, 'utf8');
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      return { ok: false, missing: code === 'ENOENT', problem: code === 'ENOENT' ? 'no state file yet' : `the state file cannot be read (${code})` };
-    }
-    return decodeState(text);
+    const file = readSmallFile(this.path);
+    if (file.ok) return decodeState(file.text);
+    if (file.kind === 'missing') return { ok: false, missing: true, problem: 'no state file yet' };
+    return { ok: false, missing: false, unreadable: file.kind === 'failed', problem: `the state file ${file.problem}` };
   }
 
   write(state: PersistedState): void {

@@ -4,22 +4,30 @@
  */
 import { AgentStatusFile, type AgentStatus } from './agent-status.js';
 import { formatDuration } from './duration.js';
-import { existsSync, readdirSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { EXIT, UpgraderError } from './errors.js';
-import type { Layout } from './layout.js';
-import { liveOwner } from './ownership.js';
+import { describeError, EXIT, UpgraderError } from './errors.js';
+import { Layout } from './layout.js';
+import { readOwnerRecord } from './ownership.js';
 import { isSameProcessAlive } from './proc.js';
 import { StateFile, type RecordedAgent, type Repair, type UpgradeRecord } from './state.js';
 import { Quarantine, type QuarantineEntry } from './quarantine.js';
 
 export type AgentView = { pid: number; version: string; role: string; ready: boolean; since: string; uptimeMs: number };
 
+/**
+ * `broken`: the root is malformed, or no upgrader runs and `current` is unusable;
+ * `unreadable`: this user may not read the root or its files, so what runs there is unknown.
+ */
+export type RootState = 'starting' | 'running' | 'upgrading' | 'stopping' | 'stopped' | 'broken' | 'unreadable';
+
 export type StatusReport = {
   root: string;
   running: boolean;
   upgraderPid: number | null;
-  state: 'starting' | 'running' | 'upgrading' | 'stopping' | 'stopped';
+  state: RootState;
+  /** Why the root is broken or unreadable; null otherwise. */
+  problem: string | null;
   current: string | null;
   currentProblem: string | null;
   previous: string | null;
@@ -34,10 +42,15 @@ export type StatusReport = {
   stateProblem: string | null;
   /** The last time start-up found `current` unable to run and ran another version instead. */
   repair: Repair | null;
+  ownerProblem: string | null;
 };
 
+const ASK_OWNER = "run status as the root's owner or as root";
+
 export function readStatus(layout: Layout, now = Date.now()): StatusReport {
-  const owner = liveOwner(layout.stateDir);
+  const ownerRead = readOwnerRecord(layout.stateDir);
+  const recorded = 'unreadable' in ownerRead ? null : ownerRead.record;
+  const owner = recorded && isSameProcessAlive(recorded) ? recorded : null;
   const read = new StateFile(layout.stateDir).read();
   const saved = read.ok ? read.state : null;
   const current = layout.readCurrent();
@@ -46,13 +59,17 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
       ? { pid: agent.pid, version: agent.version, role: agent.role, ready: agent.ready, since: agent.since, uptimeMs: Math.max(0, now - Date.parse(agent.since)) }
       : null;
   const history = saved?.history ?? [];
+  const unreadable = 'unreadable' in ownerRead ? ownerRead.unreadable : !read.ok && read.unreadable ? read.problem : null;
+  const currentProblem = 'problem' in current ? current.problem : null;
+  const problem = unreadable ? `${unreadable}; ${ASK_OWNER}` : !owner ? currentProblem : null;
   return {
     root: layout.root,
     running: owner !== null,
     upgraderPid: owner?.pid ?? null,
-    state: owner ? (saved?.state ?? 'starting') : 'stopped',
+    state: unreadable ? 'unreadable' : owner ? (saved?.state ?? 'starting') : currentProblem ? 'broken' : 'stopped',
+    problem,
     current: 'version' in current ? current.version : null,
-    currentProblem: 'problem' in current ? current.problem : null,
+    currentProblem,
     previous: saved?.previous ?? null,
     agent: view(saved?.agents.find((a) => a.role === 'active')),
     candidate: view(saved?.agents.find((a) => a.role === 'candidate')),
@@ -64,10 +81,39 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
     history,
     stateProblem: read.ok || read.missing ? null : read.problem,
     repair: saved?.repair ?? null,
+    ownerProblem: 'unreadable' in ownerRead ? ownerRead.unreadable : ownerRead.problem,
   };
 }
 
+/** What a root that could not even be opened looks like in a report. */
+function unopenedReport(root: string, state: 'broken' | 'unreadable', problem: string): StatusReport {
+  return {
+    root,
+    running: false,
+    upgraderPid: null,
+    state,
+    problem,
+    current: null,
+    currentProblem: null,
+    previous: null,
+    agent: null,
+    candidate: null,
+    handoff: null,
+    probation: null,
+    agentStatus: null,
+    quarantined: [],
+    lastUpgrade: null,
+    history: [],
+    stateProblem: null,
+    repair: null,
+    ownerProblem: null,
+  };
+}
+
+const isTroubled = (report: StatusReport) => report.state === 'broken' || report.state === 'unreadable';
+
 export function statusExitCode(report: StatusReport): number {
+  if (isTroubled(report)) return EXIT.broken;
   if (!report.running) return EXIT.notRunning;
   return report.agent?.ready ? EXIT.ok : EXIT.notReady;
 }
@@ -83,10 +129,16 @@ function describeAgent(a: AgentView): string {
   return `PID ${a.pid}, ${a.version}, ${a.role}, ${a.ready ? 'ready' : 'not ready'}, up ${formatDuration(a.uptimeMs)}`;
 }
 
+function describeState(r: StatusReport): string {
+  if (r.running) return `${r.state} (upgrader PID ${r.upgraderPid})`;
+  if (r.state === 'unreadable') return `unreadable: ${r.problem}`;
+  return r.state === 'broken' ? 'broken (no upgrader runs on this root, and current is unusable)' : 'stopped (no upgrader runs on this root)';
+}
+
 export function formatStatus(r: StatusReport, now = Date.now()): string {
   const rows: [string, string][] = [
     ['root', r.root],
-    ['state', r.running ? `${r.state} (upgrader PID ${r.upgraderPid})` : 'stopped (no upgrader runs on this root)'],
+    ['state', describeState(r)],
     ['current', r.current ?? `unusable: ${r.currentProblem}`],
     ['previous', r.previous ?? '-'],
     ['agent', r.agent ? describeAgent(r.agent) : '-'],
@@ -99,31 +151,64 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   for (const q of r.quarantined) rows.push(['quarantined', `${q.version} since ${ago(q.at, now)}: ${q.reason}`]);
   if (r.stateProblem) rows.push(['warning', r.stateProblem]);
   if (r.repair) rows.push(['repaired', `${ago(r.repair.at, now)}: ${r.repair.problem}; ran ${r.repair.version} instead and pointed current at it`]);
+  if (r.ownerProblem && r.state !== 'unreadable') rows.push(['warning', r.ownerProblem]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');
 }
 
-/** The roots under a base directory: its subdirectories that hold a versions/ directory. */
-export function rootsUnder(base: string): { name: string; path: string }[] {
+export type HostReport = StatusReport & { name: string };
+
+/**
+ * Every root under a base directory: each subdirectory holding versions/, in name order. A root that
+ * cannot be read or opened is listed as such, never left out and never in the way of the others.
+ */
+export function readHost(base: string, now = Date.now()): HostReport[] {
   let names: string[];
   try {
     names = readdirSync(base).sort();
-  } catch {
-    throw new UpgraderError('E_ROOT', `The base directory ${base} does not exist (set --base or UPGRADER_BASE).`);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new UpgraderError('E_ROOT', `The base directory ${base} does not exist (set --base or UPGRADER_BASE).`);
+    throw new UpgraderError('E_ROOT', `The base directory ${base} cannot be listed (${code ?? describeError(error)}).`);
   }
-  return names.map((name) => ({ name, path: join(base, name) })).filter((root) => existsSync(join(root.path, 'versions')));
+  return names.flatMap((name) => {
+    const report = hostEntry(join(base, name), now);
+    return report ? [{ name, ...report }] : [];
+  });
 }
 
-/** The host-wide view: 0 when every root runs a ready agent, else 3 if any root has no upgrader, else 4. */
+/** The report of one subdirectory of the base, or null when it is no root (it has no versions/). */
+function hostEntry(path: string, now: number): StatusReport | null {
+  const versions = join(path, 'versions');
+  try {
+    statSync(versions);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    // We cannot look inside: it may well be a root, so it is shown rather than silently left out.
+    const problem = `${versions} cannot be examined (${code ?? describeError(error)})`;
+    if (code === 'EACCES' || code === 'EPERM') return unopenedReport(path, 'unreadable', `${problem}; ${ASK_OWNER}`);
+    return unopenedReport(path, 'broken', problem);
+  }
+  try {
+    return readStatus(Layout.open(path), now);
+  } catch (error) {
+    return unopenedReport(path, 'broken', describeError(error));
+  }
+}
+
+/**
+ * The host-wide view: 5 when some root is broken or unreadable; else 3 when some root has no upgrader, or
+ * there is no root at all; else 0 when every root runs a ready agent; else 4.
+ */
 export function hostExitCode(reports: StatusReport[]): number {
-  if (reports.some((r) => !r.running)) return EXIT.notRunning;
+  if (reports.some(isTroubled)) return EXIT.broken;
+  if (reports.length === 0 || reports.some((r) => !r.running)) return EXIT.notRunning;
   return reports.every((r) => r.agent?.ready) ? EXIT.ok : EXIT.notReady;
 }
 
-export type HostReport = StatusReport & { name: string };
-
-export function formatHost(reports: HostReport[], colour: boolean, now = Date.now()): string {
-  if (reports.length === 0) return 'no roots (no directory with a versions/ subdirectory)';
+export function formatHost(reports: HostReport[], base: string, colour: boolean, now = Date.now()): string {
+  if (reports.length === 0) return `no roots under ${base} (no subdirectory holds a versions/ directory)`;
   const paint = (state: string) => {
     if (!colour) return state;
     const code = state === 'running' ? 32 : state === 'upgrading' || state === 'starting' ? 33 : 31;
@@ -141,5 +226,7 @@ export function formatHost(reports: HostReport[], colour: boolean, now = Date.no
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[], paintState: boolean) =>
     cells.map((cell, i) => (i === 1 && paintState ? paint(cell) + ' '.repeat(widths[i]! - cell.length) : cell.padEnd(widths[i]!))).join('  ').trimEnd();
-  return [line(header, false), ...rows.map((row) => line(row, true))].join('\n');
+  const table = [line(header, false), ...rows.map((row) => line(row, true))];
+  const problems = reports.filter((r) => r.problem).map((r) => `${r.name}: ${r.state}: ${r.problem}`);
+  return [...table, ...(problems.length ? ['', ...problems] : [])].join('\n');
 }

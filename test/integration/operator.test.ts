@@ -1,5 +1,6 @@
 /** Operator commands on real files: install, versions, prune, and the host-wide status. */
 import { execa } from 'execa';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -199,6 +200,86 @@ describe('host-wide status', () => {
     const json = JSON.parse((await execa(process.execPath, [CLI, 'status', '--json'], { env: { UPGRADER_BASE: base }, reject: false })).stdout);
     expect(json.map((r: { name: string }) => r.name)).toEqual(['alpha', 'beta', 'gamma']);
     expect(json.map((r: { running: boolean }) => r.running)).toEqual([true, true, false]);
+  });
+});
+
+describe('host-wide status: every root is shown, and the exit status counts the troubled ones', () => {
+  it('a base with no root at all does not pass for healthy: exit 3, and says so', async () => {
+    const base = scratch();
+    mkdirSync(join(base, 'not-a-root'));
+    const table = await runCli(['status', '--base', base]);
+    expect(table.code).toBe(3);
+    expect(table.stdout).toBe(`no roots under ${base} (no subdirectory holds a versions/ directory)`);
+    const json = await runCli(['status', '--base', base, '--json']);
+    expect(json.code).toBe(3);
+    expect(JSON.parse(json.stdout)).toEqual([]);
+    expect(json.stderr).toBe(`upgrader: no roots under ${base}.`);
+  });
+
+  const user = 'upgrader-read-test';
+  const canUseradd = process.getuid?.() === 0 && spawnSync('useradd', ['--help']).status === 0;
+  /** The uid and gid of the test user, created (a system user with no home) if it does not exist yet. */
+  function testUser(): { uid: number; gid: number } {
+    if (spawnSync('id', ['-u', user]).status !== 0) execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user]);
+    const id = (flag: string) => Number(execFileSync('id', [flag, user], { encoding: 'utf8' }).trim());
+    return { uid: id('-u'), gid: id('-g') };
+  }
+
+  it.skipIf(!canUseradd)('as another user: a healthy, two malformed and two unreadable roots are all listed; exit 5', async () => {
+    const { uid, gid } = testUser();
+    const base = scratch();
+    chmodSync(base, 0o755);
+    const healthy = makeRoot({ '1.0.0': {} }, '1.0.0');
+    chmodSync(healthy, 0o755);
+    symlinkSync(healthy, join(base, 'a-healthy'));
+    await startReady(healthy, FAST);
+    mkdirSync(join(base, 'b-malformed'));
+    writeFileSync(join(base, 'b-malformed/versions'), 'a file where the versions directory should be');
+    const brokenCurrent = makeRoot({ '1.0.0': {} });
+    chmodSync(brokenCurrent, 0o755);
+    symlinkSync('versions/9.9.9', join(brokenCurrent, 'current'));
+    symlinkSync(brokenCurrent, join(base, 'c-broken-current'));
+    // makeRoot's directory is root's, mode 0700: the other user cannot even look inside.
+    symlinkSync(makeRoot({ '1.0.0': {} }, '1.0.0'), join(base, 'd-unreadable'));
+    // Open to all but its state directory: the other user cannot tell whether an upgrader runs there.
+    const privateState = makeRoot({ '1.0.0': {} }, '1.0.0');
+    chmodSync(privateState, 0o755);
+    mkdirSync(join(privateState, 'state'), { mode: 0o700 });
+    symlinkSync(privateState, join(base, 'e-state-unreadable'));
+    mkdirSync(join(base, 'f-not-a-root'));
+    // The bundle runs alone, so it can live where the other user can read it.
+    const dir = scratch();
+    chmodSync(dir, 0o755);
+    cpSync(join(REPO, 'dist/upgrader.cjs'), join(dir, 'upgrader.cjs'));
+    const asUser = (args: string[]) =>
+      execa('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', process.execPath, join(dir, 'upgrader.cjs'), 'status', '--base', base, ...args], { reject: false, timeout: 10_000 });
+
+    const table = await asUser([]);
+    expect(table.exitCode).toBe(5);
+    const [header, ...rest] = table.stdout.split('\n');
+    expect(header).toMatch(/^NAME\s+STATE\s+VERSION/);
+    expect(rest.slice(0, 5).map((l) => l.split(/\s+/).slice(0, 2).join(' '))).toEqual([
+      'a-healthy running',
+      'b-malformed broken',
+      'c-broken-current broken',
+      'd-unreadable unreadable',
+      'e-state-unreadable unreadable',
+    ]);
+    expect(table.stdout).toMatch(/^b-malformed: broken: The root .* has no versions\/ directory/m);
+    expect(table.stdout).toMatch(/^c-broken-current: broken: current points at 9\.9\.9, but version 9\.9\.9 is not installed/m);
+    expect(table.stdout).toMatch(/^d-unreadable: unreadable: .*versions cannot be examined \(EACCES\); run status as the root's owner or as root$/m);
+    expect(table.stdout).toMatch(/^e-state-unreadable: unreadable: .*state\/owner\.json cannot be read \(EACCES\); run status as the root's owner or as root$/m);
+
+    const json = await asUser(['--json']);
+    expect(json.exitCode).toBe(5);
+    const reports = JSON.parse(json.stdout) as { name: string; state: string; running: boolean; problem: string | null }[];
+    expect(reports.map((r) => [r.name, r.state, r.running, r.problem === null])).toEqual([
+      ['a-healthy', 'running', true, true],
+      ['b-malformed', 'broken', false, false],
+      ['c-broken-current', 'broken', false, false],
+      ['d-unreadable', 'unreadable', false, false],
+      ['e-state-unreadable', 'unreadable', false, false],
+    ]);
   });
 });
 
