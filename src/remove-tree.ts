@@ -12,11 +12,15 @@ import { join } from 'node:path';
 import { UpgraderError } from './errors.js';
 
 export function removeTree(path: string): void {
-  if (process.geteuid?.() === 0) {
-    const problem = changeableByOthers(path);
-    if (problem) throw new UpgraderError('E_PERMISSION', `Refusing to remove ${path} as root: ${problem}; remove it as that user, or make it root's.`);
-  }
+  assertRemovable(path);
   rmSync(path, { recursive: true, force: true });
+}
+
+/** Throws unless this process may remove the tree (always, unless it is root and another user could change it). */
+export function assertRemovable(path: string): void {
+  if (process.geteuid?.() !== 0) return;
+  const problem = changeableByOthers(path);
+  if (problem) throw new UpgraderError('E_PERMISSION', `Refusing to remove ${path} as root: ${problem}; remove it as that user, or make it root's.`);
 }
 
 /** The first directory in the tree that another user could change, or null. */

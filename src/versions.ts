@@ -12,7 +12,7 @@ import type { Layout } from './layout.js';
 import { versionNameProblem } from './layout.js';
 import { withLayoutLock } from './layout-lock.js';
 import { UpgraderError } from './errors.js';
-import { removeTree } from './remove-tree.js';
+import { assertRemovable, removeTree } from './remove-tree.js';
 import { findLiveProcesses } from './proc.js';
 import { Quarantine } from './quarantine.js';
 import { StateFile } from './state.js';
@@ -155,6 +155,7 @@ export async function pruneVersions(layout: Layout, keep: number, dryRun: boolea
 function removeUnlessTakenUp(layout: Layout, version: string): Marker[] | null {
   const live = join(layout.versionsDir, version);
   const away = join(layout.versionsDir, `.${version}.tmp-${process.pid}-prune`);
+  assertRemovable(live);
   renameSync(live, away);
   fsyncDirectory(layout.versionsDir);
   let inUse: Marker[] | undefined;

@@ -1,0 +1,206 @@
+/**
+ * Root acting on a root that another user owns, and prune or install racing a handoff: held at a chosen
+ * step by a preloaded module (test/fixtures/hold-rename.mjs), so that every interleaving is reproduced on
+ * purpose, not hoped for.
+ */
+import { spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa, type ResultPromise } from 'execa';
+import { afterEach, describe, expect, it } from 'vitest';
+import { hasStrace, killTraced, startTraced } from './strace.js';
+import { CLI, cleanupRoots, currentTarget, FIXTURES, makeRoot, REPO, rootProcesses, runCli, startReady, startUpgrader, statusJson, stopAllUpgraders, waitUntil } from '../helpers.js';
+
+const FAST = ['--ready-timeout', '3s', '--stop-timeout', '2s', '--kill-timeout', '1s', '--probation', '0s'];
+const isRoot = process.getuid?.() === 0;
+const scratch: string[] = [];
+
+afterEach(async () => {
+  killTraced();
+  await stopAllUpgraders();
+  cleanupRoots();
+  for (const dir of scratch.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+function scratchDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'upgrader-race-'));
+  chmodSync(dir, 0o777);
+  scratch.push(dir);
+  return dir;
+}
+
+/** A command of the CLI that stops just before it renames versions/<version>, until released. */
+function heldCommand(args: string[], version: string): { run: ResultPromise; held: () => Promise<number>; release: () => void } {
+  const dir = scratchDir();
+  const fifo = join(dir, 'hold');
+  spawnSync('mkfifo', ['-m', '0666', fifo]);
+  const run = execa(process.execPath, [CLI, ...args], {
+    reject: false,
+    timeout: 60_000,
+    env: { NODE_OPTIONS: `--import ${join(FIXTURES, 'hold-rename.mjs')}`, HOLD_VERSION: version, HOLD_FIFO: fifo },
+  });
+  return {
+    run,
+    held: async () => {
+      await waitUntil(() => existsSync(`${fifo}.held`), `the command held before renaming ${version}`, 15_000);
+      return Number(readFileSync(`${fifo}.held`, 'utf8'));
+    },
+    release: () => writeFileSync(fifo, 'go'),
+  };
+}
+
+describe('prune and install racing a handoff', () => {
+  it('prune held after it chose its victims, a handoff to one of them meanwhile: that version is kept, current and the agent keep their files', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {}, '3.0.0': {} }, '1.0.0');
+    const { up } = await startReady(root, FAST);
+    const prune = heldCommand(['prune', '--root', root, '--keep', '0', '--json'], '3.0.0');
+    await prune.held();
+    // Prune has decided 3.0.0 and 2.0.0 are unused; now a handoff takes 3.0.0 up.
+    expect((await runCli(['upgrade', '--root', root, '--to', '3.0.0'])).code).toBe(0);
+    prune.release();
+    const result = await prune.run;
+    expect(result.exitCode).toBe(0);
+    expect(JSON.parse(String(result.stdout))).toMatchObject({ removed: ['2.0.0'], kept: expect.arrayContaining([expect.objectContaining({ version: '3.0.0' })]) });
+    expect(existsSync(join(root, 'versions/3.0.0/bin/agent'))).toBe(true);
+    expect(currentTarget(root)).toBe('versions/3.0.0');
+    expect((await statusJson(root)).code).toBe(0);
+    // And the next start runs it: nothing was left dangling.
+    up.kill('SIGKILL');
+    await up.exit;
+    await startUpgrader(root, FAST).agentPid('3.0.0');
+  });
+
+  it('the layout lock stays held for as long as prune works: an install meanwhile waits, then gives up with 75, and installs nothing', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const source = mkdtempSync(join(scratchDir(), 'src-'));
+    mkdirSync(join(source, 'bin'));
+    writeFileSync(join(source, 'bin/agent'), '#!/bin/sh\nexec cat\n', { mode: 0o755 });
+    const prune = heldCommand(['prune', '--root', root, '--keep', '0'], '2.0.0');
+    await prune.held();
+    // Longer than the old lock's 10 s staleness: the holder is alive, so the lock is still its own.
+    const install = await execa(process.execPath, [CLI, 'install', '--root', root, '--version', '4.0.0', source], { reject: false, timeout: 40_000 });
+    expect(install.exitCode).toBe(75);
+    expect(install.stderr).toMatch(/being changed by another command \(prune, PID \d+/);
+    expect(existsSync(join(root, 'versions/4.0.0'))).toBe(false);
+    prune.release();
+    expect((await prune.run).exitCode).toBe(0);
+    expect(readdirSync(join(root, 'versions')).sort()).toEqual(['1.0.0']);
+  }, 60_000);
+});
+
+const TEST_USER = 'upgrader-owner-test';
+function ensureUser(): { uid: number; gid: number } {
+  spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', TEST_USER]);
+  const id = (flag: string) => Number(spawnSync('id', [flag, TEST_USER], { encoding: 'utf8' }).stdout.trim());
+  return { uid: id('-u'), gid: id('-g') };
+}
+
+/** A root under a directory that user can traverse, all owned by that user. */
+function userRoot(owner: { uid: number; gid: number }, versions: string[], current: string): string {
+  const parent = scratchDir();
+  const root = join(parent, 'root');
+  mkdirSync(join(root, 'versions'), { recursive: true });
+  for (const version of versions) {
+    mkdirSync(join(root, 'versions', version, 'bin'), { recursive: true });
+    writeFileSync(join(root, 'versions', version, 'bin/agent'), '#!/bin/sh\nexec cat\n', { mode: 0o755 });
+  }
+  spawnSync('ln', ['-s', `versions/${current}`, join(root, 'current')]);
+  spawnSync('chown', ['-R', '-h', `${owner.uid}:${owner.gid}`, root]);
+  return root;
+}
+
+describe.skipIf(!isRoot)("root on a root that another user owns", () => {
+  it("prune run by root works with the owner's rights, never root's", async () => {
+    const owner = ensureUser();
+    const root = userRoot(owner, ['1.0.0', '2.0.0'], '1.0.0');
+    const prune = heldCommand(['prune', '--root', root, '--keep', '0'], '2.0.0');
+    // The process that renames and removes the version is the owner's.
+    expect(await prune.held()).toBe(owner.uid);
+    prune.release();
+    expect((await prune.run).exitCode).toBe(0);
+    expect(readdirSync(join(root, 'versions'))).toEqual(['1.0.0']);
+  });
+
+  it("root's prune keeps the current version of a user's root, and versions shows it as current", async () => {
+    const owner = ensureUser();
+    const root = userRoot(owner, ['1.0.0', '2.0.0', '3.0.0'], '1.0.0');
+    const listed = JSON.parse((await runCli(['versions', '--root', root, '--json'])).stdout) as { version: string; markers: string[]; complete: boolean }[];
+    expect(listed.find((v) => v.version === '1.0.0')).toMatchObject({ markers: ['current'], complete: true });
+    const pruned = await runCli(['prune', '--root', root, '--keep', '0']);
+    expect(pruned.code).toBe(0);
+    expect(readdirSync(join(root, 'versions')).sort()).toEqual(['1.0.0']);
+    expect(currentTarget(root)).toBe('versions/1.0.0');
+  });
+
+  it('run as root on it is refused with 78, naming the user to run as', async () => {
+    const owner = ensureUser();
+    const root = userRoot(owner, ['1.0.0'], '1.0.0');
+    const up = startUpgrader(root, FAST);
+    expect((await up.waitForExit()).code).toBe(78);
+    expect(up.stderrText.join('\n')).toMatch(new RegExp(`belongs to uid ${owner.uid}; run the upgrader as that user`));
+    expect(rootProcesses(root)).toEqual([]);
+  });
+
+  it("root's prune on a root-owned root refuses to remove a version holding a directory another user can write, and keeps it", async () => {
+    const owner = ensureUser();
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    mkdirSync(join(root, 'versions/2.0.0/data'));
+    chownSync(join(root, 'versions/2.0.0/data'), owner.uid, owner.gid);
+    const pruned = await runCli(['prune', '--root', root, '--keep', '0']);
+    expect(pruned.code).toBe(77);
+    expect(pruned.stderr).toMatch(/Refusing to remove .*versions\/2\.0\.0 as root: .*data belongs to uid/);
+    expect(existsSync(join(root, 'versions/2.0.0/bin/agent'))).toBe(true);
+  });
+});
+
+describe.skipIf(!isRoot)('exit statuses that say what happened', () => {
+  /** The bundle where another user can run it. */
+  function bundleForOthers(): string {
+    const dir = scratchDir();
+    cpSync(join(REPO, 'dist/upgrader.cjs'), join(dir, 'upgrader.cjs'));
+    chmodSync(join(dir, 'upgrader.cjs'), 0o755);
+    return join(dir, 'upgrader.cjs');
+  }
+  const asNobody = (args: string[]) => execa('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, bundleForOthers(), ...args], { reject: false, timeout: 20_000 });
+
+  it('prune by a user who may not change the root: 77, not 75', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    chmodSync(join(root, '..'), 0o755);
+    chmodSync(root, 0o755);
+    mkdirSync(join(root, 'state'), { mode: 0o755 });
+    const result = await asNobody(['prune', '--root', root, '--keep', '0']);
+    expect(result.exitCode).toBe(77);
+    expect(existsSync(join(root, 'versions/2.0.0'))).toBe(true);
+  });
+
+  it('upgrade by another user on a root of mode 0700: 77, not 78', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    chmodSync(join(root, '..'), 0o755);
+    chmodSync(root, 0o700);
+    const result = await asNobody(['upgrade', '--root', root, '--to', '1.0.0']);
+    expect(result.exitCode).toBe(77);
+    expect(result.stderr).toMatch(/Not allowed to read the root/);
+  });
+});
+
+describe('run: signals and bugs during its life', () => {
+  it.skipIf(!hasStrace)('SIGTERM while it takes ownership of the root, before any agent runs: exit 0, no agent left', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    // strace delivers SIGTERM at the first mkdir: the state directory, as ownership is claimed.
+    const up = startTraced(root, join(scratchDir(), 'mkdir.trace'), 'mkdir', FAST, 'signal=SIGTERM:when=1');
+    expect((await up.waitForExit()).code).toBe(0);
+    expect(rootProcesses(root)).toEqual([]);
+  });
+
+  it('an uncaught exception kills the agents and exits 70', async () => {
+    const root = makeRoot({ '1.0.0': { config: { children: 1 } } }, '1.0.0');
+    const up = startUpgrader(root, FAST, { NODE_OPTIONS: `--import ${join(FIXTURES, 'crash-on-usr2.mjs')}` });
+    await up.waitForTransition('ready', 'running');
+    await waitUntil(() => rootProcesses(root).length >= 2, 'the agent started its child');
+    up.kill('SIGUSR2');
+    expect((await up.waitForExit()).code).toBe(70);
+    expect(up.logs.some((l) => l.level === 'fatal' && /injected/.test(String(l.err)))).toBe(true);
+    await waitUntil(() => rootProcesses(root).length === 0, 'no process of the agent is left');
+  });
+});
