@@ -271,9 +271,8 @@ describe('status', () => {
     await waitForSavedState(root, (s) => s.agents.some((a: { role: string }) => a.role === 'candidate'), 'the candidate');
     process.kill(up.pid, 'SIGSTOP');
     try {
-      const started = Date.now();
+      // It answers at all (runCli gives up after 10 s): status reads files, never asks the stopped upgrader.
       const { code, report } = await statusJson(root);
-      expect(Date.now() - started).toBeLessThan(1000);
       expect(code).toBe(0);
       expect(report).toMatchObject({
         running: true,

@@ -137,12 +137,15 @@ describe.skipIf(!hasStrace)('a write failing after the point of no return', () =
     expect(answer.code).toBe(1);
     expect(answer.stdout).toMatch(/2\.0\.0 runs, but its success could not be recorded \(ENOSPC/);
     expect(answer.stdout).not.toMatch(/^done/m);
-    // Not recorded, not claimed: no log line and no STATUS= calls it done before the record is durable.
+    // The record is written again and sticks: with the next state written (here, when the old agent's exit
+    // is recorded), or by the record timer.
+    await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded' && s.history[0]?.to === '2.0.0' && s.handoff === null, 'the success recorded by a later write', 15_000);
+    // Not claimed before it was durable: the log says "succeeded" only after the failed write was reported.
     const claimed = () => up.logs.findIndex((l) => l.msg === 'upgrade 1.0.0 -> 2.0.0 succeeded');
-    expect(claimed()).toBe(-1);
-    // The record is written again and sticks.
-    await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded' && s.history[0]?.to === '2.0.0' && s.handoff === null, 'the success recorded by the retry', 15_000);
     await waitUntil(() => claimed() !== -1, 'the success logged once recorded');
+    const failedWrite = up.logs.findIndex((l) => l.msg === 'the state could not be written; it is kept and written again');
+    expect(failedWrite).toBeGreaterThan(-1);
+    expect(claimed()).toBeGreaterThan(failedWrite);
     killTracee(up);
     await up.exit;
     const next = startUpgrader(root, FAST);
