@@ -44,7 +44,7 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
   try {
     if (kind === 'archive') await unpack(options.source, staging, options.onProgress);
     else copyDirectory(options.source, staging);
-    const problem = layout.directoryProblem(staging, `version ${options.version}`);
+    const problem = layout.directoryLaunchProblem(staging, `version ${options.version}`);
     if (problem) throw new UpgraderError('E_ENTRY', `Refusing to install ${options.version}: ${problem}.`);
     fsyncTree(staging);
     return await withLayoutLock(layout, () => {
