@@ -70,8 +70,9 @@ function sourceKind(source: string): 'directory' | 'archive' {
   let stat;
   try {
     stat = statSync(source);
-  } catch {
-    throw new UpgraderError('E_USAGE', `The source ${source} does not exist.`);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new UpgraderError('E_USAGE', `The source ${source} does not exist.`);
+    throw error;
   }
   if (stat.isDirectory()) return 'directory';
   if (stat.isFile() && /\.(tar\.gz|tgz)$/.test(source)) return 'archive';

@@ -1,0 +1,167 @@
+/**
+ * `upgrader install` as an attacker's target: the errors a full disk, a forbidden file or an over-long
+ * name produce. Real archives, real users, real file systems.
+ */
+import { randomBytes } from 'node:crypto';
+import { chmodSync, copyFileSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { execa } from 'execa';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { asUpgraderError } from '../../src/errors.js';
+import { CLI, cleanupRoots, makeRoot, REPO, runCli } from '../helpers.js';
+
+afterEach(() => cleanupRoots());
+
+const isRoot = process.getuid?.() === 0;
+const scratch = () => mkdtempSync(join(tmpdir(), 'install-attack-'));
+const leftovers = (root: string) => readdirSync(join(root, 'versions')).filter((name) => name.startsWith('.'));
+const AGENT = '#!/bin/sh\nexit 0\n';
+
+type Entry =
+  | { name: string; type: 'file'; data?: string; mode?: number; from?: string }
+  | { name: string; type: 'dir'; mode?: number }
+  | { name: string; type: 'symlink' | 'hardlink'; target: string };
+
+/** A .tar.gz with exactly these entries (Python's tarfile: it writes what tar itself refuses to). */
+async function archive(entries: Entry[]): Promise<string> {
+  const file = join(scratch(), 'agent.tgz');
+  const script = `
+import io, json, sys, tarfile
+entries, path = json.loads(sys.argv[1]), sys.argv[2]
+with tarfile.open(path, 'w:gz', format=tarfile.PAX_FORMAT) as t:
+    for e in entries:
+        info = tarfile.TarInfo(e['name'])
+        if e['type'] == 'dir':
+            info.type, info.mode = tarfile.DIRTYPE, e.get('mode', 0o755)
+            t.addfile(info)
+        elif e['type'] in ('symlink', 'hardlink'):
+            info.type = tarfile.SYMTYPE if e['type'] == 'symlink' else tarfile.LNKTYPE
+            info.linkname = e['target']
+            t.addfile(info)
+        else:
+            data = open(e['from'], 'rb').read() if 'from' in e else e.get('data', 'x').encode()
+            info.size, info.mode = len(data), e.get('mode', 0o644)
+            t.addfile(info, io.BytesIO(data))
+`;
+  await execa('python3', ['-c', script, JSON.stringify(entries), file]);
+  return file;
+}
+
+const agentEntry: Entry = { name: 'bin/agent', type: 'file', data: AGENT, mode: 0o755 };
+
+async function install(root: string, source: string, extra: string[] = []) {
+  return runCli(['install', '--root', root, '--version', '2.0.0', ...extra, source]);
+}
+
+/** A system user for the attacker's side of a test, created once. */
+async function attacker(): Promise<{ uid: number; gid: number }> {
+  const name = 'upgrader-attacker';
+  const id = async (flag: string) => Number((await execa('id', [flag, name])).stdout);
+  if ((await execa('id', [name], { reject: false })).exitCode !== 0) {
+    // Another test file may create it at the same moment: "already exists" (9) is as good.
+    const made = await execa('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', name], { reject: false });
+    if (made.exitCode !== 0 && made.exitCode !== 9) throw new Error(`useradd failed: ${made.stderr}`);
+  }
+  return { uid: await id('-u'), gid: await id('-g') };
+}
+
+/** The bundle, copied where another user can run it. */
+function bundleForAll(): string {
+  const dir = scratch();
+  chmodSync(dir, 0o755);
+  copyFileSync(join(REPO, 'dist/upgrader.cjs'), join(dir, 'upgrader.cjs'));
+  chmodSync(join(dir, 'upgrader.cjs'), 0o755);
+  return join(dir, 'upgrader.cjs');
+}
+
+const asUser = (user: { uid: number; gid: number }, command: string[]) =>
+  execa('setpriv', [`--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', ...command], { reject: false, timeout: 10_000 });
+
+
+describe('errors of the file system reach the operator with their documented status', () => {
+  it.skipIf(!isRoot).each([
+    ['while the archive is read', randomBytes(1 << 20)],
+    ['while it is unpacked', Buffer.alloc(4 << 20)],
+  ])('a full disk %s: 74, naming the file', async (_, content) => {
+    const big = join(scratch(), 'big');
+    writeFileSync(big, content);
+    const source = await archive([agentEntry, { name: 'big', type: 'file', from: big }]);
+    const mount = scratch();
+    // A 512 KiB file system of its own, in a private mount namespace: the rest of the machine never sees it.
+    const script = `mount -t tmpfs -o size=512k tmpfs "$M" && mkdir -p "$M/root/versions" && "$NODE" "$CLI" install --root "$M/root" --version 2.0.0 "$A"; echo "exit=$?"; ls -A "$M/root/versions"`;
+    const result = await execa('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], { reject: false, timeout: 20_000, env: { M: mount, NODE: process.execPath, CLI, A: source } });
+    expect(result.stderr).toMatch(/Could not write or read .*\/root\/versions\/\.2\.0\.0.*: no space is left on its device \(ENOSPC\)/);
+    expect(result.stdout.split('\n')).toEqual(['exit=74']);
+  });
+
+  describe.skipIf(!isRoot)('as another user', () => {
+    let user: { uid: number; gid: number };
+    beforeAll(async () => {
+      user = await attacker();
+    });
+
+    it.each([
+      ['an archive', async () => archive([agentEntry]), /Not allowed to use .*agent\.tgz \(EACCES\)/],
+      ['a directory', async () => {
+        const dir = scratch();
+        writeFileSync(join(dir, 'x'), '');
+        return dir;
+      }, /Not allowed to use .*install-attack-\w+ \(EACCES\)/],
+    ])('a source the caller cannot read (%s): 77, naming it', async (_, make, reason) => {
+      const root = makeRoot({ '1.0.0': {} });
+      await execa('chown', ['-R', `${user.uid}:${user.gid}`, root]);
+      const source = await make();
+      // Root's either way: a directory of mode 0700, or an archive of mode 0600 in a directory the user may enter.
+      if (source.endsWith('.tgz')) {
+        chmodSync(dirname(source), 0o755);
+        chmodSync(source, 0o600);
+      }
+      const result = await asUser(user, [process.execPath, bundleForAll(), 'install', '--root', root, '--version', '2.0.0', source]);
+      expect(result.stderr).toMatch(reason);
+      expect(result.exitCode).toBe(77);
+      expect(leftovers(root)).toEqual([]);
+    });
+  });
+
+  it('an archive entry with a name too long for the file system: 65, naming it', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    const long = 'n'.repeat(300);
+    const result = await install(root, await archive([agentEntry, { name: `data/${long}`, type: 'file' }]));
+    expect(result.stderr).toMatch(new RegExp(`an entry whose name is too long for this file system: .*${long} \\(ENAMETOOLONG\\)`));
+    expect(result.code).toBe(65);
+    expect(leftovers(root)).toEqual([]);
+  });
+
+  it('a source path too long for the file system: 64, naming it', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    const source = join(scratch(), `${'n'.repeat(300)}.tgz`);
+    const result = await install(root, source);
+    expect(result.stderr).toMatch(/The path .*nnnn\.tgz is too long for the file system \(ENAMETOOLONG\)/);
+    expect(result.code).toBe(64);
+  });
+});
+
+describe('asUpgraderError: one place maps system and archive errors to documented statuses', () => {
+  const errno = (code: string, extra: Record<string, unknown> = {}) => Object.assign(new Error(`${code}: failed`), { code, path: '/r/x', ...extra });
+  it.each([
+    ['ENOSPC', {}, 74, 'Could not write or read /r/x: no space is left on its device (ENOSPC).'],
+    ['EDQUOT', {}, 74, 'Could not write or read /r/x: the disk quota is used up (EDQUOT).'],
+    ['EIO', {}, 74, 'Could not write or read /r/x: the device reported an I/O error (EIO).'],
+    ['EROFS', {}, 74, 'Could not write or read /r/x: its file system is read-only (EROFS).'],
+    ['EACCES', {}, 77, 'Not allowed to use /r/x (EACCES): check its owner and mode, and which user runs this command.'],
+    ['EPERM', {}, 77, 'Not allowed to use /r/x (EPERM): check its owner and mode, and which user runs this command.'],
+    ['ENAMETOOLONG', {}, 64, 'The path /r/x is too long for the file system (ENAMETOOLONG).'],
+    ['ENOSPC', { tarCode: 'TAR_ENTRY_ERROR', file: 'a.tgz' }, 74, 'Could not write or read /r/x: no space is left on its device (ENOSPC).'],
+    ['TAR_SYMLINK_ERROR', { symlink: '/s/link', cwd: '/s', entry: { path: 'link/x' }, file: 'a.tgz' }, 65, 'The archive a.tgz would be unpacked through the symbolic link link (entry link/x); nothing was installed.'],
+    ['TAR_BAD_ARCHIVE', { tarCode: 'TAR_BAD_ARCHIVE', file: 'a.tgz' }, 65, 'The archive a.tgz cannot be unpacked: failed; nothing was installed.'],
+  ])('%s %j: exit %i', (code, extra, status, sentence) => {
+    const mapped = asUpgraderError(errno(code, extra));
+    expect([mapped?.exitCode, mapped?.message]).toEqual([status, sentence]);
+  });
+  it('leaves anything else to be reported as a bug (70)', () => {
+    expect(asUpgraderError(errno('ENOENT'))).toBeNull();
+    expect(asUpgraderError(new TypeError('x is undefined'))).toBeNull();
+    expect(asUpgraderError('a string')).toBeNull();
+  });
+});
