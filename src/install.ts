@@ -7,8 +7,9 @@
  * version; a crash leaves only the temporary directory, which the next install or run removes.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, cpSync } from 'node:fs';
-import { isAbsolute, join, normalize, relative, sep, dirname } from 'node:path';
+import { lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, cpSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { checkDigest, escapes, unpackCopy, withPrivateCopy } from './archive.js';
 import { UpgraderError } from './errors.js';
 import { fsyncDirectory, fsyncTree } from './durable.js';
 import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
@@ -36,13 +37,15 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
   if (options.sha256 !== undefined && kind !== 'archive') {
     throw new UpgraderError('E_USAGE', '--sha256 checks an archive; the source is a directory.');
   }
-  if (kind === 'archive' && options.sha256 !== undefined) await verifyChecksum(options.source, options.sha256);
+  if (options.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(options.sha256)) {
+    throw new UpgraderError('E_USAGE', `--sha256 must be 64 hexadecimal digits, not ${JSON.stringify(options.sha256)}.`);
+  }
 
   layout.removeStaleTemporaries();
   const staging = join(layout.versionsDir, `.${options.version}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   mkdirSync(staging, { mode: 0o755 });
   try {
-    if (kind === 'archive') await unpack(options.source, staging, options.onProgress);
+    if (kind === 'archive') await stageArchive(layout, options, staging);
     else copyDirectory(options.source, staging);
     const problem = layout.directoryLaunchProblem(staging, `version ${options.version}`);
     if (problem) throw new UpgraderError('E_ENTRY', `Refusing to install ${options.version}: ${problem}.`);
@@ -79,62 +82,11 @@ function sourceKind(source: string): 'directory' | 'archive' {
   throw new UpgraderError('E_USAGE', `The source ${source} is neither a directory nor a .tar.gz or .tgz archive.`);
 }
 
-async function verifyChecksum(file: string, expected: string): Promise<void> {
-  if (!/^[0-9a-fA-F]{64}$/.test(expected)) throw new UpgraderError('E_USAGE', `--sha256 must be 64 hexadecimal digits, not ${JSON.stringify(expected)}.`);
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
-  const actual = hash.digest('hex');
-  if (actual !== expected.toLowerCase()) {
-    throw new UpgraderError('E_CHECKSUM', `The archive ${file} has SHA-256 ${actual}, not the expected ${expected.toLowerCase()}; nothing was installed.`);
-  }
-}
-
-/** Why a path (inside an archive or a source directory) or a link target would land outside the version. */
-function escapes(path: string, linkTarget?: string): string | null {
-  if (isAbsolute(path)) return `${path} is an absolute path`;
-  const inside = normalize(path);
-  if (inside === '..' || inside.startsWith(`..${sep}`)) return `${path} leads outside the version directory`;
-  if (linkTarget !== undefined) {
-    if (isAbsolute(linkTarget)) return `${path} is a link to the absolute path ${linkTarget}`;
-    const resolved = normalize(join(dirname(inside), linkTarget));
-    if (resolved === '..' || resolved.startsWith(`..${sep}`)) return `${path} is a link to ${linkTarget}, outside the version directory`;
-  }
-  return null;
-}
-
-type TarEntry = { path: string; type: string; linkpath?: string };
-
-async function unpack(archive: string, staging: string, onProgress?: (done: number, total: number) => void): Promise<void> {
-  const tar = await import('tar');
-  // First the whole listing is checked, so that a bad entry is refused before anything is written.
-  const problems: string[] = [];
-  await tar.t({
-    file: archive,
-    onReadEntry: (entry: TarEntry) => {
-      const allowed = ['File', 'OldFile', 'ContiguousFile', 'Directory', 'SymbolicLink', 'Link'];
-      if (!allowed.includes(entry.type)) problems.push(`${entry.path} is a ${entry.type}, which a version may not contain`);
-      const linkTarget = entry.type === 'SymbolicLink' || entry.type === 'Link' ? entry.linkpath : undefined;
-      const problem = escapes(entry.path, entry.type === 'Link' ? undefined : linkTarget) ?? (entry.type === 'Link' && linkTarget ? escapes(linkTarget) : null);
-      if (problem) problems.push(problem);
-    },
-  });
-  if (problems.length > 0) throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing the archive ${archive}: ${problems.slice(0, 3).join('; ')}${problems.length > 3 ? ` (and ${problems.length - 3} more)` : ''}.`);
-  const total = statSync(archive).size;
-  let done = 0;
-  const stream = createReadStream(archive);
-  if (onProgress) {
-    stream.on('data', (chunk) => {
-      done += chunk.length;
-      onProgress(done, total);
-    });
-  }
-  await new Promise<void>((resolve, reject) => {
-    const extract = tar.x({ cwd: staging, strict: true, preserveOwner: false });
-    extract.on('error', reject);
-    stream.on('error', reject);
-    extract.on('finish', () => resolve());
-    extract.on('close', () => resolve());
-    stream.pipe(extract);
+/** Reads the archive once into a private copy, checks that copy's digest, and unpacks that copy. */
+async function stageArchive(layout: Layout, options: InstallOptions, staging: string): Promise<void> {
+  await withPrivateCopy(options.source, layout.versionsDir, `${options.version}.tgz`, options.onProgress, async (copy) => {
+    if (options.sha256 !== undefined) checkDigest(options.source, copy.sha256, options.sha256);
+    await unpackCopy(copy, options.source, staging);
   });
 }
 

@@ -1,21 +1,24 @@
 /**
- * `upgrader install` as an attacker's target: the errors a full disk, a forbidden file or an over-long
- * name produce. Real archives, real users, real file systems.
+ * `upgrader install` as an attacker's target: an archive replaced after its digest was checked, and the
+ * errors a full disk, a forbidden file or an over-long name produce. Real archives, real users, real
+ * file systems.
  */
-import { randomBytes } from 'node:crypto';
-import { chmodSync, copyFileSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { execa } from 'execa';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { asUpgraderError } from '../../src/errors.js';
-import { CLI, cleanupRoots, makeRoot, REPO, runCli } from '../helpers.js';
+import { CLI, cleanupRoots, FIXTURES, makeRoot, REPO, runCli } from '../helpers.js';
 
 afterEach(() => cleanupRoots());
 
 const isRoot = process.getuid?.() === 0;
 const scratch = () => mkdtempSync(join(tmpdir(), 'install-attack-'));
 const leftovers = (root: string) => readdirSync(join(root, 'versions')).filter((name) => name.startsWith('.'));
+const sha256 = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
 const AGENT = '#!/bin/sh\nexit 0\n';
 
 type Entry =
@@ -78,6 +81,42 @@ function bundleForAll(): string {
 const asUser = (user: { uid: number; gid: number }, command: string[]) =>
   execa('setpriv', [`--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', ...command], { reject: false, timeout: 10_000 });
 
+
+describe('the archive replaced behind the checksum', () => {
+  /** install with the attacker's preload module; ends within 10 s, whatever happens. */
+  function installSwapped(root: string, source: string, env: Record<string, string>, extra: string[] = []) {
+    return execa(process.execPath, ['--import', pathToFileURL(join(FIXTURES, 'swap-archive.mjs')).href, CLI, 'install', '--root', root, '--version', '2.0.0', ...extra, source], {
+      reject: false,
+      timeout: 10_000,
+      env: { SWAP_TARGET: source, ...env },
+    });
+  }
+
+  it('the bytes whose SHA-256 was checked are the bytes installed, even if the file is replaced right after', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    const good = await archive([agentEntry, { name: 'data.txt', type: 'file', data: 'good' }]);
+    const evil = await archive([agentEntry, { name: 'data.txt', type: 'file', data: 'evil' }]);
+    const marker = join(scratch(), 'swapped');
+    const result = await installSwapped(root, good, { SWAP_WHEN: 'after-read', SWAP_REPLACEMENT: evil, SWAP_MARKER: marker }, ['--sha256', sha256(good)]);
+    expect(result.stderr).toBe('');
+    expect(result.exitCode).toBe(0);
+    expect(readFileSync(marker, 'utf8')).toBe('swapped');
+    expect(readFileSync(join(root, 'versions/2.0.0/data.txt'), 'utf8')).toBe('good');
+    expect(leftovers(root)).toEqual([]);
+  });
+
+  it('a FIFO put in the archive\'s place after it was looked at is refused, not waited on', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    const source = await archive([agentEntry]);
+    const marker = join(scratch(), 'swapped');
+    const result = await installSwapped(root, source, { SWAP_WHEN: 'after-stat', SWAP_MARKER: marker });
+    expect(result.timedOut).toBe(false);
+    expect(existsSync(marker)).toBe(true);
+    expect(result.exitCode).toBe(64);
+    expect(result.stderr).toMatch(/The archive .*agent\.tgz is not a regular file/);
+    expect(leftovers(root)).toEqual([]);
+  });
+});
 
 describe('errors of the file system reach the operator with their documented status', () => {
   it.skipIf(!isRoot).each([
