@@ -1,20 +1,25 @@
 /**
  * Staging a version: `upgrader install` and the agent library's `installVersion`.
  *
- * A version is assembled under a temporary name inside versions/ (`.<version>.tmp-<pid>-<random>`),
- * checked (no entry leading outside, an executable entry point), made durable (every file and directory
- * fsynced), then renamed to versions/<version> in one step. The supervisor never sees a half-written
- * version; a crash leaves only the temporary directory, which the next install or run removes.
+ * A version is assembled under a temporary name inside versions/ (`.<version>.tmp-<pid>-<random>`, mode
+ * 0700 until it is checked), from a private copy of the archive (see archive.ts) or a copy of a directory;
+ * checked as it really is on disk (no link leading outside, no hard link to a file outside, an executable
+ * entry point, and as root nothing another user could change); its modes made safe (no setuid, setgid or
+ * sticky bit; as root, nothing writable by group or others); made durable (every file and directory
+ * fsynced); then renamed to versions/<version> in one step. The supervisor never sees a half-written
+ * version; a crash leaves only temporary names, which the next install or run removes.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, cpSync } from 'node:fs';
+import { chmodSync, cpSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { checkDigest, escapes, unpackCopy, withPrivateCopy } from './archive.js';
+import { checkDigest, unpackCopy, withPrivateCopy } from './archive.js';
+import { linkEscape } from './containment.js';
 import { UpgraderError } from './errors.js';
 import { fsyncDirectory, fsyncTree } from './durable.js';
-import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
+import { assertVersionName, DEFAULT_ENTRY, Layout, unsafeTreeForRoot } from './layout.js';
 import { withLayoutLock } from './layout-lock.js';
 import { Quarantine } from './quarantine.js';
+import { walkTree } from './tree.js';
 
 export type InstallOptions = {
   root: string;
@@ -30,6 +35,8 @@ export type InstallOptions = {
 
 export type InstallResult = { version: string; path: string; identical: boolean; liftedQuarantine: boolean };
 
+const asRoot = () => process.geteuid?.() === 0;
+
 export async function installVersion(options: InstallOptions): Promise<InstallResult> {
   assertVersionName(options.version);
   const layout = Layout.open(options.root, options.entry ?? DEFAULT_ENTRY);
@@ -43,10 +50,15 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
 
   layout.removeStaleTemporaries();
   const staging = join(layout.versionsDir, `.${options.version}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  mkdirSync(staging, { mode: 0o755 });
+  // Private while it is assembled: nobody else can reach into it, whatever modes its entries arrive with.
+  mkdirSync(staging, { mode: 0o700 });
   try {
     if (kind === 'archive') await stageArchive(layout, options, staging);
     else copyDirectory(options.source, staging);
+    const unsafe = stagedTreeProblem(staging);
+    if (unsafe) throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing ${kind === 'archive' ? 'the archive' : 'the directory'} ${options.source}: ${unsafe}.`);
+    normaliseModes(staging);
+    chmodSync(staging, 0o755);
     const problem = layout.directoryLaunchProblem(staging, `version ${options.version}`);
     if (problem) throw new UpgraderError('E_ENTRY', `Refusing to install ${options.version}: ${problem}.`);
     fsyncTree(staging);
@@ -91,25 +103,59 @@ async function stageArchive(layout: Layout, options: InstallOptions, staging: st
 }
 
 function copyDirectory(source: string, staging: string): void {
+  const real = realpathSync(source);
+  // As root, a tree that another user can change while it is copied could swap a directory for a link
+  // mid-walk and have root copy whatever it leads to; only a tree nobody else can change is copied.
+  const unsafe = asRoot() ? unsafeTreeForRoot(real) : null;
+  if (unsafe) {
+    throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing the directory ${source}: ${unsafe}; pack it as a .tar.gz archive, or make it and its parents root's and not writable by others.`);
+  }
   const problems: string[] = [];
-  const walk = (dir: string) => {
-    for (const name of readdirSync(dir)) {
-      const full = join(dir, name);
-      const rel = relative(source, full);
-      const stat = lstatSync(full);
-      if (stat.isSymbolicLink()) {
-        const problem = escapes(rel, readlinkSync(full));
-        if (problem) problems.push(problem);
-      } else if (stat.isDirectory()) {
-        walk(full);
-      } else if (!stat.isFile()) {
-        problems.push(`${rel} is neither a file, a directory nor a symbolic link`);
-      }
-    }
-  };
-  walk(source);
+  for (const { rel, stat } of walkTree(real)) {
+    if (!stat.isFile() && !stat.isDirectory() && !stat.isSymbolicLink()) problems.push(`${rel} is neither a file, a directory nor a symbolic link`);
+  }
   if (problems.length > 0) throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing the directory ${source}: ${problems.slice(0, 3).join('; ')}.`);
-  cpSync(source, staging, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+  cpSync(real, staging, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+}
+
+/**
+ * Why the staged tree must not become a version, judged on the tree as it is: an entry that is not a file,
+ * directory or link, a link that really leads outside it, or a file hard-linked to one outside it.
+ */
+export function stagedTreeProblem(staging: string): string | null {
+  const linkedFiles = new Map<string, { rel: string; nlink: number; seen: number }>();
+  for (const { rel, stat } of walkTree(staging)) {
+    if (stat.isSymbolicLink()) {
+      const escape = linkEscape(staging, rel);
+      if (escape) return escape;
+    } else if (stat.isFile()) {
+      if (stat.nlink > 1) {
+        const inode = `${stat.dev}:${stat.ino}`;
+        const known = linkedFiles.get(inode) ?? { rel, nlink: stat.nlink, seen: 0 };
+        known.seen += 1;
+        linkedFiles.set(inode, known);
+      }
+    } else if (!stat.isDirectory()) {
+      return `${rel} is neither a file, a directory nor a symbolic link`;
+    }
+  }
+  for (const { rel, nlink, seen } of linkedFiles.values()) {
+    if (seen < nlink) return `${rel} is a hard link to a file outside the version directory`;
+  }
+  return null;
+}
+
+/**
+ * Installed files never carry setuid, setgid or sticky bits (root's copy of a user's setuid file would be
+ * setuid-root), and, when root installs, nothing is writable by group or others. The staging directory is
+ * private, so nobody can swap an entry for a link between the lstat and the chmod.
+ */
+function normaliseModes(staging: string): void {
+  const strip = asRoot() ? 0o7022 : 0o7000;
+  for (const { path, stat } of walkTree(staging)) {
+    if (stat.isSymbolicLink() || (stat.mode & strip) === 0) continue;
+    chmodSync(path, stat.mode & 0o7777 & ~strip);
+  }
 }
 
 /** A digest of a tree's names, kinds, executable bits, contents and link targets. */

@@ -1,15 +1,17 @@
 /**
- * `upgrader install` as an attacker's target: an archive replaced after its digest was checked, and the
- * errors a full disk, a forbidden file or an over-long name produce. Real archives, real users, real
- * file systems.
+ * `upgrader install` as an attacker's target: setuid files, trees another user can change, an archive
+ * replaced after its digest was checked, links whose text hides where they lead, and the errors a full
+ * disk, a forbidden file or an over-long name produce. Real archives, real users, real file systems.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { execa } from 'execa';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { stagedTreeProblem } from '../../src/install.js';
+import { linkEscape } from '../../src/containment.js';
 import { asUpgraderError } from '../../src/errors.js';
 import { CLI, cleanupRoots, FIXTURES, makeRoot, REPO, runCli } from '../helpers.js';
 
@@ -53,6 +55,10 @@ with tarfile.open(path, 'w:gz', format=tarfile.PAX_FORMAT) as t:
 
 const agentEntry: Entry = { name: 'bin/agent', type: 'file', data: AGENT, mode: 0o755 };
 
+/** `d/up -> ..` and, n times over, `d/up` followed by 2n-1 `..`: reads as `d`, climbs 2n-1 levels. */
+const UP = { name: 'd/up', type: 'symlink', target: '..' } as const;
+const climb = (levels: number) => `${'d/up/'.repeat(levels)}${'../'.repeat(2 * levels - 1)}`;
+
 async function install(root: string, source: string, extra: string[] = []) {
   return runCli(['install', '--root', root, '--version', '2.0.0', ...extra, source]);
 }
@@ -81,6 +87,79 @@ function bundleForAll(): string {
 const asUser = (user: { uid: number; gid: number }, command: string[]) =>
   execa('setpriv', [`--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', ...command], { reject: false, timeout: 10_000 });
 
+const modeOf = (path: string) => lstatSync(path).mode & 0o7777;
+
+describe.skipIf(!isRoot)('setuid and writable files, installed by root', () => {
+  let user: { uid: number; gid: number };
+  beforeAll(async () => {
+    user = await attacker();
+  });
+
+  /** Runs the installed copy of `id` as the attacker: a setuid-root copy would show euid=0. */
+  async function idAsAttacker(root: string): Promise<string> {
+    chmodSync(root, 0o755);
+    const result = await asUser(user, [join(root, 'versions/2.0.0/bin/id')]);
+    expect(result.exitCode).toBe(0);
+    return result.stdout;
+  }
+
+  it('an archive entry with setuid, setgid or sticky bits, or writable by group or others, loses those bits', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    const source = await archive([
+      agentEntry,
+      { name: 'bin/id', type: 'file', from: '/usr/bin/id', mode: 0o4755 },
+      { name: 'lib/shared', type: 'file', mode: 0o2775 },
+      { name: 'data', type: 'dir', mode: 0o1777 },
+      { name: 'data/notes', type: 'file', mode: 0o666 },
+    ]);
+    expect(await install(root, source)).toMatchObject({ code: 0 });
+    const v = join(root, 'versions/2.0.0');
+    expect([modeOf(join(v, 'bin/id')), modeOf(join(v, 'lib/shared')), modeOf(join(v, 'data')), modeOf(join(v, 'data/notes'))]).toEqual([0o755, 0o755, 0o755, 0o644]);
+    expect(lstatSync(join(v, 'bin/id')).uid).toBe(0);
+    expect(await idAsAttacker(root)).not.toMatch(/euid=0/);
+  });
+
+  it('a directory of root\'s with a setuid file is installed without the bit', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    const source = scratch();
+    mkdirSync(join(source, 'bin'));
+    writeFileSync(join(source, 'bin/agent'), AGENT, { mode: 0o755 });
+    copyFileSync('/usr/bin/id', join(source, 'bin/id'));
+    chmodSync(join(source, 'bin/id'), 0o4755);
+    expect(await install(root, source)).toMatchObject({ code: 0 });
+    expect(modeOf(join(root, 'versions/2.0.0/bin/id'))).toBe(0o755);
+    expect(await idAsAttacker(root)).not.toMatch(/euid=0/);
+  });
+
+  it.each([
+    ['a user\'s own directory', (dir: string, u: { uid: number; gid: number }) => chownSync(dir, u.uid, u.gid), /install-attack-\w+ is owned by uid \d+, not root/],
+    ['a directory of root\'s holding a user\'s setuid file', (dir: string, u: { uid: number; gid: number }) => chownSync(join(dir, 'bin/id'), u.uid, u.gid), /bin\/id is owned by uid \d+, not root/],
+    ['a directory with a subdirectory anyone can write to', (dir: string) => chmodSync(join(dir, 'bin'), 0o777), /bin is writable by its group and others \(mode 0777\)/],
+  ])('refuses %s: another user could change it while root copies it', async (_, weaken, reason) => {
+    const root = makeRoot({ '1.0.0': {} });
+    const source = scratch();
+    mkdirSync(join(source, 'bin'));
+    writeFileSync(join(source, 'bin/agent'), AGENT, { mode: 0o755 });
+    copyFileSync('/usr/bin/id', join(source, 'bin/id'));
+    chmodSync(join(source, 'bin/id'), 0o4755);
+    weaken(source, user);
+    const result = await install(root, source);
+    expect(result.code).toBe(65);
+    expect(result.stderr).toMatch(reason);
+    expect(result.stderr).toMatch(/pack it as a \.tar\.gz archive, or make it and its parents root's/);
+    expect(existsSync(join(root, 'versions/2.0.0'))).toBe(false);
+    expect(leftovers(root)).toEqual([]);
+  });
+
+  it('refuses to install into versions/ that others can write to', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    chmodSync(join(root, 'versions'), 0o777);
+    const result = await install(root, await archive([agentEntry]));
+    expect(result.code).toBe(78);
+    expect(result.stderr).toMatch(/versions is writable by its group and others \(mode 0777\), and the upgrader runs as root/);
+    expect(existsSync(join(root, 'versions/2.0.0'))).toBe(false);
+  });
+});
 
 describe('the archive replaced behind the checksum', () => {
   /** install with the attacker's preload module; ends within 10 s, whatever happens. */
@@ -115,6 +194,90 @@ describe('the archive replaced behind the checksum', () => {
     expect(result.exitCode).toBe(64);
     expect(result.stderr).toMatch(/The archive .*agent\.tgz is not a regular file/);
     expect(leftovers(root)).toEqual([]);
+  });
+});
+
+describe('links, judged by where they really lead', () => {
+  it.each<[string, Entry[], RegExp]>([
+    ['a chain of relative links that ends at /', [{ name: 'd', type: 'dir' }, UP, { name: 'top', type: 'symlink', target: climb(20) }], /top leads outside the version directory/],
+    ['the manifest through such a chain', [{ name: 'd', type: 'dir' }, UP, { name: 'upgrader.json', type: 'symlink', target: `${climb(20)}etc/hostname` }], /upgrader\.json leads outside the version directory/],
+    ['a link to a link that leads outside', [{ name: 'd', type: 'dir' }, UP, { name: 'x/a', type: 'symlink', target: '../y/b' }, { name: 'y/b', type: 'symlink', target: '../d/up/..' }], /(x\/a|y\/b) leads outside the version directory/],
+    ['a hard link through a link that leads outside', [{ name: 'd', type: 'dir' }, UP, { name: 'top', type: 'symlink', target: climb(20) }, { name: 'passwd', type: 'hardlink', target: 'top/etc/passwd' }], /unpacked through the symbolic link top \(entry passwd\)/],
+    ['a hard link to a file outside', [{ name: 'passwd', type: 'hardlink', target: '../../../../../../../../etc/passwd' }], /passwd leads outside the version directory/],
+    ['an entry written through a link of its own', [{ name: 'real', type: 'dir' }, { name: 'alias', type: 'symlink', target: 'real' }, { name: 'alias/file', type: 'file' }], /unpacked through the symbolic link alias \(entry alias\/file\)/],
+  ])('refuses an archive with %s (65), installing nothing', async (_, entries, reason) => {
+    const root = makeRoot({ '1.0.0': {} });
+    const result = await install(root, await archive([agentEntry, ...entries]));
+    expect(result.stderr).toMatch(reason);
+    expect(result.code).toBe(65);
+    expect(existsSync(join(root, 'versions/2.0.0'))).toBe(false);
+    expect(leftovers(root)).toEqual([]);
+  });
+
+  it.each([
+    ['links that climb out through a chain', (dir: string) => {
+      mkdirSync(join(dir, 'd'));
+      symlinkSync('..', join(dir, 'd/up'));
+      symlinkSync(climb(20), join(dir, 'top'));
+    }, /top leads outside the version directory/],
+    ['a loop of links', (dir: string) => {
+      symlinkSync('q', join(dir, 'p'));
+      symlinkSync('p', join(dir, 'q'));
+    }, /(p|q) goes through more than 40 links \(a loop\)/],
+  ])('refuses a directory with %s (65)', async (_, plant, reason) => {
+    const root = makeRoot({ '1.0.0': {} });
+    const source = scratch();
+    mkdirSync(join(source, 'bin'));
+    writeFileSync(join(source, 'bin/agent'), AGENT, { mode: 0o755 });
+    plant(source);
+    const result = await install(root, source);
+    expect(result.stderr).toMatch(/Refusing the directory /);
+    expect(result.stderr).toMatch(reason);
+    expect(result.code).toBe(65);
+    expect(existsSync(join(root, 'versions/2.0.0'))).toBe(false);
+    expect(leftovers(root)).toEqual([]);
+  });
+
+  it('installs a link to a name that does not exist, as long as it would stay inside', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    const source = await archive([agentEntry, { name: 'bin/later', type: 'symlink', target: '../cache/not-yet/file' }, { name: 'bin/self', type: 'symlink', target: '../d/up/bin/agent' }, { name: 'd', type: 'dir' }, UP]);
+    expect(await install(root, source)).toMatchObject({ code: 0 });
+    expect(readlinkSync(join(root, 'versions/2.0.0/bin/later'))).toBe('../cache/not-yet/file');
+  });
+
+  it('the staged tree refuses a file hard-linked to one outside it', () => {
+    const dir = scratch();
+    const staging = join(dir, 'staging');
+    mkdirSync(staging);
+    writeFileSync(join(dir, 'outside'), 'x');
+    linkSync(join(dir, 'outside'), join(staging, 'inside'));
+    expect(stagedTreeProblem(staging)).toBe('inside is a hard link to a file outside the version directory');
+    linkSync(join(staging, 'inside'), join(staging, 'twin'));
+    expect(stagedTreeProblem(staging)).toMatch(/is a hard link to a file outside the version directory/);
+    const clean = join(dir, 'clean');
+    mkdirSync(clean);
+    writeFileSync(join(clean, 'a'), 'x');
+    linkSync(join(clean, 'a'), join(clean, 'b'));
+    expect(stagedTreeProblem(clean)).toBeNull();
+  });
+
+  it.each([
+    ['a/l', '../b', null],
+    ['l', 'missing/../../x', 'l leads outside the version directory'],
+    ['l', '/etc', 'l leads to the absolute path /etc'],
+    ['l', 'd/up/..', 'l leads outside the version directory'],
+    ['l', 'd/up/d/up/bin', null],
+    ['l', 'd/absolute/x', 'l leads to the absolute path /tmp (through the link d/absolute)'],
+  ])('linkEscape: %s -> %s', (link, target, expected) => {
+    const dir = scratch();
+    mkdirSync(join(dir, 'a'));
+    mkdirSync(join(dir, 'd'));
+    symlinkSync('..', join(dir, 'd/up'));
+    symlinkSync('/tmp', join(dir, 'd/absolute'));
+    symlinkSync(target, join(dir, link));
+    const problem = linkEscape(dir, link);
+    if (expected === null) expect(problem).toBeNull();
+    else expect(problem).toContain(expected);
   });
 });
 
