@@ -109,8 +109,7 @@ export class Layout {
 
   /** launchProblem for a directory: a version, or one being staged. Root's checks come before the manifest is read. */
   directoryLaunchProblem(dir: string, label: string): string | null {
-    const unsafe = process.geteuid?.() === 0 ? (unsafeTreeForRoot(dir) ?? escapingLink(dir)) : null;
-    return unsafe ?? this.directoryProblem(dir, label);
+    return (process.geteuid?.() === 0 ? rootProblem(dir, label) : null) ?? this.directoryProblem(dir, label);
   }
 
   /** Why versions/<version> is not a real directory with a valid name, or null. */
@@ -197,6 +196,16 @@ export class Layout {
       }
     }
     return removed;
+  }
+}
+
+/** What in `dir` root must not run; a tree that cannot be walked (a full descriptor table, an I/O error) is not run either. */
+function rootProblem(dir: string, label: string): string | null {
+  try {
+    return unsafeTreeForRoot(dir) ?? escapingLink(dir);
+  } catch (error) {
+    const { code, path } = error as NodeJS.ErrnoException;
+    return `${label} cannot be checked (${code ?? String(error)}${path ? ` at ${path}` : ''}), and the upgrader runs as root`;
   }
 }
 

@@ -49,8 +49,8 @@ describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
     const { up, root, pid } = await startFailingAfterReady(syscall, error);
     askUpgrade(root, pid, '2.0.0');
     const refused = await up.waitForSent('upgrade-failed', '1.0.0');
-    // An open that fails may hit the candidate's manifest before the state file: refused either way.
-    const reason = syscall === 'openat' ? `(could not be recorded durably|upgrader\\.json cannot be read) \\(${error}` : `could not be recorded durably \\(${error}`;
+    // An open that fails may hit the candidate's files (as root, all of them are checked) before the state file: refused either way.
+    const reason = syscall === 'openat' ? `(could not be recorded durably|upgrader\\.json cannot be read|cannot be checked) \\(${error}` : `could not be recorded durably \\(${error}`;
     expect((refused.message as { reason: string }).reason).toMatch(new RegExp(reason));
     expect(up.logs.some((l) => l.msg === 'spawned candidate 2.0.0')).toBe(false);
     expect(currentTarget(root)).toBe('versions/1.0.0');
