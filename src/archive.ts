@@ -8,6 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { dirname, isAbsolute, join, normalize, sep } from 'node:path';
+import type { Parser, Unpack } from 'tar';
 import { UpgraderError } from './errors.js';
 
 export type ArchiveCopy = { handle: FileHandle; path: string; sha256: string };
@@ -106,13 +107,11 @@ export async function unpackCopy(copy: ArchiveCopy, source: string, staging: str
   await feed(copy.handle, source, tar.x({ cwd: staging, strict: true, preserveOwner: false }));
 }
 
-type Sink = NodeJS.WritableStream & { on(event: string, listener: (...args: any[]) => void): unknown };
-
 /**
  * Streams the whole copy, from its first byte, into a node-tar parser; resolves when that is done. Its
  * errors name the operator's archive (node-tar names a file only when it opened it itself).
  */
-function feed(handle: FileHandle, source: string, sink: Sink): Promise<void> {
+function feed(handle: FileHandle, source: string, sink: Parser | Unpack): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const fail = (error: Error & { file?: string }) => reject(Object.assign(error, { file: error.file ?? source }));
     const stream = handle.createReadStream({ start: 0, autoClose: false });

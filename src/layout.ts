@@ -236,7 +236,7 @@ export function unsafeForRoot(paths: string[]): string | null {
   for (const path of paths) {
     const stat = lstatSync(path);
     const stickyRootDir = stat.isDirectory() && (stat.mode & 0o1000) !== 0;
-    const problem = notRoots(path, stat) ?? (stickyRootDir ? null : writableByOthers(path, stat));
+    const problem = ownedByAnother(path, stat) ?? (stickyRootDir ? null : writableByAnother(path, stat));
     if (problem) return problem;
   }
   return null;
@@ -250,15 +250,15 @@ export function unsafeForRoot(paths: string[]): string | null {
 export function unsafeTreeForRoot(dir: string): string | null {
   return (
     unsafeForRoot(selfAndAncestors(dir)) ??
-    firstProblem(dir, ({ path, stat }) => notRoots(path, stat) ?? (stat.isSymbolicLink() ? null : writableByOthers(path, stat)))
+    firstProblem(dir, ({ path, stat }) => ownedByAnother(path, stat) ?? (stat.isSymbolicLink() ? null : writableByAnother(path, stat)))
   );
 }
 
-function notRoots(path: string, stat: Stats): string | null {
+function ownedByAnother(path: string, stat: Stats): string | null {
   return stat.uid === 0 ? null : `${path} is owned by uid ${stat.uid}, not root, and the upgrader runs as root`;
 }
 
-function writableByOthers(path: string, stat: Stats): string | null {
+function writableByAnother(path: string, stat: Stats): string | null {
   const by = [stat.mode & 0o020 ? 'its group' : null, stat.mode & 0o002 ? 'others' : null].filter(Boolean).join(' and ');
   return by ? `${path} is writable by ${by} (mode 0${(stat.mode & 0o7777).toString(8)}), and the upgrader runs as root` : null;
 }
