@@ -370,9 +370,9 @@ export async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error: unknown) => {
-    const known = error instanceof UpgraderError;
-    process.stderr.write(`upgrader: ${known ? error.message : `unexpected error: ${describeError(error)}`}\n`);
+    const known = UpgraderError.from(error);
+    process.stderr.write(`upgrader: ${known ? known.message : `unexpected error: ${describeError(error)}`}\n`);
     if (!known && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-    process.exit(known ? error.exitCode : EXIT.internal);
+    process.exit(known ? known.exitCode : EXIT.internal);
   },
 );

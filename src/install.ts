@@ -1,20 +1,26 @@
 /**
  * Staging a version: `upgrader install` and the agent library's `installVersion`.
  *
- * A version is assembled under a temporary name inside versions/ (`.<version>.tmp-<pid>-<random>`),
- * checked (no entry leading outside, an executable entry point), made durable (every file and directory
- * fsynced), then renamed to versions/<version> in one step. The supervisor never sees a half-written
- * version; a crash leaves only the temporary directory, which the next install or run removes.
+ * A version is assembled under a temporary name inside versions/ (`.<version>.tmp-<pid>-<random>`, mode
+ * 0700 until it is checked), from a private copy of the archive (see archive.ts) or a copy of a directory;
+ * checked as it really is on disk (no link leading outside, no hard link to a file outside, an executable
+ * entry point, and as root nothing another user could change); its modes made safe (no setuid, setgid or
+ * sticky bit; as root, nothing writable by group or others); made durable (every file and directory
+ * fsynced); then renamed to versions/<version> in one step. The supervisor never sees a half-written
+ * version; a crash leaves only temporary names, which the next install or run removes.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, createReadStream, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, cpSync } from 'node:fs';
-import { isAbsolute, join, normalize, relative, sep, dirname } from 'node:path';
+import { chmodSync, closeSync, cpSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { checkDigest, unpackCopy, withPrivateCopy } from './archive.js';
+import { linkEscape } from './containment.js';
 import { UpgraderError } from './errors.js';
 import { fsyncDirectory, fsyncTree } from './durable.js';
-import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
+import { assertVersionName, DEFAULT_ENTRY, Layout, unsafeTreeForRoot } from './layout.js';
 import { withLayoutLock } from './layout-lock.js';
 import { Quarantine } from './quarantine.js';
 import { openRegularFile } from './safe-file.js';
+import { walkTree } from './tree.js';
 
 export type InstallOptions = {
   root: string;
@@ -30,6 +36,8 @@ export type InstallOptions = {
 
 export type InstallResult = { version: string; path: string; identical: boolean; liftedQuarantine: boolean };
 
+const asRoot = () => process.geteuid?.() === 0;
+
 export async function installVersion(options: InstallOptions): Promise<InstallResult> {
   assertVersionName(options.version);
   const layout = Layout.open(options.root, options.entry ?? DEFAULT_ENTRY);
@@ -37,15 +45,22 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
   if (options.sha256 !== undefined && kind !== 'archive') {
     throw new UpgraderError('E_USAGE', '--sha256 checks an archive; the source is a directory.');
   }
-  if (kind === 'archive' && options.sha256 !== undefined) await verifyChecksum(options.source, options.sha256);
+  if (options.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(options.sha256)) {
+    throw new UpgraderError('E_USAGE', `--sha256 must be 64 hexadecimal digits, not ${JSON.stringify(options.sha256)}.`);
+  }
 
   layout.removeStaleTemporaries();
   const staging = join(layout.versionsDir, `.${options.version}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  mkdirSync(staging, { mode: 0o755 });
+  // Private while it is assembled: nobody else can reach into it, whatever modes its entries arrive with.
+  mkdirSync(staging, { mode: 0o700 });
   try {
-    if (kind === 'archive') await unpack(options.source, staging, options.onProgress);
+    if (kind === 'archive') await stageArchive(layout, options, staging);
     else copyDirectory(options.source, staging);
-    const problem = layout.directoryProblem(staging, `version ${options.version}`);
+    const unsafe = stagedTreeProblem(staging);
+    if (unsafe) throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing ${kind === 'archive' ? 'the archive' : 'the directory'} ${options.source}: ${unsafe}.`);
+    normaliseModes(staging);
+    chmodSync(staging, 0o755);
+    const problem = layout.directoryLaunchProblem(staging, `version ${options.version}`);
     if (problem) throw new UpgraderError('E_ENTRY', `Refusing to install ${options.version}: ${problem}.`);
     fsyncTree(staging);
     return await withLayoutLock(layout, 'install', () => {
@@ -71,93 +86,77 @@ function sourceKind(source: string): 'directory' | 'archive' {
   let stat;
   try {
     stat = statSync(source);
-  } catch {
-    throw new UpgraderError('E_USAGE', `The source ${source} does not exist.`);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new UpgraderError('E_USAGE', `The source ${source} does not exist.`);
+    throw error;
   }
   if (stat.isDirectory()) return 'directory';
   if (stat.isFile() && /\.(tar\.gz|tgz)$/.test(source)) return 'archive';
   throw new UpgraderError('E_USAGE', `The source ${source} is neither a directory nor a .tar.gz or .tgz archive.`);
 }
 
-async function verifyChecksum(file: string, expected: string): Promise<void> {
-  if (!/^[0-9a-fA-F]{64}$/.test(expected)) throw new UpgraderError('E_USAGE', `--sha256 must be 64 hexadecimal digits, not ${JSON.stringify(expected)}.`);
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
-  const actual = hash.digest('hex');
-  if (actual !== expected.toLowerCase()) {
-    throw new UpgraderError('E_CHECKSUM', `The archive ${file} has SHA-256 ${actual}, not the expected ${expected.toLowerCase()}; nothing was installed.`);
-  }
-}
-
-/** Why a path (inside an archive or a source directory) or a link target would land outside the version. */
-function escapes(path: string, linkTarget?: string): string | null {
-  if (isAbsolute(path)) return `${path} is an absolute path`;
-  const inside = normalize(path);
-  if (inside === '..' || inside.startsWith(`..${sep}`)) return `${path} leads outside the version directory`;
-  if (linkTarget !== undefined) {
-    if (isAbsolute(linkTarget)) return `${path} is a link to the absolute path ${linkTarget}`;
-    const resolved = normalize(join(dirname(inside), linkTarget));
-    if (resolved === '..' || resolved.startsWith(`..${sep}`)) return `${path} is a link to ${linkTarget}, outside the version directory`;
-  }
-  return null;
-}
-
-type TarEntry = { path: string; type: string; linkpath?: string };
-
-async function unpack(archive: string, staging: string, onProgress?: (done: number, total: number) => void): Promise<void> {
-  const tar = await import('tar');
-  // First the whole listing is checked, so that a bad entry is refused before anything is written.
-  const problems: string[] = [];
-  await tar.t({
-    file: archive,
-    onReadEntry: (entry: TarEntry) => {
-      const allowed = ['File', 'OldFile', 'ContiguousFile', 'Directory', 'SymbolicLink', 'Link'];
-      if (!allowed.includes(entry.type)) problems.push(`${entry.path} is a ${entry.type}, which a version may not contain`);
-      const linkTarget = entry.type === 'SymbolicLink' || entry.type === 'Link' ? entry.linkpath : undefined;
-      const problem = escapes(entry.path, entry.type === 'Link' ? undefined : linkTarget) ?? (entry.type === 'Link' && linkTarget ? escapes(linkTarget) : null);
-      if (problem) problems.push(problem);
-    },
-  });
-  if (problems.length > 0) throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing the archive ${archive}: ${problems.slice(0, 3).join('; ')}${problems.length > 3 ? ` (and ${problems.length - 3} more)` : ''}.`);
-  const total = statSync(archive).size;
-  let done = 0;
-  const stream = createReadStream(archive);
-  if (onProgress) {
-    stream.on('data', (chunk) => {
-      done += chunk.length;
-      onProgress(done, total);
-    });
-  }
-  await new Promise<void>((resolve, reject) => {
-    const extract = tar.x({ cwd: staging, strict: true, preserveOwner: false });
-    extract.on('error', reject);
-    stream.on('error', reject);
-    extract.on('finish', () => resolve());
-    extract.on('close', () => resolve());
-    stream.pipe(extract);
+/** Reads the archive once into a private copy, checks that copy's digest, and unpacks that copy. */
+async function stageArchive(layout: Layout, options: InstallOptions, staging: string): Promise<void> {
+  await withPrivateCopy(options.source, layout.versionsDir, `${options.version}.tgz`, options.onProgress, async (copy) => {
+    if (options.sha256 !== undefined) checkDigest(options.source, copy.sha256, options.sha256);
+    await unpackCopy(copy, options.source, staging);
   });
 }
 
 function copyDirectory(source: string, staging: string): void {
+  const real = realpathSync(source);
+  // As root, a tree that another user can change while it is copied could swap a directory for a link
+  // mid-walk and have root copy whatever it leads to; only a tree nobody else can change is copied.
+  const unsafe = asRoot() ? unsafeTreeForRoot(real) : null;
+  if (unsafe) {
+    throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing the directory ${source}: ${unsafe}; pack it as a .tar.gz archive, or make it and its parents root's and not writable by others.`);
+  }
   const problems: string[] = [];
-  const walk = (dir: string) => {
-    for (const name of readdirSync(dir)) {
-      const full = join(dir, name);
-      const rel = relative(source, full);
-      const stat = lstatSync(full);
-      if (stat.isSymbolicLink()) {
-        const problem = escapes(rel, readlinkSync(full));
-        if (problem) problems.push(problem);
-      } else if (stat.isDirectory()) {
-        walk(full);
-      } else if (!stat.isFile()) {
-        problems.push(`${rel} is neither a file, a directory nor a symbolic link`);
-      }
-    }
-  };
-  walk(source);
+  for (const { rel, stat } of walkTree(real)) {
+    if (!stat.isFile() && !stat.isDirectory() && !stat.isSymbolicLink()) problems.push(`${rel} is neither a file, a directory nor a symbolic link`);
+  }
   if (problems.length > 0) throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing the directory ${source}: ${problems.slice(0, 3).join('; ')}.`);
-  cpSync(source, staging, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+  cpSync(real, staging, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+}
+
+/**
+ * Why the staged tree must not become a version, judged on the tree as it is: an entry that is not a file,
+ * directory or link, a link that really leads outside it, or a file hard-linked to one outside it.
+ */
+export function stagedTreeProblem(staging: string): string | null {
+  const linkedFiles = new Map<string, { rel: string; nlink: number; seen: number }>();
+  for (const { rel, stat } of walkTree(staging)) {
+    if (stat.isSymbolicLink()) {
+      const escape = linkEscape(staging, rel);
+      if (escape) return escape;
+    } else if (stat.isFile()) {
+      if (stat.nlink > 1) {
+        const inode = `${stat.dev}:${stat.ino}`;
+        const known = linkedFiles.get(inode) ?? { rel, nlink: stat.nlink, seen: 0 };
+        known.seen += 1;
+        linkedFiles.set(inode, known);
+      }
+    } else if (!stat.isDirectory()) {
+      return `${rel} is neither a file, a directory nor a symbolic link`;
+    }
+  }
+  for (const { rel, nlink, seen } of linkedFiles.values()) {
+    if (seen < nlink) return `${rel} is a hard link to a file outside the version directory`;
+  }
+  return null;
+}
+
+/**
+ * Installed files never carry setuid, setgid or sticky bits (root's copy of a user's setuid file would be
+ * setuid-root), and, when root installs, nothing is writable by group or others. The staging directory is
+ * private, so nobody can swap an entry for a link between the lstat and the chmod.
+ */
+function normaliseModes(staging: string): void {
+  const strip = asRoot() ? 0o7022 : 0o7000;
+  for (const { path, stat } of walkTree(staging)) {
+    if (stat.isSymbolicLink() || (stat.mode & strip) === 0) continue;
+    chmodSync(path, stat.mode & 0o7777 & ~strip);
+  }
 }
 
 /** A digest of a tree's names, kinds, executable bits, contents and link targets. */

@@ -7,12 +7,14 @@
  *
  * Version names are checked against an allowlist before any path is built from them.
  */
-import { accessSync, constants, lstatSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
+import { accessSync, constants, lstatSync, readdirSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
 import { dirname, join, sep } from 'node:path';
+import { escapingLink } from './containment.js';
 import { UpgraderError } from './errors.js';
 import { isTempName, replaceSymlinkDurably } from './durable.js';
 import { readManifest } from './manifest.js';
 import { removeTree } from './remove-tree.js';
+import { firstProblem } from './tree.js';
 
 export const VERSION_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
 export const DEFAULT_ENTRY = 'bin/agent';
@@ -90,10 +92,30 @@ export class Layout {
   }
 
   /**
-   * Why `version` cannot be launched, or null when it is complete: a real directory under versions/
-   * (not a symlink leading elsewhere) whose entry point is an executable file that stays inside it.
+   * Why `version` is not complete, or null: a real directory under versions/ (not a symlink leading
+   * elsewhere) whose entry point is an executable file that stays inside it. Says nothing about whether
+   * root may run it (see launchProblem).
    */
   versionProblem(version: string): string | null {
+    return this.placeProblem(version) ?? this.directoryProblem(join(this.versionsDir, version), `version ${version}`);
+  }
+
+  /**
+   * Why `version` must not be started, or null: it is incomplete, or the upgrader runs as root and
+   * something in it (any file, directory or link, its manifest included) or above it could be changed by
+   * another user, or one of its links leads outside it.
+   */
+  launchProblem(version: string): string | null {
+    return this.placeProblem(version) ?? this.directoryLaunchProblem(join(this.versionsDir, version), `version ${version}`);
+  }
+
+  /** launchProblem for a directory: a version, or one being staged. Root's checks come before the manifest is read. */
+  directoryLaunchProblem(dir: string, label: string): string | null {
+    return (process.geteuid?.() === 0 ? rootProblem(dir, label) : null) ?? this.directoryProblem(dir, label);
+  }
+
+  /** Why versions/<version> is not a real directory with a valid name, or null. */
+  private placeProblem(version: string): string | null {
     const nameProblem = versionNameProblem(version);
     if (nameProblem) return nameProblem;
     const dir = join(this.versionsDir, version);
@@ -102,18 +124,10 @@ export class Layout {
     } catch {
       return `version ${version} is not installed (no ${dir})`;
     }
-    return this.directoryProblem(dir, `version ${version}`);
+    return null;
   }
 
-  /**
-   * Why `version` must not be launched by this process: incomplete, or (as root) changeable by another user.
-   * (The install engineer's branch extends the root check to every file of the version.)
-   */
-  launchProblem(version: string): string | null {
-    return this.versionProblem(version);
-  }
-
-  /** Why the directory `dir` (a version, or one being staged) is unusable (manifest, entry point), or null. */
+  /** Why the directory `dir` (a version, or one being staged) is incomplete (manifest, entry point), or null. */
   directoryProblem(dir: string, label: string): string | null {
     const read = readManifest(dir);
     if ('problem' in read) return `${label}: ${read.problem}`;
@@ -126,8 +140,6 @@ export class Layout {
       if (!realEntry.startsWith(realpathSync(dir) + sep)) return `the entry point ${entry} leads outside its version directory`;
       if (!statSync(realEntry).isFile()) return `the entry point ${entry} is not a file`;
       accessSync(realEntry, constants.X_OK);
-      const unsafe = process.getuid?.() === 0 ? unsafeForRoot(selfAndAncestors(realEntry)) : null;
-      if (unsafe) return unsafe;
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return `${label} has no entry point ${entry}`;
@@ -216,6 +228,16 @@ function linkText(path: string): string | null {
   }
 }
 
+/** What in `dir` root must not run; a tree that cannot be walked (a full descriptor table, an I/O error) is not run either. */
+function rootProblem(dir: string, label: string): string | null {
+  try {
+    return unsafeTreeForRoot(dir) ?? escapingLink(dir);
+  } catch (error) {
+    const { code, path } = error as NodeJS.ErrnoException;
+    return `${label} cannot be checked (${code ?? String(error)}${path ? ` at ${path}` : ''}), and the upgrader runs as root`;
+  }
+}
+
 /** Temporary names end in `.tmp-<pid>-<random>`; is that process still running (and not us)? */
 function creatorRuns(name: string): boolean {
   const pid = Number(/\.tmp-(\d+)-/.exec(name)?.[1]);
@@ -242,11 +264,30 @@ export function selfAndAncestors(path: string): string[] {
 export function unsafeForRoot(paths: string[]): string | null {
   for (const path of paths) {
     const stat = lstatSync(path);
-    const mode = `0${(stat.mode & 0o7777).toString(8)}`;
-    if (stat.uid !== 0) return `${path} is owned by uid ${stat.uid}, not root, and the upgrader runs as root`;
     const stickyRootDir = stat.isDirectory() && (stat.mode & 0o1000) !== 0;
-    const by = [stat.mode & 0o020 ? 'its group' : null, stat.mode & 0o002 ? 'others' : null].filter(Boolean).join(' and ');
-    if (by && !stickyRootDir) return `${path} is writable by ${by} (mode ${mode}), and the upgrader runs as root`;
+    const problem = ownedByAnother(path, stat) ?? (stickyRootDir ? null : writableByAnother(path, stat));
+    if (problem) return problem;
   }
   return null;
+}
+
+/**
+ * unsafeForRoot for a whole tree: `dir` and its ancestors, then every entry below it. Inside the tree no
+ * sticky directory is excused (others could add files to it), and a link is judged by its owner only:
+ * its mode means nothing, and it cannot be changed in place.
+ */
+export function unsafeTreeForRoot(dir: string): string | null {
+  return (
+    unsafeForRoot(selfAndAncestors(dir)) ??
+    firstProblem(dir, ({ path, stat }) => ownedByAnother(path, stat) ?? (stat.isSymbolicLink() ? null : writableByAnother(path, stat)))
+  );
+}
+
+function ownedByAnother(path: string, stat: Stats): string | null {
+  return stat.uid === 0 ? null : `${path} is owned by uid ${stat.uid}, not root, and the upgrader runs as root`;
+}
+
+function writableByAnother(path: string, stat: Stats): string | null {
+  const by = [stat.mode & 0o020 ? 'its group' : null, stat.mode & 0o002 ? 'others' : null].filter(Boolean).join(' and ');
+  return by ? `${path} is writable by ${by} (mode 0${(stat.mode & 0o7777).toString(8)}), and the upgrader runs as root` : null;
 }

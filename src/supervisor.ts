@@ -431,7 +431,7 @@ export class Supervisor {
   private requestUpgrade(origin: Origin, id: number, version: string, mode: HandoffMode, force: boolean): void {
     const active = this.ctx.active;
     const from = active && (origin === 'operator' || active.id === id) ? active.version : undefined;
-    let problem = this.layout.versionProblem(version);
+    let problem = this.layout.launchProblem(version);
     const read = problem === null ? readManifest(this.layout.versionDir(version)) : null;
     const manifest = read && 'manifest' in read ? read.manifest : {};
     if (problem === null && !force) {

@@ -4,7 +4,7 @@
  * versions that another user could change while the upgrader runs as root.
  */
 import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -49,8 +49,8 @@ describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
     const { up, root, pid } = await startFailingAfterReady(syscall, error);
     askUpgrade(root, pid, '2.0.0');
     const refused = await up.waitForSent('upgrade-failed', '1.0.0');
-    // An open that fails may hit the candidate's manifest before the state file: refused either way.
-    const reason = syscall === 'openat' ? `(could not be recorded durably|upgrader\\.json cannot be read) \\(${error}` : `could not be recorded durably \\(${error}`;
+    // An open that fails may hit the candidate's files (as root, all of them are checked) before the state file: refused either way.
+    const reason = syscall === 'openat' ? `(could not be recorded durably|upgrader\\.json cannot be read|cannot be checked) \\(${error}` : `could not be recorded durably \\(${error}`;
     expect((refused.message as { reason: string }).reason).toMatch(new RegExp(reason));
     expect(up.logs.some((l) => l.msg === 'spawned candidate 2.0.0')).toBe(false);
     expect(currentTarget(root)).toBe('versions/1.0.0');
@@ -287,6 +287,27 @@ describe.skipIf(!isRoot)('running as root: versions another user could change ar
     ['an entry point writable by its group', (root: string) => chmodSync(join(root, 'versions/2.0.0/bin/agent'), 0o775), /bin\/agent is writable by its group \(mode 0775\)/],
     ['an entry point owned by another user', (root: string) => chownSync(join(root, 'versions/2.0.0/bin/agent'), 1234, 0), /bin\/agent is owned by uid 1234, not root/],
     ['an ancestor writable by others', (root: string) => chmodSync(join(root, 'versions'), 0o777), /versions is writable by its group and others \(mode 0777\)/],
+    ['a script the entry point runs, writable by others', (root: string) => {
+      writeFileSync(join(root, 'versions/2.0.0/bin/helper.sh'), '#!/bin/sh\n');
+      chmodSync(join(root, 'versions/2.0.0/bin/helper.sh'), 0o666);
+    }, /bin\/helper\.sh is writable by its group and others \(mode 0666\)/],
+    ['a directory inside it writable by its group', (root: string) => {
+      mkdirSync(join(root, 'versions/2.0.0/lib'));
+      chmodSync(join(root, 'versions/2.0.0/lib'), 0o775);
+    }, /2\.0\.0\/lib is writable by its group \(mode 0775\)/],
+    ['its manifest owned by another user', (root: string) => {
+      writeFileSync(join(root, 'versions/2.0.0/upgrader.json'), '{}');
+      chownSync(join(root, 'versions/2.0.0/upgrader.json'), 1234, 0);
+    }, /upgrader\.json is owned by uid 1234, not root/],
+    ['a link inside it owned by another user', (root: string) => {
+      symlinkSync('agent', join(root, 'versions/2.0.0/bin/alias'));
+      lchownSync(join(root, 'versions/2.0.0/bin/alias'), 1234, 0);
+    }, /bin\/alias is owned by uid 1234, not root/],
+    ['a link inside it that really leads outside', (root: string) => {
+      mkdirSync(join(root, 'versions/2.0.0/d'));
+      symlinkSync('..', join(root, 'versions/2.0.0/d/up'));
+      symlinkSync('d/up/..', join(root, 'versions/2.0.0/upgrader.json'));
+    }, /upgrader\.json leads outside the version directory/],
   ])('%s', async (_, weaken, reason) => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     const { up, pid } = await startReady(root, FAST);

@@ -73,7 +73,9 @@ describe('prune and install racing a handoff', () => {
 
   it('the layout lock stays held for as long as prune works: an install meanwhile waits, then gives up with 75, and installs nothing', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-    const source = mkdtempSync(join(scratchDir(), 'src-'));
+    // Root installs only from a directory nobody else can change.
+    const source = mkdtempSync(join(tmpdir(), 'upgrader-src-'));
+    scratch.push(source);
     mkdirSync(join(source, 'bin'));
     writeFileSync(join(source, 'bin/agent'), '#!/bin/sh\nexec cat\n', { mode: 0o755 });
     const prune = heldCommand(['prune', '--root', root, '--keep', '0'], '2.0.0');
