@@ -37,7 +37,9 @@ Run "upgrader <command> --help" for a command's options.`,
   run: `Usage: upgrader run --root <dir> [options]
 
 Starts the version that <dir>/current points at, supervises it, and performs the upgrades it asks for.
-Exits when the agent exits on its own (with the agent's status) or on SIGTERM/SIGINT (status 0).
+Exits when the agent exits on its own (with the agent's status; one from 64 to 78, which the upgrader
+keeps for itself, becomes 79) or on SIGTERM, SIGINT or SIGHUP (status 0). As root it runs only a root
+that root alone can change (a root owned by another user: run it as that user; exit 78).
 
 Options:
   --root <dir>             the root: holds versions/<version>/, current and state/ (required)
@@ -80,8 +82,10 @@ temporary name in versions/, checked (nothing may lead outside it; the entry poi
 fsynced, then renamed to versions/<v> in one step. Installing a name that exists is refused unless the
 content is identical. --sha256 checks the archive before anything is unpacked.
 
-Exit status: 0 installed (or already identical); 64 bad arguments; 65 checksum mismatch or an entry
-that would escape; 73 the version exists with other content; 78 no entry point, or not a root.
+Exit status: 0 installed (or already identical); 64 bad arguments; 65 checksum mismatch, an archive
+that cannot be unpacked, or an entry or link that would escape; 73 the version exists with other
+content; 74 a full disk or I/O error; 75 another command holds the layout; 77 not allowed; 78 no entry
+point, or not a root. As root on a root another user owns, it runs as that user.
 
 Example:
   upgrader install --root /var/lib/upgrader/myagent --version 1.4.0 --sha256 9f86d0... agent-1.4.0.tgz`,
@@ -114,8 +118,13 @@ Example:
   upgrader rollback --root /var/lib/upgrader/myagent`,
   prune: `Usage: upgrader prune --root <dir> --keep <n> [--dry-run] [--json]
 
-Removes the versions beyond the newest <n>, never the current, previous, running or candidate one.
-Holds the layout lock (state/layout.lock) while it works, so it cannot race an install.
+Removes the versions beyond the newest <n>, never one in use: what current's link, the state file
+(current, previous, an open handoff, probation, recorded agents) and the root's live agents name. Holds
+the layout (state/layout.holder) while it works, so it cannot race an install; a version that a handoff
+takes up while prune runs is kept. As root on a root another user owns, it runs as that user.
+
+Exit status: 0 done; 64 bad arguments; 75 another command holds the layout (waited 15 s); 77 not
+allowed, or root refuses to remove what another user could change; 78 the state file cannot be read.
 
 Example:
   upgrader prune --root /var/lib/upgrader/myagent --keep 3 --dry-run`,
