@@ -2,11 +2,12 @@
  * One agent process: spawned in its own process group, spoken to over stdin/stdout, killed with its
  * whole tree. The agent's stdout is read through the bounded LineReader, so nothing it writes can grow
  * the upgrader's memory. Its stderr is passed on to the upgrader's stderr line by line (see
- * StderrForwarder), so that an agent's long lines never cut into the upgrader's own log lines.
+ * StderrForwarder), so that an agent's long lines never cut into the upgrader's own log lines, through
+ * the upgrader's bounded stderr queue (stderr.ts).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import treeKill from 'tree-kill';
-import { writeStderr } from './log.js';
+import { writeStderr } from './stderr.js';
 import { LineReader, encode, MAX_LINE_BYTES, parseAgentLine, PROTOCOL_VERSION, type AgentMessage, type Parsed, type UpgraderMessage } from './protocol.js';
 import { findLiveProcesses, identify, type ProcessIdentity } from './proc.js';
 

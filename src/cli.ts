@@ -10,6 +10,7 @@ import { describeError, EXIT, UpgraderError } from './errors.js';
 import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
 import { sendControlRequest, type ControlRequest } from './control.js';
 import { createLogger } from './log.js';
+import { flushStderr, writeStderr } from './stderr.js';
 import { Ownership } from './ownership.js';
 import { formatHost, formatStatus, hostExitCode, readStatus, rootsUnder, statusExitCode } from './status.js';
 import { StateFile } from './state.js';
@@ -328,12 +329,16 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    const known = error instanceof UpgraderError;
-    process.stderr.write(`upgrader: ${known ? error.message : `unexpected error: ${describeError(error)}`}\n`);
-    if (!known && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-    process.exit(known ? error.exitCode : EXIT.internal);
-  },
-);
+/** How long an exiting upgrader waits for a stalled stderr to take its last lines. */
+const EXIT_FLUSH_MS = 500;
+
+function exit(code: number): void {
+  void flushStderr(EXIT_FLUSH_MS).then(() => process.exit(code));
+}
+
+main(process.argv.slice(2)).then(exit, (error: unknown) => {
+  const known = error instanceof UpgraderError;
+  writeStderr(Buffer.from(`upgrader: ${known ? error.message : `unexpected error: ${describeError(error)}`}\n`));
+  if (!known && error instanceof Error && error.stack) writeStderr(Buffer.from(`${error.stack}\n`));
+  exit(known ? error.exitCode : EXIT.internal);
+});

@@ -1,0 +1,89 @@
+/**
+ * The pieces that keep logging bounded and non-blocking: the stderr sinks (a stalled reader, a failing
+ * file).
+ */
+import { Writable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { DirectSink, QueuedSink } from '../../src/stderr.js';
+
+/** A reader that takes what it is given only when the test says so. */
+class StalledReader extends Writable {
+  readonly taken: string[] = [];
+  private waiting: (() => void)[] = [];
+
+  constructor() {
+    super({ highWaterMark: 10 });
+  }
+
+  override _write(chunk: Buffer, _: BufferEncoding, done: () => void): void {
+    this.taken.push(chunk.toString());
+    this.waiting.push(done);
+  }
+
+  /** Takes everything, as a reader that is back would. */
+  takeAll(): void {
+    while (this.waiting.length > 0) this.waiting.shift()!();
+  }
+}
+
+const line = (n: number) => Buffer.from(`line ${String(n).padStart(3, '0')}\n`); // 9 bytes
+
+describe('QueuedSink (a pipe or a socket)', () => {
+  it('holds at most its bound for a stalled reader, drops whole lines past it, and reports the count once the reader is back', () => {
+    const reader = new StalledReader();
+    const sink = new QueuedSink(reader, 45);
+    const reports: number[] = [];
+    sink.onRecovered = (dropped) => {
+      reports.push(dropped);
+      sink.write(Buffer.from(`dropped ${dropped}\n`));
+    };
+    for (let n = 0; n < 20; n++) sink.write(line(n));
+    expect(reader.writableLength).toBeLessThanOrEqual(45);
+    expect(reports).toEqual([]);
+    reader.takeAll();
+    expect(reports).toEqual([15]);
+    sink.write(line(99));
+    reader.takeAll();
+    expect(reader.taken.join('')).toBe('line 000\nline 001\nline 002\nline 003\nline 004\ndropped 15\nline 099\n');
+  });
+
+  it('flush resolves once everything is written, or at its deadline when the reader stays away', async () => {
+    const reader = new StalledReader();
+    const sink = new QueuedSink(reader, 1000);
+    await sink.flush(10_000);
+    sink.write(line(1));
+    const flushed = sink.flush(10_000);
+    reader.takeAll();
+    await flushed;
+    sink.write(line(2));
+    const started = performance.now();
+    await sink.flush(50);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(45);
+  });
+
+  it('a reader gone for good (EPIPE): lines are dropped, and nothing throws', () => {
+    const reader = new StalledReader();
+    const sink = new QueuedSink(reader);
+    reader.destroy(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+    expect(() => sink.write(line(1))).not.toThrow();
+  });
+});
+
+describe('DirectSink (a file or a terminal)', () => {
+  it('drops a line that cannot be written, and reports the count after the next line that can', () => {
+    const written: string[] = [];
+    let failing = true;
+    const sink = new DirectSink((data, offset) => {
+      if (failing) throw Object.assign(new Error('no space'), { code: 'ENOSPC' });
+      // A short write each time: the rest of the line follows.
+      const part = data.subarray(offset, offset + 4);
+      written.push(part.toString());
+      return part.length;
+    });
+    sink.onRecovered = (dropped) => sink.write(Buffer.from(`dropped ${dropped}\n`));
+    for (let n = 0; n < 3; n++) sink.write(line(n));
+    failing = false;
+    sink.write(line(3));
+    expect(written.join('')).toBe('line 003\ndropped 3\n');
+  });
+});
