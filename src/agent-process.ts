@@ -21,8 +21,11 @@ export type AgentSpec = {
   fromVersion: string | null;
 };
 
+/** What comes out of an agent's stdout: a line (parsed, or why not), or its end. */
+export type AgentLineEvent = Parsed<AgentMessage> | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number } | { kind: 'end' };
+
 export type AgentCallbacks = {
-  onLine: (parsed: Parsed<AgentMessage> | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number }) => void;
+  onLine: (event: AgentLineEvent) => void;
   onExit: (code: number | null, signal: NodeJS.Signals | null, error: Error | null) => void;
 };
 
@@ -70,7 +73,10 @@ export class AgentProcess {
     // failure arrives as an 'error' event, reported below as the agent's exit.
     const reader = new LineReader((event) => callbacks.onLine(event.kind === 'line' ? parseAgentLine(event.line) : event));
     this.child.stdout?.on('data', (chunk: Buffer) => reader.push(chunk));
-    this.child.stdout?.on('end', () => reader.end());
+    this.child.stdout?.on('end', () => {
+      reader.end();
+      callbacks.onLine({ kind: 'end' });
+    });
     const stderr = new StderrForwarder();
     this.child.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk));
     this.child.stderr?.on('end', () => stderr.end());

@@ -9,10 +9,43 @@ import { onStderrRecovered, writeStderr } from './stderr.js';
 
 export type { Logger };
 
-const destination = { write: (line: string) => writeStderr(Buffer.from(line)) };
+/** While set, log lines are collected here instead of written (see holdLogLines). */
+let held: string[] | null = null;
+
+const destination = {
+  write(line: string): void {
+    if (held) held.push(line);
+    else writeStderr(Buffer.from(line));
+  },
+};
 
 export function createLogger(level = process.env.UPGRADER_LOG_LEVEL ?? 'info'): Logger {
   const log = pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } }, destination);
   onStderrRecovered((dropped) => log.warn({ droppedLines: dropped }, `${dropped} lines were dropped while stderr was blocked (log lines and agents' stderr)`));
   return log;
+}
+
+/**
+ * Runs `fn` and returns the log lines it made instead of writing them, so that the caller can decide,
+ * once it knows what `fn` did, whether they are worth writing (writeLogLines) or only worth counting.
+ * If `fn` throws, its lines are written.
+ */
+export function holdLogLines(fn: () => void): string[] {
+  const outer = held;
+  const lines: string[] = [];
+  held = lines;
+  try {
+    fn();
+  } catch (error) {
+    held = outer;
+    writeLogLines(lines);
+    throw error;
+  } finally {
+    held = outer;
+  }
+  return lines;
+}
+
+export function writeLogLines(lines: string[]): void {
+  for (const line of lines) destination.write(line);
 }

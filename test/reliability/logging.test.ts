@@ -1,6 +1,7 @@
 /**
- * What a reader of the upgrader's stderr can do to the upgrader: a stderr that nobody reads may neither
- * grow the upgrader nor stall a handoff.
+ * What an agent, or a reader of the upgrader's stderr, can do to the upgrader's memory and log: an agent
+ * that repeats itself, a stderr that nobody reads. None of them may grow the upgrader, stall a handoff,
+ * or multiply into the log.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
@@ -9,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, makeRoot, readLines, startUpgrader, stopAllUpgraders, Upgrader, waitUntil, workSpans } from '../helpers.js';
+import { askUpgrade, CLI, cleanupRoots, makeRoot, readLines, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil, workSpans } from '../helpers.js';
 
 const cleanups: (() => void)[] = [];
 
@@ -20,6 +21,42 @@ afterEach(async () => {
 });
 
 const FAST = ['--ready-timeout', '10s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
+const summed = (up: Upgrader, kind: string) => up.logs.filter((l) => l.repeated === kind).reduce((n, l) => n + (l.count as number), 0);
+
+describe('an agent that repeats itself', () => {
+  it('100,000 ready lines and 10,000 each of other no-op lines: a bounded log, with the counts', async () => {
+    const repeats = {
+      '{"type":"ready"}': 100_000,
+      '{"type":"stopped"}': 10_000,
+      'not json': 10_000,
+      '{"type":"no-such-type"}': 10_000,
+      '{"type":"upgrade"}': 10_000,
+      '{"type":"upgrade","version":"9.9.9"}': 10_000,
+    };
+    const root = makeRoot({ '1.0.0': { fixture: 'hostile.mjs', config: { mode: 'repeats', repeats } } }, '1.0.0');
+    const { up } = await startReady(root, FAST);
+    await waitUntil(() => readLines(root, 'state/agent-status.json').some((l) => l.includes('repeats sent')), 'the agent has sent every line', 60_000);
+    // The agent's exit reports what is still counted.
+    up.kill('SIGTERM');
+    expect((await up.waitForExit()).code).toBe(0);
+    const first = (msg: string) => up.logs.filter((l) => l.msg === msg).length;
+    // The first of each kind (after the ready that made the agent ready) in full, the rest counted.
+    expect(first('transition running -> running on ready')).toBe(2);
+    expect(summed(up, 'ready')).toBe(99_999);
+    expect(first('transition running -> running on stopped')).toBe(1);
+    expect(summed(up, 'stopped')).toBe(9_999);
+    expect(first('ignored a line that is not a protocol message')).toBe(1);
+    expect(summed(up, 'garbage')).toBe(9_999);
+    expect(first('ignored a message of unknown type')).toBe(1);
+    expect(summed(up, 'unknown')).toBe(9_999);
+    expect(first('protocol error: a message breaks its schema')).toBe(1);
+    expect(summed(up, 'invalid')).toBe(9_999);
+    expect(first('sent upgrade-failed')).toBe(1);
+    expect(summed(up, 'upgrade live 9.9.9')).toBe(9_999);
+    expect(up.logs.find((l) => l.repeated === 'ready')!.msg).toMatch(/^ready \(changing nothing\) repeated [\d,]+ times in the last \d+ s$/);
+    expect(up.logs.length).toBeLessThan(60);
+  }, 90_000);
+});
 
 type StderrKind = 'socket pair' | 'FIFO';
 

@@ -1,9 +1,10 @@
 /**
  * The pieces that keep logging bounded and non-blocking: the stderr sinks (a stalled reader, a failing
- * file).
+ * file) and the summary of an agent's repeated lines.
  */
 import { Writable } from 'node:stream';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { describeRepeats, MAX_KINDS, OTHER_KIND, RepeatSummary, type Repeats } from '../../src/log-repeats.js';
 import { DirectSink, QueuedSink } from '../../src/stderr.js';
 
 /** A reader that takes what it is given only when the test says so. */
@@ -85,5 +86,58 @@ describe('DirectSink (a file or a terminal)', () => {
     failing = false;
     sink.write(line(3));
     expect(written.join('')).toBe('line 003\ndropped 3\n');
+  });
+});
+
+describe('RepeatSummary', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  function summary(): { repeats: RepeatSummary; reports: Repeats[] } {
+    vi.useFakeTimers();
+    const reports: Repeats[] = [];
+    return { repeats: new RepeatSummary((r) => reports.push(r), 10_000, () => Date.now()), reports };
+  }
+
+  it('the first of a kind is logged, the rest counted and reported once per window; idle, no timer is left', () => {
+    const { repeats, reports } = summary();
+    expect(repeats.note('ready', 'ready (changing nothing)')).toBe(true);
+    expect(vi.getTimerCount()).toBe(0);
+    for (let i = 0; i < 1234; i++) expect(repeats.note('ready', 'ready (changing nothing)')).toBe(false);
+    expect(repeats.note('garbage', 'a line that is not a protocol message')).toBe(true);
+    expect(vi.getTimerCount()).toBe(1);
+    vi.advanceTimersByTime(10_000);
+    expect(reports).toEqual([{ kind: 'ready', label: 'ready (changing nothing)', count: 1234, ms: 10_000 }]);
+    expect(describeRepeats(reports[0]!)).toBe('ready (changing nothing) repeated 1,234 times in the last 10 s');
+    expect(vi.getTimerCount()).toBe(0);
+    // Still repeating right after a summary: counted, for the next one.
+    expect(repeats.note('ready', 'ready (changing nothing)')).toBe(false);
+    vi.advanceTimersByTime(10_000);
+    expect(reports).toHaveLength(2);
+    expect(vi.getTimerCount()).toBe(0);
+    // After a quiet window, the kind is logged in full again.
+    vi.advanceTimersByTime(10_000);
+    expect(repeats.note('ready', 'ready (changing nothing)')).toBe(true);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('flush (the agent is gone) reports what is pending at once and disarms the timer', () => {
+    const { repeats, reports } = summary();
+    repeats.note('stopped', 'stopped (changing nothing)', 5);
+    vi.advanceTimersByTime(2_000);
+    repeats.flush();
+    expect(reports).toEqual([{ kind: 'stopped', label: 'stopped (changing nothing)', count: 4, ms: 2_000 }]);
+    expect(vi.getTimerCount()).toBe(0);
+    repeats.flush();
+    expect(reports).toHaveLength(1);
+  });
+
+  it(`follows at most ${MAX_KINDS} kinds: past that, new kinds are counted together`, () => {
+    const { repeats, reports } = summary();
+    for (let i = 0; i < MAX_KINDS; i++) expect(repeats.note(`upgrade live v${i}`, `v${i}`)).toBe(true);
+    for (let i = MAX_KINDS; i < 1000; i++) expect(repeats.note(`upgrade live v${i}`, `v${i}`)).toBe(false);
+    repeats.flush();
+    expect(reports).toEqual([expect.objectContaining({ kind: OTHER_KIND, count: 1000 - MAX_KINDS })]);
   });
 });
