@@ -6,7 +6,7 @@
  * an idle upgrader has no wake-ups.
  */
 import { performance } from 'node:perf_hooks';
-import type { AgentLineEvent, AgentProcess } from './agent-process.js';
+import { MAX_UNREAD_BYTES, type AgentLineEvent, type AgentProcess } from './agent-process.js';
 import type { Logger } from './log.js';
 
 export const REPEAT_WINDOW_MS = 10_000;
@@ -115,7 +115,10 @@ export function describeRepeats({ label, count, ms }: Repeats): string {
 export class AgentRepeats {
   private readonly summary: RepeatSummary;
 
-  constructor(proc: AgentProcess, log: Logger) {
+  constructor(
+    private readonly proc: AgentProcess,
+    private readonly log: Logger,
+  ) {
     const who = { agentPid: proc.pid, version: proc.spec.version };
     this.summary = new RepeatSummary((r) => log.warn({ ...who, repeated: r.kind, count: r.count, seconds: Math.round(r.ms / 1000) }, describeRepeats(r)));
   }
@@ -126,8 +129,20 @@ export class AgentRepeats {
     return this.summary.note(kind, label);
   }
 
+  /** Replies dropped because the agent does not read its stdin (AgentProcess.send): the first is logged, the rest counted. */
+  noteDroppedReplies(): void {
+    const dropped = this.proc.takeDroppedReplies();
+    if (dropped === 0 || !this.summary.note('dropped-reply', 'an upgrade-failed reply dropped (the agent does not read its stdin)', dropped)) return;
+    const { pid, spec } = this.proc;
+    this.log.warn(
+      { agentPid: pid, version: spec.version, unreadLimit: MAX_UNREAD_BYTES },
+      `${spec.version} (pid ${pid}) does not read its stdin: an upgrade-failed reply to it was dropped, as more than 64 KiB sent to it is unread; later ones are counted`,
+    );
+  }
+
   /** The agent's output has ended: what is pending is reported now. */
   end(): void {
+    this.noteDroppedReplies();
     this.summary.flush();
   }
 }

@@ -313,6 +313,7 @@ export class Supervisor {
     const before = this.ctx;
     const logged = holdLogLines(() => this.handleAgentLine(proc, line));
     if (this.ctx !== before || repeats.isFirst(line)) writeLogLines(logged);
+    repeats.noteDroppedReplies();
   }
 
   private handleAgentLine(proc: AgentProcess, line: Exclude<LineEvent, { kind: 'end' }>): void {

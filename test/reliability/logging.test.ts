@@ -1,7 +1,7 @@
 /**
  * What an agent, or a reader of the upgrader's stderr, can do to the upgrader's memory and log: an agent
- * that repeats itself, a stderr that nobody reads. None of them may grow the upgrader, stall a handoff,
- * or multiply into the log.
+ * that never reads its stdin, an agent that repeats itself, a stderr that nobody reads. None of them may
+ * grow the upgrader, stall a handoff, or multiply into the log.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, makeRoot, readLines, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil, workSpans } from '../helpers.js';
+import { askUpgrade, CLI, cleanupRoots, makeRoot, readLines, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil, workSpans, type LogLine } from '../helpers.js';
 
 const cleanups: (() => void)[] = [];
 
@@ -21,7 +21,33 @@ afterEach(async () => {
 });
 
 const FAST = ['--ready-timeout', '10s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
+const rssMb = (pid: number) => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 const summed = (up: Upgrader, kind: string) => up.logs.filter((l) => l.repeated === kind).reduce((n, l) => n + (l.count as number), 0);
+
+describe('an agent that never reads its stdin', () => {
+  it('and floods upgrade requests: the upgrader stays bounded, drops the replies past 64 KiB and says so, summarised', async () => {
+    const root = makeRoot({ '1.0.0': { fixture: 'hostile.mjs', config: { mode: 'deaf' } } }, '1.0.0');
+    const { up } = await startReady(root, FAST);
+    const baseline = rssMb(up.pid);
+    let peak = baseline;
+    const sampler = setInterval(() => (peak = Math.max(peak, rssMb(up.pid))), 100);
+    let refused: LogLine;
+    try {
+      // The refused requests are summarised at the end of their first window (10 s).
+      refused = await up.waitForLog((l) => l.repeated === 'upgrade live 9.9.9', 20_000, 'the summary of the refused requests');
+    } finally {
+      clearInterval(sampler);
+    }
+    expect(refused.count as number).toBeGreaterThan(10_000);
+    expect(peak - baseline).toBeLessThan(40);
+    const dropped = await up.waitForLog((l) => l.repeated === 'dropped-reply', 1_000, 'the summary of the dropped replies');
+    expect(dropped.count as number).toBeGreaterThan(10_000);
+    expect(up.logs.filter((l) => l.msg.includes('does not read its stdin: an upgrade-failed reply to it was dropped'))).toHaveLength(1);
+    // The first refusal in full, then summaries only.
+    expect(up.logs.filter((l) => l.msg === 'sent upgrade-failed')).toHaveLength(1);
+    expect(up.logs.length).toBeLessThan(40);
+  }, 40_000);
+});
 
 describe('an agent that repeats itself', () => {
   it('100,000 ready lines and 10,000 each of other no-op lines: a bounded log, with the counts', async () => {
