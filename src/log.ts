@@ -12,9 +12,12 @@ export type { Logger };
 /** While set, log lines are collected here instead of written (see holdLogLines). */
 let held: string[] | null = null;
 
+/** Errors are never held back: a failed write or a lost root must be seen, whatever else repeats. */
+const isError = (line: string) => line.startsWith('{"level":"error"') || line.startsWith('{"level":"fatal"');
+
 const destination = {
   write(line: string): void {
-    if (held) held.push(line);
+    if (held && !isError(line)) held.push(line);
     else writeStderr(Buffer.from(line));
   },
 };
@@ -28,7 +31,7 @@ export function createLogger(level = process.env.UPGRADER_LOG_LEVEL ?? 'info'): 
 /**
  * Runs `fn` and returns the log lines it made instead of writing them, so that the caller can decide,
  * once it knows what `fn` did, whether they are worth writing (writeLogLines) or only worth counting.
- * If `fn` throws, its lines are written.
+ * Errors are written at once; if `fn` throws, its lines are written.
  */
 export function holdLogLines(fn: () => void): string[] {
   const outer = held;

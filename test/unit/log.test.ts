@@ -4,6 +4,7 @@
  */
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { createLogger, holdLogLines } from '../../src/log.js';
 import { describeRepeats, MAX_KINDS, OTHER_KIND, RepeatSummary, type Repeats } from '../../src/log-repeats.js';
 import { DirectSink, QueuedSink } from '../../src/stderr.js';
 
@@ -139,5 +140,16 @@ describe('RepeatSummary', () => {
     for (let i = MAX_KINDS; i < 1000; i++) expect(repeats.note(`upgrade live v${i}`, `v${i}`)).toBe(false);
     repeats.flush();
     expect(reports).toEqual([expect.objectContaining({ kind: OTHER_KIND, count: 1000 - MAX_KINDS })]);
+  });
+});
+
+describe('holdLogLines', () => {
+  it('holds back what a step logs, but never an error', () => {
+    const log = createLogger('info');
+    const held = holdLogLines(() => {
+      log.info('held back');
+      log.error('written at once (this line is expected in the test output)');
+    });
+    expect(held.map((line) => JSON.parse(line).msg)).toEqual(['held back']);
   });
 });
