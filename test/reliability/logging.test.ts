@@ -121,7 +121,7 @@ describe('a stderr that nobody reads', () => {
     await up.waitForTransition('ready', 'running');
     up.child.stderr!.pause();
     askUpgrade(root, pid, '2.0.0');
-    await waitUntil(() => toldGo(root, '2.0.0'), 'the candidate is told go, with stderr unread', 10_000);
+    await waitUntil(() => workSpans(root).some((span) => span.version === '2.0.0'), 'the new version works, with stderr unread', 10_000);
     expect(readLines(root, 'events.log').some((l) => l.includes('2.0.0 wrote its stderr'))).toBe(true);
     const [old, next] = workSpans(root);
     expect(old!.version).toBe('1.0.0');
