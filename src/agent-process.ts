@@ -1,12 +1,13 @@
 /**
  * One agent process: spawned in its own process group, spoken to over stdin/stdout, killed with its
- * whole tree. The agent's stdout is read through the bounded LineReader, so nothing it writes can grow
- * the upgrader's memory. Its stderr is passed on to the upgrader's stderr line by line (see
- * StderrForwarder), so that an agent's long lines never cut into the upgrader's own log lines.
+ * whole tree. What the upgrader holds for an agent is bounded whatever the agent does: its stdout is read
+ * through the bounded LineReader; what waits for it to read its stdin is bounded by send(); its stderr
+ * is passed on to the upgrader's stderr line by line (see StderrForwarder), so that an agent's long
+ * lines never cut into the upgrader's own log lines, through the upgrader's bounded stderr queue.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import treeKill from 'tree-kill';
-import { writeStderr } from './log.js';
+import { writeStderr } from './stderr.js';
 import { LineReader, encode, MAX_LINE_BYTES, parseAgentLine, PROTOCOL_VERSION, type AgentMessage, type Parsed, type UpgraderMessage } from './protocol.js';
 import { findLiveProcesses, identify, type ProcessIdentity } from './proc.js';
 
@@ -20,8 +21,17 @@ export type AgentSpec = {
   fromVersion: string | null;
 };
 
+/**
+ * Unread bytes queued for an agent past which it is sent no more `upgrade-failed` replies. `stop` and
+ * `go` are each sent at most once per agent, so they are always queued.
+ */
+export const MAX_UNREAD_BYTES = 64 * 1024;
+
+/** What comes out of an agent's stdout: a line (parsed, or why not), or its end. */
+export type AgentLineEvent = Parsed<AgentMessage> | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number } | { kind: 'end' };
+
 export type AgentCallbacks = {
-  onLine: (parsed: Parsed<AgentMessage> | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number }) => void;
+  onLine: (event: AgentLineEvent) => void;
   onExit: (code: number | null, signal: NodeJS.Signals | null, error: Error | null) => void;
 };
 
@@ -35,6 +45,7 @@ export class AgentProcess {
   readonly identity: ProcessIdentity | null;
   readonly spawnedAt = new Date();
   private exited = false;
+  private droppedReplies = 0;
   private readonly child: ChildProcess;
 
   constructor(
@@ -69,7 +80,10 @@ export class AgentProcess {
     // failure arrives as an 'error' event, reported below as the agent's exit.
     const reader = new LineReader((event) => callbacks.onLine(event.kind === 'line' ? parseAgentLine(event.line) : event));
     this.child.stdout?.on('data', (chunk: Buffer) => reader.push(chunk));
-    this.child.stdout?.on('end', () => reader.end());
+    this.child.stdout?.on('end', () => {
+      reader.end();
+      callbacks.onLine({ kind: 'end' });
+    });
     const stderr = new StderrForwarder();
     this.child.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk));
     this.child.stderr?.on('end', () => stderr.end());
@@ -94,9 +108,22 @@ export class AgentProcess {
     return this.exited;
   }
 
+  /** Queues a message for the agent; an `upgrade-failed` reply to an agent that does not read its stdin is dropped, and counted. */
   send(message: UpgraderMessage): void {
-    if (this.exited || !this.child.stdin?.writable) return;
-    this.child.stdin.write(encode(message));
+    const stdin = this.child.stdin;
+    if (this.exited || !stdin?.writable) return;
+    if (message.type === 'upgrade-failed' && stdin.writableLength > MAX_UNREAD_BYTES) {
+      this.droppedReplies++;
+      return;
+    }
+    stdin.write(encode(message));
+  }
+
+  /** How many replies were dropped since the last call. */
+  takeDroppedReplies(): number {
+    const dropped = this.droppedReplies;
+    this.droppedReplies = 0;
+    return dropped;
   }
 
   /** SIGTERM to the whole group, with SIGCONT so that a stopped process can act on it. */

@@ -10,6 +10,7 @@ import { describeError, EXIT, UpgraderError } from './errors.js';
 import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
 import { sendControlRequest, type ControlRequest } from './control.js';
 import { createLogger } from './log.js';
+import { flushStderr, writeStderr } from './stderr.js';
 import { Ownership } from './ownership.js';
 import { formatHost, formatStatus, hostExitCode, readHost, readStatus, statusExitCode } from './status.js';
 import { StateFile } from './state.js';
@@ -188,7 +189,7 @@ async function run(args: string[]): Promise<number> {
     log.fatal({ err: describeError(error), stack: error instanceof Error ? error.stack : undefined }, 'internal error: killing the agents and exiting 70');
     supervisor?.killAllNow();
     ownership.release();
-    process.exit(EXIT.internal);
+    exit(EXIT.internal);
   };
   process.on('uncaughtException', die);
   process.on('unhandledRejection', die);
@@ -376,12 +377,16 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    const known = UpgraderError.from(error);
-    process.stderr.write(`upgrader: ${known ? known.message : `unexpected error: ${describeError(error)}`}\n`);
-    if (!known && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-    process.exit(known ? known.exitCode : EXIT.internal);
-  },
-);
+/** How long an exiting upgrader waits for a stalled stderr to take its last lines. */
+const EXIT_FLUSH_MS = 500;
+
+function exit(code: number): void {
+  void flushStderr(EXIT_FLUSH_MS).then(() => process.exit(code));
+}
+
+main(process.argv.slice(2)).then(exit, (error: unknown) => {
+  const known = UpgraderError.from(error);
+  writeStderr(Buffer.from(`upgrader: ${known ? known.message : `unexpected error: ${describeError(error)}`}\n`));
+  if (!known && error instanceof Error && error.stack) writeStderr(Buffer.from(`${error.stack}\n`));
+  exit(known ? known.exitCode : EXIT.internal);
+});

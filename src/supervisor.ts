@@ -9,7 +9,8 @@ import { AgentProcess, agentMarker, signalQuietly } from './agent-process.js';
 import { describeError, EXIT, UpgraderError } from './errors.js';
 import { transition, initialContext, publicState, type Config, type Context, type Effect, type Event, type Origin, type Outcome, type Probation, type TimerName } from './handoff.js';
 import type { Layout } from './layout.js';
-import type { Logger } from './log.js';
+import { holdLogLines, writeLogLines, type Logger } from './log.js';
+import { AgentRepeats } from './log-repeats.js';
 import { AgentStatusFile } from './agent-status.js';
 import type { Ownership } from './ownership.js';
 import type { SystemdNotifier } from './notify.js';
@@ -25,7 +26,7 @@ import treeKill from 'tree-kill';
 const KILL_CONFIRM_MS = 5000;
 const POLL_MS = 20;
 
-type LineEvent = Parsed<AgentMessage> | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number };
+type LineEvent = Parsed<AgentMessage> | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number } | { kind: 'end' };
 
 const isRequired = (effect: Effect): boolean => (effect.kind === 'persist' || effect.kind === 'commit-current') && effect.required;
 
@@ -34,6 +35,7 @@ class LostOwnershipError extends Error {}
 export class Supervisor {
   private ctx: Context = initialContext();
   private readonly procs = new Map<number, AgentProcess>();
+  private readonly repeats = new WeakMap<AgentProcess, AgentRepeats>();
   private readonly timers = new Map<TimerName, NodeJS.Timeout>();
   private readonly queue: Event[] = [];
   private dispatching = false;
@@ -151,6 +153,9 @@ export class Supervisor {
   }
 
   private logTransition(previous: Context, event: Event, next: Context): void {
+    // What the agent repeated is reported now: the upgrader may exit before its stdout's end is read.
+    const exited = event.type === 'exited' ? this.procs.get(event.id) : undefined;
+    if (exited) this.repeats.get(exited)?.end();
     const agent = (ref: { id: number; version: string } | null) => (ref ? { version: ref.version, agentPid: this.procs.get(ref.id)?.pid ?? null } : null);
     const detail: Record<string, unknown> = { ...event };
     delete detail.type;
@@ -297,7 +302,28 @@ export class Supervisor {
     return proc;
   }
 
+  /**
+   * A line from an agent, handled and logged. A line that changes nothing is logged in full only the
+   * first time of its kind in a window, else counted for a summary (log-repeats.ts): what an agent
+   * sends cannot multiply into the log.
+   */
   private onAgentLine(proc: AgentProcess, line: LineEvent): void {
+    let repeats = this.repeats.get(proc);
+    if (!repeats) this.repeats.set(proc, (repeats = new AgentRepeats(proc, this.log)));
+    if (line.kind === 'end') return repeats.end();
+    if (line.kind === 'message' && line.message.type === 'status') return this.onAgentMessage(proc, line.message);
+    if (line.kind !== 'message' && line.kind !== 'invalid') {
+      // Ignored whatever the state: only the first of its kind in a window is even made into a log line.
+      if (repeats.isFirst(line)) this.handleAgentLine(proc, line);
+      return;
+    }
+    const before = this.ctx;
+    const logged = holdLogLines(() => this.handleAgentLine(proc, line));
+    if (this.ctx !== before || repeats.isFirst(line)) writeLogLines(logged);
+    repeats.noteDroppedReplies();
+  }
+
+  private handleAgentLine(proc: AgentProcess, line: Exclude<LineEvent, { kind: 'end' }>): void {
     const who = { agentPid: proc.pid, version: proc.spec.version };
     switch (line.kind) {
       case 'message':
