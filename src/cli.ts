@@ -3,6 +3,7 @@
  * The command line: `upgrader run` (the supervisor, started by the init system) and `upgrader status`.
  * Errors become one sentence on stderr and a documented exit status (see errors.ts and the README).
  */
+import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { AgentStatusFile } from './agent-status.js';
 import { DEFAULTS, runConfig } from './config.js';
@@ -245,13 +246,19 @@ async function install(args: string[]): Promise<number> {
   const progress = process.stderr.isTTY
     ? (done: number, total: number) => process.stderr.write(`\runpacking ${Math.floor((done / total) * 100)}%`)
     : undefined;
-  const actor = actorFor(Layout.open(requireRoot(v.root)).root);
-  if (actor.kind === 'owner') return runAsOwner(actor, ['install', ...args]);
+  // The root is resolved once: what was checked is what is worked on (a link flipped meanwhile changes nothing).
+  const root = Layout.open(requireRoot(v.root)).root;
+  const source = resolve(v.source);
+  const actor = actorFor(root);
+  if (actor.kind === 'owner') {
+    const options = Object.entries({ '--sha256': v.sha256, '--entry': v.entry }).flatMap(([flag, value]) => (typeof value === 'string' ? [flag, value] : []));
+    return runAsOwner(actor, ['install', '--root', root, '--version', v.version, ...options, ...(v.json ? ['--json'] : []), source]);
+  }
   const { installVersion } = await import('./install.js');
   const result = await installVersion({
-    root: requireRoot(v.root),
+    root,
     version: v.version,
-    source: v.source,
+    source,
     sha256: v.sha256 as string | undefined,
     entry: (v.entry as string | undefined) ?? DEFAULT_ENTRY,
     onProgress: progress,
@@ -267,7 +274,7 @@ async function versions(args: string[]): Promise<number> {
   if (v.help) return help('versions');
   const layout = Layout.open(requireRoot(v.root));
   const actor = actorFor(layout.root);
-  if (actor.kind === 'owner') return runAsOwner(actor, ['versions', ...args]);
+  if (actor.kind === 'owner') return runAsOwner(actor, ['versions', ...args, '--root', layout.root]);
   const { listVersions } = await import('./versions.js');
   const list = listVersions(layout);
   if (v.json) printJson(list);
@@ -288,7 +295,7 @@ async function prune(args: string[]): Promise<number> {
   if (typeof v.keep !== 'string' || !Number.isInteger(keep) || keep < 0) throw new UpgraderError('E_USAGE', `--keep must be a whole number of versions, not ${JSON.stringify(v.keep ?? '')}.`);
   const layout = Layout.open(requireRoot(v.root));
   const actor = actorFor(layout.root);
-  if (actor.kind === 'owner') return runAsOwner(actor, ['prune', ...args]);
+  if (actor.kind === 'owner') return runAsOwner(actor, ['prune', ...args, '--root', layout.root]);
   const { pruneVersions } = await import('./versions.js');
   const result = await pruneVersions(layout, keep, v['dry-run'] === true);
   if (v.json) printJson(result);
@@ -308,7 +315,7 @@ async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]):
   // As root on another user's root, the socket is reached as that user: root never connects to a path the
   // owner could have replaced with a link to another socket.
   const actor = actorFor(layout.root);
-  if (actor.kind === 'owner') return runAsOwner(actor, [command, ...args]);
+  if (actor.kind === 'owner') return runAsOwner(actor, [command, ...args, '--root', layout.root]);
   const wait = v['no-wait'] !== true;
   let request: ControlRequest;
   if (command === 'upgrade') {

@@ -10,13 +10,15 @@
  * version; a crash leaves only temporary names, which the next install or run removes.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, cpSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { chmodSync, closeSync, cpSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, statSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
 import { checkDigest, unpackCopy, withPrivateCopy } from './archive.js';
 import { linkEscape } from './containment.js';
 import { UpgraderError } from './errors.js';
 import { fsyncDirectory, fsyncTree } from './durable.js';
-import { assertVersionName, DEFAULT_ENTRY, Layout, unsafeTreeForRoot } from './layout.js';
+import { assertVersionName, DEFAULT_ENTRY, Layout, selfAndAncestors, unsafeForRoot, unsafeTreeForRoot } from './layout.js';
+import { actorFor } from './privilege.js';
+import { removeTree } from './remove-tree.js';
 import { withLayoutLock } from './layout-lock.js';
 import { Quarantine } from './quarantine.js';
 import { openRegularFile } from './safe-file.js';
@@ -49,6 +51,8 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
     throw new UpgraderError('E_USAGE', `--sha256 must be 64 hexadecimal digits, not ${JSON.stringify(options.sha256)}.`);
   }
 
+  if (asRoot()) refuseWhatOthersControl(layout, options.source);
+
   layout.removeStaleTemporaries();
   const staging = join(layout.versionsDir, `.${options.version}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   // Private while it is assembled: nobody else can reach into it, whatever modes its entries arrive with.
@@ -78,7 +82,25 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
       return { version: options.version, path: target, identical: false, liftedQuarantine: lift() };
     });
   } finally {
-    rmSync(staging, { recursive: true, force: true });
+    removeTree(staging);
+  }
+}
+
+/**
+ * As root, install works only where nobody else has a say: a root that root alone can change (a user's
+ * root is installed into by that user: the CLI re-executes itself as them), and a source reached through
+ * nothing another user owns or can write, so that no link of theirs can make root read, hash or copy a
+ * file they could not read themselves.
+ */
+function refuseWhatOthersControl(layout: Layout, source: string): void {
+  const actor = actorFor(layout.root);
+  if (actor.kind === 'owner') {
+    throw new UpgraderError('E_PERMISSION', `${layout.root} belongs to uid ${actor.uid}: install into it as that user (the upgrader command does so by itself when root runs it).`);
+  }
+  const given = resolve(source);
+  const problem = unsafeForRoot(selfAndAncestors(given)) ?? unsafeForRoot(selfAndAncestors(realpathSync(given)));
+  if (problem) {
+    throw new UpgraderError('E_UNSAFE_ARCHIVE', `Refusing the source ${source}: ${problem}; as root, install only from a file or directory no other user can change (copy it somewhere only root can write first), or install as that user.`);
   }
 }
 

@@ -265,7 +265,8 @@ export function unsafeForRoot(paths: string[]): string | null {
   for (const path of paths) {
     const stat = lstatSync(path);
     const stickyRootDir = stat.isDirectory() && (stat.mode & 0o1000) !== 0;
-    const problem = ownedByAnother(path, stat) ?? (stickyRootDir ? null : writableByAnother(path, stat));
+    // A link's mode means nothing (always 0777) and it cannot be changed in place: its owner is what counts.
+    const problem = ownedByAnother(path, stat) ?? (stickyRootDir || stat.isSymbolicLink() ? null : writableByAnother(path, stat));
     if (problem) return problem;
   }
   return null;

@@ -17,6 +17,7 @@ import { constants } from 'node:os';
 import { join } from 'node:path';
 import { UpgraderError } from './errors.js';
 import { selfAndAncestors, unsafeForRoot } from './layout.js';
+import { printable } from './printable.js';
 
 export type Actor = { kind: 'self' } | { kind: 'owner'; uid: number; gid: number };
 
@@ -52,15 +53,41 @@ export function refuseForeignRootForRun(root: string): void {
   }
 }
 
-/** Runs this same command as the root's owner and resolves with its exit status. */
+/**
+ * Runs this same command as the root's owner and resolves with its exit status. The child is the owner's
+ * process, so the owner may read its memory and environment and write to its pipes: it gets no terminal
+ * (its own session, stdin closed: nothing to push keystrokes into), only the environment variables the
+ * upgrader reads (never root's secrets), and what it prints reaches the operator with every control
+ * character escaped.
+ */
 export function runAsOwner(actor: Extract<Actor, { kind: 'owner' }>, args: string[]): Promise<number> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args], { uid: actor.uid, gid: actor.gid, stdio: 'inherit' });
+    const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args], {
+      uid: actor.uid,
+      gid: actor.gid,
+      detached: true,
+      cwd: '/',
+      env: ownerEnvironment(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    relayPrintable(child.stdout!, process.stdout);
+    relayPrintable(child.stderr!, process.stderr);
     const forward = (signal: NodeJS.Signals) => child.kill(signal);
     for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, forward);
     child.on('error', (error) => reject(new UpgraderError('E_PERMISSION', `Cannot run the command as the root's owner (uid ${actor.uid}): ${error.message}.`, { cause: error })));
-    child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 0)));
+    child.on('close', (code, signal) => resolve(code ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 0)));
   });
+}
+
+/** What the owner's process may see of root's environment: locale, path, and the upgrader's own settings. */
+function ownerEnvironment(): NodeJS.ProcessEnv {
+  const kept = Object.entries(process.env).filter(([name]) => /^(PATH|LANG|LC_[A-Z]+|TZ|NO_COLOR|UPGRADER_[A-Z0-9_]+)$/.test(name));
+  return Object.fromEntries(kept);
+}
+
+function relayPrintable(from: NodeJS.ReadableStream, to: NodeJS.WritableStream): void {
+  from.setEncoding('utf8');
+  from.on('data', (text: string) => to.write(printable(text)));
 }
 
 

@@ -2,7 +2,7 @@
  * What Linux's /proc tells about other processes. A PID alone is not an identity (PIDs are reused),
  * so a process is named by its PID plus its start time in clock ticks since boot, plus the boot's id.
  */
-import { closeSync, readFileSync, readdirSync } from 'node:fs';
+import { closeSync, readFileSync, readdirSync, statSync } from 'node:fs';
 
 export type ProcessIdentity = { pid: number; startTicks: number; bootId: string };
 
@@ -63,6 +63,9 @@ export function findLiveProcesses(match: { processGroup?: number; environment?: 
       continue;
     }
     if (wanted.length === 0) continue;
+    // Only our own processes: anyone can put the marker in a process's environment, and a process of
+    // another user found by it would be killed (or waited for) in vain, keeping our agent from starting.
+    if (!ownedByUs(pid)) continue;
     let environ: Buffer;
     try {
       environ = readFileSync(`/proc/${pid}/environ`);
@@ -73,6 +76,14 @@ export function findLiveProcesses(match: { processGroup?: number; environment?: 
     if (wanted.every((pair) => haystack.includes(pair))) found.push(pid);
   }
   return found;
+}
+
+function ownedByUs(pid: number): boolean {
+  try {
+    return statSync(`/proc/${pid}`).uid === process.geteuid?.();
+  } catch {
+    return false;
+  }
 }
 
 const O_CLOEXEC = 0o2000000;

@@ -12,11 +12,13 @@ import { z } from 'zod';
 import { replaceFileAtomically } from './durable.js';
 import { readSmallFile } from './safe-file.js';
 import { HandoffMode } from './protocol.js';
+import { VERSION_NAME } from './layout.js';
 
 export const STATE_SCHEMA = 1;
 export const HISTORY_LIMIT = 20;
 
-const Version = z.string().min(1).max(128);
+// A version name as layout.ts allows it: a tampered name can neither build a path nor drive a terminal.
+const Version = z.string().regex(VERSION_NAME);
 const Iso = z.string();
 
 const RecordedAgent = z.object({

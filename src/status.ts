@@ -4,7 +4,8 @@
  */
 import { AgentStatusFile, type AgentStatus } from './agent-status.js';
 import { formatDuration } from './duration.js';
-import { readdirSync, statSync } from 'node:fs';
+import { lstatSync, readdirSync, statSync } from 'node:fs';
+import { printable } from './printable.js';
 import { join } from 'node:path';
 import { describeError, EXIT, UpgraderError } from './errors.js';
 import { Layout } from './layout.js';
@@ -48,6 +49,8 @@ export type StatusReport = {
 const ASK_OWNER = "run status as the root's owner or as root";
 
 export function readStatus(layout: Layout, now = Date.now()): StatusReport {
+  const linked = linkedDirectory(layout.root);
+  if (linked) return unopenedReport(layout.root, 'broken', linked);
   const ownerRead = readOwnerRecord(layout.stateDir);
   const recorded = 'unreadable' in ownerRead ? null : ownerRead.record;
   const owner = recorded && isSameProcessAlive(recorded) ? recorded : null;
@@ -83,6 +86,21 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
     repair: saved?.repair ?? null,
     ownerProblem: 'unreadable' in ownerRead ? ownerRead.unreadable : ownerRead.problem,
   };
+}
+
+/**
+ * A root's own directories are never read through a link: its owner could point them at another user's
+ * root, and `status` run by root would show that root's records as this one's.
+ */
+function linkedDirectory(root: string): string | null {
+  for (const name of ['versions', 'state']) {
+    try {
+      if (lstatSync(join(root, name)).isSymbolicLink()) return `${join(root, name)} is a symbolic link, which the upgrader never follows`;
+    } catch {
+      // missing: said elsewhere
+    }
+  }
+  return null;
 }
 
 /** What a root that could not even be opened looks like in a report. */
@@ -153,7 +171,8 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   if (r.repair) rows.push(['repaired', `${ago(r.repair.at, now)}: ${r.repair.problem}; ran ${r.repair.version} instead and pointed current at it`]);
   if (r.ownerProblem && r.state !== 'unreadable') rows.push(['warning', r.ownerProblem]);
   const width = Math.max(...rows.map(([k]) => k.length));
-  return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');
+  // Every value comes from files the root's owner writes: escaped, so that none can drive the terminal.
+  return rows.map(([k, v]) => `${k.padEnd(width)}  ${printable(v)}`).join('\n');
 }
 
 export type HostReport = StatusReport & { name: string };
@@ -221,12 +240,12 @@ export function formatHost(reports: HostReport[], base: string, colour: boolean,
     r.agent ? String(r.agent.pid) : '-',
     r.agent ? formatDuration(r.agent.uptimeMs) : '-',
     r.lastUpgrade ? `${r.lastUpgrade.from} -> ${r.lastUpgrade.to} ${r.lastUpgrade.result} ${ago(r.lastUpgrade.at, now)}` : '-',
-  ]);
+  ].map(printable));
   const header = ['NAME', 'STATE', 'VERSION', 'PID', 'UPTIME', 'LAST UPGRADE'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[], paintState: boolean) =>
     cells.map((cell, i) => (i === 1 && paintState ? paint(cell) + ' '.repeat(widths[i]! - cell.length) : cell.padEnd(widths[i]!))).join('  ').trimEnd();
   const table = [line(header, false), ...rows.map((row) => line(row, true))];
-  const problems = reports.filter((r) => r.problem).map((r) => `${r.name}: ${r.state}: ${r.problem}`);
+  const problems = reports.filter((r) => r.problem).map((r) => printable(`${r.name}: ${r.state}: ${r.problem}`));
   return [...table, ...(problems.length ? ['', ...problems] : [])].join('\n');
 }

@@ -4,7 +4,7 @@
  * purpose, not hoped for.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, existsSync, lchownSync, mkdirSync, symlinkSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
@@ -31,20 +31,21 @@ function scratchDir(): string {
 }
 
 /** A command of the CLI that stops just before it renames versions/<version>, until released. */
-function heldCommand(args: string[], version: string): { run: ResultPromise; held: () => Promise<number>; release: () => void } {
+function heldCommand(args: string[], version: string, env: Record<string, string> = {}): { run: ResultPromise; held: () => Promise<{ uid: number; pid: number }>; release: () => void } {
   const dir = scratchDir();
   const fifo = join(dir, 'hold');
   spawnSync('mkfifo', ['-m', '0666', fifo]);
-  const run = execa(process.execPath, [CLI, ...args], {
+  const run = execa(process.execPath, ['--import', join(FIXTURES, 'hold-rename.mjs'), CLI, ...args], {
     reject: false,
     timeout: 60_000,
-    env: { NODE_OPTIONS: `--import ${join(FIXTURES, 'hold-rename.mjs')}`, HOLD_VERSION: version, HOLD_FIFO: fifo },
+    env: { ...env, UPGRADER_TEST_HOLD_VERSION: version, UPGRADER_TEST_HOLD_FIFO: fifo },
   });
   return {
     run,
     held: async () => {
       await waitUntil(() => existsSync(`${fifo}.held`), `the command held before renaming ${version}`, 15_000);
-      return Number(readFileSync(`${fifo}.held`, 'utf8'));
+      const [uid, pid] = readFileSync(`${fifo}.held`, 'utf8').split(' ').map(Number);
+      return { uid: uid!, pid: pid! };
     },
     release: () => writeFileSync(fifo, 'go'),
   };
@@ -116,12 +117,77 @@ describe.skipIf(!isRoot)("root on a root that another user owns", () => {
   it("prune run by root works with the owner's rights, never root's", async () => {
     const owner = ensureUser();
     const root = userRoot(owner, ['1.0.0', '2.0.0'], '1.0.0');
-    const prune = heldCommand(['prune', '--root', root, '--keep', '0'], '2.0.0');
+    const prune = heldCommand(['prune', '--root', root, '--keep', '0'], '2.0.0', { SECRET_TOKEN: 'hunter2', UPGRADER_LOG_LEVEL: 'info' });
     // The process that renames and removes the version is the owner's.
-    expect(await prune.held()).toBe(owner.uid);
+    const child = await prune.held();
+    expect(child.uid).toBe(owner.uid);
+    // The owner may read that process and write to its pipes: it holds none of root's environment, and has
+    // no terminal (its own session, no controlling tty) to push keystrokes into.
+    const environ = readFileSync(`/proc/${child.pid}/environ`, 'utf8').split('\0');
+    expect(environ).not.toContain('SECRET_TOKEN=hunter2');
+    expect(environ).toContain('UPGRADER_LOG_LEVEL=info');
+    const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+    const [, , , session, ttyNr] = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    expect(session).toBe(child.pid);
+    expect(ttyNr).toBe(0);
     prune.release();
     expect((await prune.run).exitCode).toBe(0);
     expect(readdirSync(join(root, 'versions'))).toEqual(['1.0.0']);
+  });
+
+  it("what the owner's process prints reaches root's terminal with control characters escaped", async () => {
+    const owner = ensureUser();
+    const root = userRoot(owner, ['1.0.0', '2.0.0'], '1.0.0');
+    // An entry point the owner named with an escape sequence (clear the screen), which versions reports as missing.
+    writeFileSync(join(root, 'versions/2.0.0/upgrader.json'), JSON.stringify({ entry: 'bin/\u001b[2Jgone' }));
+    const listed = await runCli(['versions', '--root', root]);
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toContain('bin/\\x1b[2Jgone');
+    expect(listed.stdout).not.toContain('\u001b');
+  });
+
+  it("status run by root never reads a user's root's state/ through a link (to another user's private root)", async () => {
+    const owner = ensureUser();
+    const root = userRoot(owner, ['1.0.0'], '1.0.0');
+    const other = makeRoot({ '1.0.0': {} }, '1.0.0');
+    mkdirSync(join(other, 'state'));
+    writeFileSync(join(other, 'state/agent-status.json'), JSON.stringify({ version: '1.0.0', pid: 1, message: 'PRIVATE of another root', at: new Date().toISOString() }));
+    spawnSync('ln', ['-s', join(other, 'state'), join(root, 'state')]);
+    const { code, report } = await statusJson(root);
+    expect(code).toBe(5);
+    expect(report).toMatchObject({ state: 'broken', problem: expect.stringMatching(/state is a symbolic link/) });
+    expect(JSON.stringify(report)).not.toContain('PRIVATE');
+  });
+
+  it("install run by root never reads, hashes or copies a source through what another user controls", async () => {
+    const owner = ensureUser();
+    const home = scratchDir();
+    chownSync(home, owner.uid, owner.gid);
+    // The owner points a link at a file only root may read, and hopes root will reveal its digest.
+    symlinkSync('/etc/shadow', join(home, 'agent-2.0.tgz'));
+    lchownSync(join(home, 'agent-2.0.tgz'), owner.uid, owner.gid);
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const result = await runCli(['install', '--root', root, '--version', '2.0.0', '--sha256', '0'.repeat(64), join(home, 'agent-2.0.tgz')]);
+    expect(result.code).toBe(65);
+    expect(result.stderr).toMatch(/Refusing the source .*agent-2\.0\.tgz: .* is owned by uid/);
+    expect(result.stderr).not.toMatch(/has SHA-256/);
+  });
+
+  it("another user's processes carrying a root's agent marker neither block root's upgrader nor get killed by it", async () => {
+    ensureUser();
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const impostor = execa('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', `UPGRADER_ROOT=${root}`, 'UPGRADER_AGENT_ID=1.1', 'UPGRADER_VERSION=9.9.9', 'sleep', '60'], { reject: false });
+    try {
+      await waitUntil(() => spawnSync('pgrep', ['-u', '65534', '-f', 'sleep 60']).status === 0, 'the impostor runs');
+      const { up } = await startReady(root, FAST);
+      expect(up.child.exitCode).toBeNull();
+      // Not ours to kill: it still runs.
+      expect(spawnSync('pgrep', ['-u', '65534', '-f', 'sleep 60']).status).toBe(0);
+      const dry = JSON.parse((await runCli(['prune', '--root', root, '--keep', '0', '--dry-run', '--json'])).stdout);
+      expect(dry.kept.map((k: { version: string }) => k.version)).not.toContain('9.9.9');
+    } finally {
+      impostor.kill('SIGKILL');
+    }
   });
 
   it("root's prune keeps the current version of a user's root, and versions shows it as current", async () => {
