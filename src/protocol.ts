@@ -42,6 +42,9 @@ export type Parsed<M> =
   | { kind: 'garbage'; detail: string; line: string };
 
 function parseWith<M>(schemas: Record<string, z.ZodTypeAny>, line: string): Parsed<M> {
+  // Most garbage is not even shaped like an object: said so without the cost of a parser exception,
+  // which matters when an agent floods (a million lines must not become a million exceptions).
+  if (!/^[\s\uFEFF]*\{/.test(line)) return { kind: 'garbage', detail: 'not a JSON object', line };
   let value: unknown;
   try {
     value = JSON.parse(line);

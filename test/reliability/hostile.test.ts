@@ -37,9 +37,14 @@ describe('hostile candidates', () => {
   it('a million lines of garbage: the upgrader keeps up and stays bounded', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { fixture: 'hostile.mjs', config: { mode: 'flood' } } }, '1.0.0');
     const { up, pid } = await startReady(root, ['--ready-timeout', '60s', '--probation', '0s'], '1.0.0');
+    // The peak, sampled throughout: garbage is classified without a parser exception per line, so a flood
+    // makes little garbage for the collector (it peaked between 130 and 280 MB before).
+    let peak = 0;
+    const sampler = setInterval(() => (peak = Math.max(peak, rssMb(up.pid))), 50);
     askUpgrade(root, pid, '2.0.0');
     await up.waitForSent('go', '2.0.0', 90_000);
-    expect(rssMb(up.pid)).toBeLessThan(200);
+    clearInterval(sampler);
+    expect(peak).toBeLessThan(150);
   }, 120_000);
 
   it('ten megabytes with no newline, then silence: the ready timeout still fires', async () => {
