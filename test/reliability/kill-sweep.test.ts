@@ -32,7 +32,9 @@ async function handoff(up: Upgrader, root: string, mode: 'live' | 'sequential'):
   if ((await Promise.race([died, ready])) === 'died') return;
   const agentPid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
   askUpgrade(root, agentPid, '2.0.0', mode);
-  const done = waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded', 'the upgrade succeeded', 10_000).then(
+  // Done means quiet: the success recorded, and then the old agent's exit (the last write of a handoff).
+  const quiet = (s: any) => s.history[0]?.result === 'succeeded' && s.agents.length === 1 && s.agents[0].version === '2.0.0';
+  const done = waitForSavedState(root, quiet, 'the upgrade succeeded and the old agent gone', 10_000).then(
     () => undefined,
     () => undefined,
   );
