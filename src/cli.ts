@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * The command line: `upgrader run` (the supervisor, started by the init system) and `upgrader status`.
+ * The command line: `upgrader run` (the supervisor, started by the init system) and the operator's commands
+ * (status, install, versions, prune, upgrade, rollback).
  * Errors become one sentence on stderr and a documented exit status (see errors.ts and the README).
  */
 import { resolve } from 'node:path';
@@ -94,7 +95,8 @@ Example:
   versions: `Usage: upgrader versions --root <dir> [--json]
 
 Lists the installed versions, newest first (by semantic version when every name is one, else by install
-time), with their markers (current, previous, running, candidate), install time and size.
+time), with their markers (current, previous, running, candidate, retiring, quarantined), install time
+and size.
 
 Example:
   upgrader versions --root /var/lib/upgrader/myagent --json`,
@@ -113,8 +115,9 @@ Example:
   upgrader upgrade --root /var/lib/upgrader/myagent --to 1.4.0`,
   rollback: `Usage: upgrader rollback --root <dir> [--force] [--no-wait] [--json]
 
-A handoff back to the previous version (the one before current), performed like any other: live,
-with no downtime. Options and exit status as for upgrade.
+A handoff back to the previous version (the one before current), performed like any other: live
+unless that version's manifest says sequential, and subject to its upgradeFrom (--force waives it).
+Options and exit status as for upgrade.
 
 Example:
   upgrader rollback --root /var/lib/upgrader/myagent`,

@@ -41,7 +41,7 @@ function sizeOf(path: string): number {
  * asks, nor on whether a version looks safe to that caller. A state file that cannot be read protects
  * nothing it would have named, so it stops the caller instead.
  */
-export function protectedVersions(layout: Layout): Map<string, Marker[]> {
+export function protectedVersions(layout: Layout, { lenient = false } = {}): Map<string, Marker[]> {
   const found = new Map<string, Marker[]>();
   const mark = (version: string | null | undefined, marker: Marker) => {
     if (!version) return;
@@ -50,7 +50,7 @@ export function protectedVersions(layout: Layout): Map<string, Marker[]> {
   };
   mark(currentLinkVersion(layout), 'current');
   const read = new StateFile(layout.stateDir).read();
-  if (!read.ok && !read.missing) {
+  if (!read.ok && !read.missing && !lenient) {
     throw new UpgraderError('E_STATE', `Cannot tell which versions are in use: ${read.problem} (${layout.stateDir}/state.json). Nothing was removed; the running upgrader rewrites the file at its next change.`);
   }
   if (read.ok) {
@@ -90,14 +90,15 @@ function versionsRunningIn(root: string): string[] {
   return versions;
 }
 
-function markersOf(layout: Layout): Map<string, Marker[]> {
-  const markers = protectedVersions(layout);
+/** What `versions` shows: it lists even when the state file cannot be read (then only `current` and the live agents mark). */
+function markersOf(layout: Layout, lenient: boolean): Map<string, Marker[]> {
+  const markers = protectedVersions(layout, { lenient });
   for (const entry of new Quarantine(layout.stateDir).list()) markers.set(entry.version, [...(markers.get(entry.version) ?? []), 'quarantined']);
   return markers;
 }
 
-export function listVersions(layout: Layout): VersionInfo[] {
-  const markers = markersOf(layout);
+export function listVersions(layout: Layout, { forPrune = false } = {}): VersionInfo[] {
+  const markers = markersOf(layout, !forPrune);
   const infos = readdirSync(layout.versionsDir)
     .filter((name) => versionNameProblem(name) === null && lstatSync(join(layout.versionsDir, name)).isDirectory())
     .map((version): VersionInfo => {
@@ -135,7 +136,7 @@ export async function pruneVersions(layout: Layout, keep: number, dryRun: boolea
   return withLayoutLock(layout, 'prune', () => {
     const result: PruneResult = { removed: [], kept: [], dryRun };
     const doomed: string[] = [];
-    for (const [index, info] of listVersions(layout).entries()) {
+    for (const [index, info] of listVersions(layout, { forPrune: true }).entries()) {
       const protecting = info.markers.filter((m) => m !== 'quarantined');
       if (protecting.length > 0) result.kept.push({ version: info.version, why: protecting.join(', ') });
       else if (index < keep) result.kept.push({ version: info.version, why: `among the newest ${keep}` });

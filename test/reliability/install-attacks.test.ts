@@ -127,13 +127,19 @@ describe.skipIf(!isRoot)('setuid and writable files, installed by root', () => {
     expect(await idAsAttacker(root)).not.toMatch(/euid=0/);
   });
 
-  it('a directory of root\'s with a setuid file is installed without the bit', async () => {
-    const root = makeRoot({ '1.0.0': {} });
+  /** A source directory of root's: an agent, and a setuid copy of id(1). */
+  function setuidSource(): string {
     const source = scratch();
     mkdirSync(join(source, 'bin'));
     writeFileSync(join(source, 'bin/agent'), AGENT, { mode: 0o755 });
     copyFileSync('/usr/bin/id', join(source, 'bin/id'));
     chmodSync(join(source, 'bin/id'), 0o4755);
+    return source;
+  }
+
+  it('a directory of root\'s with a setuid file is installed without the bit', async () => {
+    const root = makeRoot({ '1.0.0': {} });
+    const source = setuidSource();
     expect(await install(root, source)).toMatchObject({ code: 0 });
     expect(modeOf(join(root, 'versions/2.0.0/bin/id'))).toBe(0o755);
     expect(await idAsAttacker(root)).not.toMatch(/euid=0/);
@@ -145,11 +151,7 @@ describe.skipIf(!isRoot)('setuid and writable files, installed by root', () => {
     ['a directory with a subdirectory anyone can write to', (dir: string) => chmodSync(join(dir, 'bin'), 0o777), /bin is writable by its group and others \(mode 0777\)/],
   ])('refuses %s: another user could change it while root copies it', async (_, weaken, reason) => {
     const root = makeRoot({ '1.0.0': {} });
-    const source = scratch();
-    mkdirSync(join(source, 'bin'));
-    writeFileSync(join(source, 'bin/agent'), AGENT, { mode: 0o755 });
-    copyFileSync('/usr/bin/id', join(source, 'bin/id'));
-    chmodSync(join(source, 'bin/id'), 0o4755);
+    const source = setuidSource();
     weaken(source, user);
     const result = await install(root, source);
     expect(result.code).toBe(65);

@@ -92,6 +92,21 @@ describe('prune and install racing a handoff', () => {
   }, 60_000);
 });
 
+describe('a state file that cannot be read', () => {
+  it('stops prune (78: it cannot tell what is in use), while versions still lists what is installed', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    mkdirSync(join(root, 'state'));
+    writeFileSync(join(root, 'state/state.json'), '{"format":"upgrader-state","schema":1,"sha256":"00","body":{}}');
+    const pruned = await runCli(['prune', '--root', root, '--keep', '0']);
+    expect(pruned.code).toBe(78);
+    expect(pruned.stderr).toMatch(/Cannot tell which versions are in use: the state file fails its checksum/);
+    expect(readdirSync(join(root, 'versions')).sort()).toEqual(['1.0.0', '2.0.0']);
+    const listed = await runCli(['versions', '--root', root, '--json']);
+    expect(listed.code).toBe(0);
+    expect(JSON.parse(listed.stdout).map((v: { version: string; markers: string[] }) => [v.version, v.markers])).toEqual([['2.0.0', []], ['1.0.0', ['current']]]);
+  });
+});
+
 const TEST_USER = 'upgrader-owner-test';
 function ensureUser(): { uid: number; gid: number } {
   spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', TEST_USER]);
