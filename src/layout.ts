@@ -160,11 +160,16 @@ export class Layout {
       if (code === 'EINVAL') return { problem: `${this.currentLink} is not a symbolic link` };
       return { problem: `${this.currentLink} cannot be read (${code})` };
     }
-    const match = /^versions\/([^/]+)\/?$/.exec(target);
-    if (!match) return { problem: `${this.currentLink} points at ${JSON.stringify(target)}, not at versions/<version>` };
-    const version = match[1]!;
+    const version = versionInLink(target);
+    if (version === null) return { problem: `${this.currentLink} points at ${JSON.stringify(target)}, not at versions/<version>` };
     const problem = this.versionProblem(version);
     return problem ? { problem: `current points at ${version}, but ${problem}` } : { version };
+  }
+
+  /** The version `current`'s link text names, whether or not it is complete; null if it names none. */
+  currentLinkVersion(): string | null {
+    const target = linkText(this.currentLink);
+    return target === null ? null : versionInLink(target);
   }
 
   /**
@@ -219,6 +224,11 @@ export class Layout {
 }
 
 const isPermissionError = (error: unknown) => ['EACCES', 'EPERM'].includes((error as NodeJS.ErrnoException).code ?? '');
+
+/** `versions/<v>` (what `current` holds) -> `<v>`. */
+function versionInLink(target: string): string | null {
+  return /^versions\/([^/]+)\/?$/.exec(target)?.[1] ?? null;
+}
 
 function linkText(path: string): string | null {
   try {

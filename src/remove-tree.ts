@@ -7,8 +7,8 @@
  * Anything else is refused, naming the directory; a non-root caller removes with its own rights, which a
  * link cannot extend.
  */
-import { lstatSync, readdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { lstatSync, rmSync, type Stats } from 'node:fs';
+import { firstProblem } from './tree.js';
 import { UpgraderError } from './errors.js';
 
 export function removeTree(path: string): void {
@@ -23,20 +23,20 @@ export function assertRemovable(path: string): void {
   if (problem) throw new UpgraderError('E_PERMISSION', `Refusing to remove ${path} as root: ${problem}; remove it as that user, or make it root's.`);
 }
 
-/** The first directory in the tree that another user could change, or null. */
+/** The first directory in the tree (itself included) that another user could change, or null. */
 export function changeableByOthers(dir: string): string | null {
-  let stat;
+  let stat: Stats;
   try {
     stat = lstatSync(dir);
   } catch {
     return null;
   }
   if (!stat.isDirectory()) return null;
+  return directoryProblem(dir, stat) ?? firstProblem(dir, (entry) => (entry.stat.isDirectory() ? directoryProblem(entry.path, entry.stat) : null));
+}
+
+function directoryProblem(dir: string, stat: Stats): string | null {
   if (stat.uid !== 0) return `${dir} belongs to uid ${stat.uid}`;
   if (stat.mode & 0o022) return `${dir} is writable by ${stat.mode & 0o020 ? 'its group' : 'others'} (mode 0${(stat.mode & 0o7777).toString(8)})`;
-  for (const name of readdirSync(dir)) {
-    const inner = changeableByOthers(join(dir, name));
-    if (inner) return inner;
-  }
   return null;
 }

@@ -4,7 +4,7 @@
  * Order, newest first: by semantic version when every name is one (semver), otherwise by install time
  * (when versions/<v> was renamed into place: the directory's ctime).
  */
-import { lstatSync, readdirSync, readFileSync, readlinkSync, renameSync } from 'node:fs';
+import { lstatSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import semver from 'semver';
 import { fsyncDirectory } from './durable.js';
@@ -48,7 +48,7 @@ export function protectedVersions(layout: Layout, { lenient = false } = {}): Map
     const markers = found.get(version) ?? [];
     if (!markers.includes(marker)) found.set(version, [...markers, marker]);
   };
-  mark(currentLinkVersion(layout), 'current');
+  mark(layout.currentLinkVersion(), 'current');
   const read = new StateFile(layout.stateDir).read();
   if (!read.ok && !read.missing && !lenient) {
     throw new UpgraderError('E_STATE', `Cannot tell which versions are in use: ${read.problem} (${layout.stateDir}/state.json). Nothing was removed; the running upgrader rewrites the file at its next change.`);
@@ -65,15 +65,6 @@ export function protectedVersions(layout: Layout, { lenient = false } = {}): Map
   }
   for (const version of versionsRunningIn(layout.root)) mark(version, 'running');
   return found;
-}
-
-/** The version `current`'s link text names, complete or not. */
-function currentLinkVersion(layout: Layout): string | null {
-  try {
-    return /^versions\/([^/]+)\/?$/.exec(readlinkSync(layout.currentLink))?.[1] ?? null;
-  } catch {
-    return null;
-  }
 }
 
 /** What the live processes carrying this root's agent marker run (those this user may read). */
