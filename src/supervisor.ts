@@ -569,8 +569,12 @@ export async function startSupervisor(options: StartOptions): Promise<Supervisor
   if (saved?.handoff) {
     const h = saved.handoff;
     const reason = `the upgrader stopped during the handoff (phase ${h.phase}); ${h.from} was started again`;
-    chosen = layout.launchProblem(h.from) === null ? { version: h.from, repair: null } : chooseVersion(layout, saved, log);
-    tryCommit(layout, chosen.version, log);
+    if (layout.launchProblem(h.from) === null) {
+      chosen = { version: h.from, repair: null };
+      tryCommit(layout, h.from, log);
+    } else {
+      chosen = chooseVersion(layout, saved, log);
+    }
     history = withUpgrade(history, { from: h.from, to: h.to, mode: h.mode, result: 'failed', reason, startedAt: h.startedAt, at: new Date().toISOString(), durationMs: Math.max(0, Date.now() - Date.parse(h.startedAt)) });
     log.warn({ from: h.from, to: h.to, phase: h.phase }, 'recovered an interrupted handoff: rolled back');
     probation = null;
