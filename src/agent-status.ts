@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { z } from 'zod';
 import { replaceFileAtomically } from './durable.js';
-import { readSmallFile } from './safe-file.js';
+import { readRecord } from './safe-file.js';
 
 const COALESCE_MS = 200;
 
@@ -50,13 +50,6 @@ export class AgentStatusFile {
   }
 
   read(): AgentStatus | null {
-    const file = readSmallFile(this.path);
-    if (!file.ok) return null;
-    try {
-      const parsed = AgentStatus.safeParse(JSON.parse(file.text));
-      return parsed.success ? parsed.data : null;
-    } catch {
-      return null;
-    }
+    return readRecord(this.path, AgentStatus);
   }
 }

@@ -17,7 +17,7 @@ import { replaceFileAtomically } from './durable.js';
 import { UpgraderError } from './errors.js';
 import type { Layout } from './layout.js';
 import { identify, isSameProcessAlive } from './proc.js';
-import { readSmallFile } from './safe-file.js';
+import { readRecord } from './safe-file.js';
 
 /** How long a command waits for another one's claim before it gives up (exit 75). */
 export const LAYOUT_WAIT_MS = 15_000;
@@ -75,14 +75,7 @@ async function claim(layout: Layout, command: string): Promise<Holder | null> {
 }
 
 function readHolder(stateDir: string): Holder | null {
-  const read = readSmallFile(holderPath(stateDir));
-  if (!read.ok) return null;
-  try {
-    const parsed = Holder.safeParse(JSON.parse(read.text));
-    return parsed.success ? parsed.data : null;
-  } catch {
-    return null;
-  }
+  return readRecord(holderPath(stateDir), Holder);
 }
 
 function release(stateDir: string): void {

@@ -13,9 +13,9 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, lstatSync, readFileSync } from 'node:fs';
-import { constants } from 'node:os';
 import { join } from 'node:path';
 import { UpgraderError } from './errors.js';
+import { exitStatusOf } from './handoff.js';
 import { selfAndAncestors, unsafeForRoot } from './layout.js';
 import { printable } from './printable.js';
 
@@ -26,8 +26,8 @@ const isRootUser = () => process.geteuid?.() === 0;
 /** Whether this process may act on `root` itself, or must hand the command to the root's owner. */
 export function actorFor(root: string): Actor {
   if (!isRootUser()) return { kind: 'self' };
-  const owner = lstatSync(root).uid;
-  if (owner !== 0) return { kind: 'owner', uid: owner, gid: primaryGid(owner) ?? lstatSync(root).gid };
+  const { uid: owner, gid } = lstatSync(root);
+  if (owner !== 0) return { kind: 'owner', uid: owner, gid: primaryGid(owner) ?? gid };
   const mine = [join(root, 'versions'), join(root, 'state')].filter((dir) => existsSync(dir));
   const problem = unsafeForRoot([...mine, ...selfAndAncestors(root)]);
   if (problem) {
@@ -75,7 +75,7 @@ export function runAsOwner(actor: Extract<Actor, { kind: 'owner' }>, args: strin
     const forward = (signal: NodeJS.Signals) => child.kill(signal);
     for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, forward);
     child.on('error', (error) => reject(new UpgraderError('E_PERMISSION', `Cannot run the command as the root's owner (uid ${actor.uid}): ${error.message}.`, { cause: error })));
-    child.on('close', (code, signal) => resolve(code ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 0)));
+    child.on('close', (code, signal) => resolve(exitStatusOf(code, signal)));
   });
 }
 

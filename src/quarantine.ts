@@ -8,7 +8,7 @@ import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { replaceFileAtomically } from './durable.js';
-import { readSmallFile } from './safe-file.js';
+import { readRecord } from './safe-file.js';
 
 const Entry = z.object({ version: z.string(), reason: z.string(), at: z.string() });
 export type QuarantineEntry = z.infer<typeof Entry>;
@@ -33,14 +33,8 @@ export class Quarantine {
 
   /** The version's record; anything but a regular file holding one (a link, a FIFO) is no record. */
   get(version: string): QuarantineEntry | null {
-    const file = readSmallFile(join(this.dir, `${version}.json`));
-    if (!file.ok) return null;
-    try {
-      const parsed = Entry.safeParse(JSON.parse(file.text));
-      return parsed.success && parsed.data.version === version ? parsed.data : null;
-    } catch {
-      return null;
-    }
+    const entry = readRecord(join(this.dir, `${version}.json`), Entry);
+    return entry?.version === version ? entry : null;
   }
 
   list(): QuarantineEntry[] {

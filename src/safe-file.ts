@@ -114,3 +114,15 @@ function readAtMost(fd: number, expectedSize: number, limit: number): Buffer | n
   }
   return length > limit ? null : buffer.subarray(0, length);
 }
+
+/** A small JSON record read as readSmallFile does and checked against `schema`; null if absent, refused or invalid. */
+export function readRecord<T>(path: string, schema: { safeParse: (value: unknown) => { success: true; data: T } | { success: false } }): T | null {
+  const file = readSmallFile(path);
+  if (!file.ok) return null;
+  try {
+    const parsed = schema.safeParse(JSON.parse(file.text));
+    return parsed.success ? parsed.data : null;
+  } catch {
+    return null;
+  }
+}
