@@ -24,10 +24,33 @@ const agentMessageSchemas = {
   status: z.object({ type: z.literal('status'), message: z.string() }),
 };
 
+/**
+ * Why an upgrade did not happen, as a stable word beside the sentence, so that agents and the fleet layer
+ * act on it without parsing English (docs/protocol.md, "Refusal codes"). Readers accept any string: a newer
+ * upgrader may add codes, and protocol v1 ignores what it does not know.
+ */
+export const REFUSAL_CODES = [
+  'in-progress',
+  'busy',
+  'invalid-version',
+  'missing',
+  'quarantined',
+  'jump-refused',
+  'running-version',
+  'no-previous',
+  'not-running',
+  'candidate-failed',
+  'rolled-back',
+  'interrupted',
+  'io',
+  'not-recorded',
+] as const;
+export type RefusalCode = (typeof REFUSAL_CODES)[number];
+
 const upgraderMessageSchemas = {
   go: z.object({ type: z.literal('go') }),
   stop: z.object({ type: z.literal('stop') }),
-  'upgrade-failed': z.object({ type: z.literal('upgrade-failed'), version: z.string(), reason: z.string() }),
+  'upgrade-failed': z.object({ type: z.literal('upgrade-failed'), version: z.string(), reason: z.string(), code: z.string().optional() }),
 };
 
 type Infer<T extends Record<string, z.ZodTypeAny>> = { [K in keyof T]: z.infer<T[K]> }[keyof T];
