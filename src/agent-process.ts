@@ -40,7 +40,22 @@ export function agentMarker(root: string, id: number): string[] {
   return [`UPGRADER_ROOT=${root}`, `UPGRADER_AGENT_ID=${process.pid}.${id}`];
 }
 
-export class AgentProcess {
+/** What the supervisor holds of an agent: an AgentProcess, or a stand-in in unit tests. */
+export interface AgentHandle {
+  readonly spec: AgentSpec;
+  readonly pid: number | undefined;
+  readonly identity: ProcessIdentity | null;
+  readonly spawnedAt: Date;
+  readonly hasExited: boolean;
+  send(message: UpgraderMessage): void;
+  takeDroppedReplies(): number;
+  terminate(): void;
+  killTree(): Promise<void>;
+  killGroupAndMarked(): void;
+  isGone(): boolean;
+}
+
+export class AgentProcess implements AgentHandle {
   readonly pid: number | undefined;
   readonly identity: ProcessIdentity | null;
   readonly spawnedAt = new Date();
@@ -137,7 +152,7 @@ export class AgentProcess {
    * process that carries this agent's marker in its environment (descendants that escaped with setsid).
    */
   killTree(): Promise<void> {
-    this.killLeftovers();
+    this.killGroupAndMarked();
     return new Promise((resolve) => {
       if (this.pid === undefined) return resolve();
       treeKill(this.pid, 'SIGKILL', () => resolve());
@@ -145,7 +160,7 @@ export class AgentProcess {
   }
 
   /** SIGKILL to the group and to every marked descendant: what is still reachable once the agent itself has exited. */
-  killLeftovers(): void {
+  killGroupAndMarked(): void {
     this.signalGroup('SIGKILL');
     for (const pid of this.leftovers()) signalQuietly(pid, 'SIGKILL');
   }

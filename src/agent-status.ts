@@ -24,7 +24,11 @@ export class AgentStatusFile {
   private timer: NodeJS.Timeout | null = null;
   private lastWrite = 0;
 
-  constructor(stateDir: string) {
+  /** `mayWrite`: asked before each (delayed) write; a process that no longer owns the root writes nothing. */
+  constructor(
+    stateDir: string,
+    private readonly mayWrite: () => boolean = () => true,
+  ) {
     this.path = join(stateDir, 'agent-status.json');
   }
 
@@ -39,7 +43,7 @@ export class AgentStatusFile {
   flush(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    if (!this.pending) return;
+    if (!this.pending || !this.mayWrite()) return;
     try {
       replaceFileAtomically(this.path, `${JSON.stringify(this.pending)}\n`, { durable: false });
     } catch {

@@ -6,17 +6,17 @@
  */
 import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { AgentStatusFile } from './agent-status.js';
 import { DEFAULTS, runConfig } from './config.js';
 import { describeError, EXIT, UpgraderError } from './errors.js';
 import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
-import { sendControlRequest, type ControlRequest } from './control.js';
+import { sendControlRequest, type ControlReply, type ControlRequest, type WaitUntil } from './control.js';
 import { createLogger } from './log.js';
 import { flushStderr, writeStderr } from './stderr.js';
 import { Ownership } from './ownership.js';
 import { formatHost, formatStatus, hostExitCode, readHost, readStatus, statusExitCode } from './status.js';
 import { StateFile } from './state.js';
-import { startSupervisor, type Supervisor } from './supervisor.js';
+import { startSupervisor } from './recovery.js';
+import type { Supervisor } from './supervisor.js';
 import { actorFor, refuseForeignRootForRun, runAsOwner } from './privilege.js';
 import { SystemdNotifier } from './notify.js';
 import { closeInheritedDescriptors } from './proc.js';
@@ -48,9 +48,9 @@ Options:
   --root <dir>             the root: holds versions/<version>/, current and state/ (required)
   --entry <path>           the agent's executable inside a version directory (default ${DEFAULT_ENTRY})
   --ready-timeout <time>   how long a candidate may take to report ready (default ${DEFAULTS.readyTimeout})
-  --stop-timeout <time>    how long an agent told to stop may take to exit before SIGTERM;
-                           also the grace after SIGTERM when the upgrader stops (default ${DEFAULTS.stopTimeout})
-  --kill-timeout <time>    how long after SIGTERM a stopping old agent gets SIGKILL (default ${DEFAULTS.killTimeout})
+  --stop-timeout <time>    how long an agent told to stop (in a handoff, or when the upgrader itself
+                           stops) may take to exit before SIGTERM (default ${DEFAULTS.stopTimeout})
+  --kill-timeout <time>    how long after SIGTERM an agent's tree gets SIGKILL (default ${DEFAULTS.killTimeout})
   --probation <time>       a new version that exits this soon after go is rolled back (default ${DEFAULTS.probation};
                            0s turns probation off)
   --ready-on-spawn         the active agent does not send ready: count it ready once spawned
@@ -100,20 +100,22 @@ and size.
 
 Example:
   upgrader versions --root /var/lib/upgrader/myagent --json`,
-  upgrade: `Usage: upgrader upgrade --root <dir> --to <v> [--force] [--no-wait] [--json]
+  upgrade: `Usage: upgrader upgrade --root <dir> --to <v> [--force] [--wait done|probation | --no-wait] [--json]
 
 Asks the upgrader running on <dir> for the same handoff an agent would ask for (live, or sequential
 if the version's manifest says so), over its operator channel (state/control/sock, reachable only by
-the root's owner and root). Prints each step as it happens; exits 0 once <v> has been told go.
+the root's owner and root). Prints each step as it happens.
+--wait done (the default) returns once <v> has been told go and that is recorded; --wait probation
+once <v> has also passed its probation (1 if it was rolled back); --no-wait once the handoff is accepted.
 --force overrides the version's quarantine and its manifest's upgradeFrom (never a missing or broken
-version). --no-wait returns as soon as the handoff is accepted.
+version). A refusal prints its reason and its code (docs/protocol.md, "Refusal codes").
 
-Exit status: 0 done (or accepted, with --no-wait); 1 refused or failed, with the reason;
-3 no upgrader runs on <dir>; 77 not allowed to reach its channel.
+Exit status: 0 done (as far as asked to wait); 1 refused, failed or rolled back, with the reason;
+3 no upgrader runs on <dir>; 64 bad arguments; 77 not allowed to reach its channel.
 
 Example:
   upgrader upgrade --root /var/lib/upgrader/myagent --to 1.4.0`,
-  rollback: `Usage: upgrader rollback --root <dir> [--force] [--no-wait] [--json]
+  rollback: `Usage: upgrader rollback --root <dir> [--force] [--wait done|probation | --no-wait] [--json]
 
 A handoff back to the previous version (the one before current), performed like any other: live
 unless that version's manifest says sequential, and subject to its upgradeFrom (--force waives it).
@@ -205,7 +207,6 @@ async function run(args: string[]): Promise<number> {
     supervisor = await startSupervisor({
       layout,
       stateFile: new StateFile(layout.stateDir),
-      agentStatus: new AgentStatusFile(layout.stateDir),
       ownership,
       config,
       log,
@@ -311,7 +312,13 @@ async function prune(args: string[]): Promise<number> {
 }
 
 async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]): Promise<number> {
-  const options = { root: { type: 'string' }, force: { type: 'boolean', default: false }, 'no-wait': { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } as const;
+  const options = {
+    root: { type: 'string' },
+    force: { type: 'boolean', default: false },
+    wait: { type: 'string' },
+    'no-wait': { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+  } as const;
   const v = parse(args, command === 'upgrade' ? { ...options, to: { type: 'string' } } : options);
   if (v.help) return help(command);
   const layout = Layout.open(requireRoot(v.root));
@@ -319,21 +326,24 @@ async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]):
   // owner could have replaced with a link to another socket.
   const actor = actorFor(layout.root);
   if (actor.kind === 'owner') return runAsOwner(actor, [command, ...args, '--root', layout.root]);
-  const wait = v['no-wait'] !== true;
+  const until = waitUntil(v.wait as string | undefined, v['no-wait'] === true);
+  // `wait` for an upgrader of the first version, which knows no `until`.
+  const common = { force: v.force === true, wait: until !== 'accepted', until };
   let request: ControlRequest;
   if (command === 'upgrade') {
     if (typeof v.to !== 'string') throw new UpgraderError('E_USAGE', '--to <version> is required (see --help).');
     assertVersionName(v.to);
-    request = { type: 'upgrade', version: v.to, force: v.force === true, wait };
+    request = { type: 'upgrade', version: v.to, ...common };
   } else {
-    request = { type: 'rollback', force: v.force === true, wait };
+    request = { type: 'rollback', ...common };
   }
   const outcome = await sendControlRequest(layout.stateDir, request, (reply) => {
     if (v.json) process.stdout.write(`${JSON.stringify(reply)}\n`);
     else if (reply.type === 'step') process.stdout.write(`  ${reply.text}\n`);
     else if (reply.type === 'accepted') process.stdout.write(`accepted: handoff to ${reply.version}\n`);
-    else if (reply.type === 'succeeded') process.stdout.write(`done: ${reply.version} is running\n`);
-    else process.stdout.write(`failed${reply.version ? ` (${reply.version})` : ''}: ${reply.reason}\n`);
+    else if (reply.type === 'succeeded') process.stdout.write(`done: ${reply.version} is running${until === 'probation' && reply.probation ? '; waiting for its probation to end' : ''}\n`);
+    else if (reply.type === 'passed') process.stdout.write(`passed: ${reply.version} has passed its probation\n`);
+    else process.stdout.write(`failed${reply.version ? ` (${reply.version})` : ''}: ${reply.reason}${reply.code ? ` [${reply.code}]` : ''}\n`);
   });
   if (outcome.kind === 'unreachable') {
     if (outcome.code === 'EACCES' || outcome.code === 'EPERM') {
@@ -342,8 +352,23 @@ async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]):
     process.stderr.write(`upgrader: No upgrader runs on ${layout.root} (its operator channel answers ${outcome.code}).\n`);
     return EXIT.notRunning;
   }
-  const last = outcome.reply;
-  return last.type === 'succeeded' || (last.type === 'accepted' && !wait) ? EXIT.ok : EXIT.refused;
+  return reachedGoal(outcome.reply, until) ? EXIT.ok : EXIT.refused;
+}
+
+/** --wait done (the default) | probation; --no-wait is --wait accepted. */
+function waitUntil(wait: string | undefined, noWait: boolean): WaitUntil {
+  if (noWait && wait !== undefined) throw new UpgraderError('E_USAGE', '--wait and --no-wait cannot be used together.');
+  if (noWait) return 'accepted';
+  if (wait === undefined || wait === 'done') return 'succeeded';
+  if (wait === 'probation') return 'probation';
+  throw new UpgraderError('E_USAGE', `--wait takes "done" or "probation", not ${JSON.stringify(wait)}.`);
+}
+
+/** Whether the conversation ended where the operator asked to wait. */
+function reachedGoal(last: ControlReply, until: WaitUntil): boolean {
+  if (until === 'accepted') return last.type === 'accepted';
+  if (until === 'probation') return last.type === 'passed';
+  return last.type === 'succeeded';
 }
 
 function formatBytes(bytes: number): string {

@@ -3,10 +3,13 @@
  *
  * A Unix stream socket at <root>/state/control/sock, in a directory of mode 0700: only the root's
  * owner (the user the upgrader runs as) and root can reach it; anyone else gets EACCES from the kernel
- * before a byte is exchanged. One JSON object per line, like the agent protocol:
- *   request  {"type":"upgrade","version":"2.0.0","force":false,"wait":true} or {"type":"rollback",...}
- *   replies  {"type":"step","text":"..."}*, then {"type":"accepted"} and, unless wait is false,
- *            {"type":"succeeded","version":"2.0.0"} or {"type":"failed","version":"2.0.0","reason":"..."}
+ * before a byte is exchanged. One JSON object per line, like the agent protocol; docs/protocol.md has
+ * the full description. In the order they are sent:
+ *   request  {"type":"upgrade","version":"2.0.0","force":false,"until":"succeeded"} or {"type":"rollback",...}
+ *   replies  {"type":"accepted","version":"2.0.0"}, {"type":"step","text":"..."}*, then (unless `until` is
+ *            "accepted") {"type":"succeeded","version":"2.0.0","probation":true} and (with `until`
+ *            "probation") {"type":"passed","version":"2.0.0"}; or, at any point, {"type":"failed",
+ *            "version":"2.0.0","reason":"...","code":"quarantined"}, which ends the conversation.
  */
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
@@ -17,17 +20,24 @@ import { LineReader } from './protocol.js';
 /** sun_path holds 108 bytes, the terminating NUL included. */
 const MAX_SOCKET_PATH = 107;
 
+/** How far the operator waits: the handoff accepted, done (the new version works), or past its probation. */
+export const WaitUntil = z.enum(['accepted', 'succeeded', 'probation']);
+export type WaitUntil = z.infer<typeof WaitUntil>;
+
+// `wait: false` is the first version's spelling of `until: "accepted"`, still understood.
+const requestOptions = { force: z.boolean().default(false), wait: z.boolean().default(true), until: WaitUntil.optional() };
 export const ControlRequest = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('upgrade'), version: z.string().max(256), force: z.boolean().default(false), wait: z.boolean().default(true) }),
-  z.object({ type: z.literal('rollback'), force: z.boolean().default(false), wait: z.boolean().default(true) }),
+  z.object({ type: z.literal('upgrade'), version: z.string().max(256), ...requestOptions }),
+  z.object({ type: z.literal('rollback'), ...requestOptions }),
 ]);
 export type ControlRequest = z.infer<typeof ControlRequest>;
 
 export const ControlReply = z.discriminatedUnion('type', [
   z.object({ type: z.literal('step'), text: z.string() }),
   z.object({ type: z.literal('accepted'), version: z.string() }),
-  z.object({ type: z.literal('succeeded'), version: z.string() }),
-  z.object({ type: z.literal('failed'), version: z.string().nullable(), reason: z.string() }),
+  z.object({ type: z.literal('succeeded'), version: z.string(), probation: z.boolean().optional() }),
+  z.object({ type: z.literal('passed'), version: z.string() }),
+  z.object({ type: z.literal('failed'), version: z.string().nullable(), reason: z.string(), code: z.string().regex(/^[a-z][a-z-]{0,31}$/).optional() }),
 ]);
 export type ControlReply = z.infer<typeof ControlReply>;
 
@@ -89,7 +99,7 @@ export class ControlServer {
       const parsed = event.kind === 'line' ? safeJson(event.line) : undefined;
       const request = ControlRequest.safeParse(parsed);
       if (!request.success) {
-        replier.send({ type: 'failed', version: null, reason: 'the request is not a valid operator request' });
+        replier.send({ type: 'failed', version: null, reason: 'the request is not a valid operator request', code: 'invalid-request' });
         replier.end();
         return;
       }

@@ -1,35 +1,41 @@
 /**
  * The handoff state machine: every decision the supervisor makes, as one pure function
- * `transition(context, event, config) -> { next, effects }`. Nothing here touches a process,
- * a file or a clock; supervisor.ts carries out the effects and turns the world back into events.
- * docs/protocol.md has the same rules as a state x event table.
+ * `transition(context, event, config) -> step`. Nothing here touches a process, a file or a clock;
+ * supervisor.ts carries out the step and turns the world back into events.
+ *
+ * The machine is a table, `TABLE[state][event]`, one cell per pair, every cell written out: TypeScript
+ * refuses a table with a missing cell, and docs/protocol.md prints the same table, generated from this one
+ * (`npm run table`; a test keeps the two equal).
  *
  * States
  *   idle       before the first agent is started
  *   running    one active agent does the work (possibly on probation after an upgrade)
- *   verifying  a candidate is starting and verifying itself; in live mode the old agent still works
- *   draining   the old agent has been told `stop`; we wait for `stopped` or its exit
- *   waiting    an agent must be started (a candidate, or the active version again), but an old agent
- *              that has said `stopped` is still exiting: nothing new starts beside it. In a live handoff
- *              the active agent works meanwhile; after a probation rollback nobody does until it is gone.
- *   stopping   the upgrader was asked to stop; every agent is terminating
+ *   verifying  a candidate is starting and verifying itself; in live mode the active agent still works
+ *   draining   the retiring agent has been told `stop`; we wait for `stopped` or its exit
+ *   waiting    an agent must be started (a candidate, or the active version again), but a retiring agent
+ *              is still exiting: nothing new starts beside it. In a live handoff the active agent works
+ *              meanwhile; after a probation rollback nobody does until it is gone.
+ *   stopping   the upgrader was asked to stop; every agent is on its way out
  *   exited     nothing left to supervise; the upgrader exits with `exitCode`
  *
+ * An agent is `active` (does the work), the `candidate` (verifies itself, waits for `go`) or `retiring`
+ * (told `stop`, sent SIGTERM, or its tree killed; on its way out either way).
+ *
  * Invariants
- *   - At most one agent is ever told to work: a candidate gets `go` only once the old agent has
+ *   - At most one agent is ever told to work: a candidate gets `go` only once the retiring agent has
  *     sent `stopped` or is gone.
  *   - `current` moves to the new version only after the candidate said `ready`, and moves back
  *     whenever the version that had proved itself is started again.
- *   - Durable effects that an outcome depends on (`required`) come first in their batch: if one fails,
- *     the whole transition is dropped and an `io-failed` event is handled in the state before it.
- *   - No agent is started while an old one is still exiting: at most one old agent, one active agent and
- *     one candidate exist at any instant, and never two processes of the version being restarted.
+ *   - The writes a step depends on are its `durable` list, carried out before anything else of the step:
+ *     if one fails, the whole step is dropped and an `io-failed` event is handled in the state before it.
+ *   - No agent is started while a retiring one is still exiting: at most one retiring agent, one active
+ *     agent and one candidate exist at any instant, and never two processes of the version being restarted.
  *   - Success is reported to an operator only once it is durable (`recorded`); a success that could not be
  *     written is reported as such, and its record is retried until it is written.
  */
 import { constants } from 'node:os';
-import type { HandoffMode, UpgraderMessage } from './protocol.js';
-import type { UpgradeResult } from './state.js';
+import type { HandoffMode, RefusalCode, UpgraderMessage } from './protocol.js';
+import type { PublicState, UpgradeResult } from './state.js';
 import { formatDuration } from './duration.js';
 
 export type Config = {
@@ -39,7 +45,8 @@ export type Config = {
   probationMs: number;
 };
 
-export type StateName = 'idle' | 'running' | 'verifying' | 'draining' | 'waiting' | 'stopping' | 'exited';
+export const STATES = ['idle', 'running', 'verifying', 'draining', 'waiting', 'stopping', 'exited'] as const;
+export type StateName = (typeof STATES)[number];
 export type Role = 'active' | 'candidate';
 /** Who asked for an upgrade: the active agent (answered with upgrade-failed) or an operator (answered with reports). */
 export type Origin = 'agent' | 'operator';
@@ -47,7 +54,7 @@ export type Origin = 'agent' | 'operator';
 export type AgentRef = { id: number; version: string; ready: boolean };
 
 /** An agent on its way out. `stopping`: told to stop; `terminating`: sent SIGTERM; `killing`: its tree got SIGKILL. */
-export type Dying = { id: number; version: string; phase: 'stopping' | 'terminating' | 'killing' };
+export type Retiring = { id: number; version: string; phase: 'stopping' | 'terminating' | 'killing' };
 
 export type Handoff = {
   origin: Origin;
@@ -55,15 +62,15 @@ export type Handoff = {
   to: string;
   mode: HandoffMode;
   startedAt: string;
-  /** The old agent we are draining (told `stop`), until it sends `stopped` or exits. */
-  draining: number | null;
+  /** The agent told `stop` for this handoff, until it sends `stopped` or exits. */
+  retiring: number | null;
   /** Set when the candidate failed while the old agent was already stopping: restart `from` once it is gone. */
-  failure: string | null;
+  failure: { reason: string; code: RefusalCode } | null;
 };
 
 export type Probation = { from: string; version: string; mode: HandoffMode; startedAt: string; previous: string | null };
 
-/** An agent to start once every old agent has exited (state `waiting`). */
+/** An agent to start once every retiring agent has exited (state `waiting`). */
 export type Pending = { role: Role; version: string; fromVersion: string | null };
 
 export type Context = {
@@ -72,22 +79,27 @@ export type Context = {
   candidate: AgentRef | null;
   handoff: Handoff | null;
   probation: Probation | null;
-  dying: Dying[];
+  retiring: Retiring[];
   /** The version that ran before `current`: what a rollback would return to. */
   previous: string | null;
   nextId: number;
   exitCode: number | null;
-  /** What the `waiting` state will start once `dying` is empty. */
+  /** What the `waiting` state will start once `retiring` is empty. */
   pending: Pending | null;
 };
 
-export type TimerName = 'ready' | 'probation' | 'record' | `dying:${number}`;
+export type TimerName = 'ready' | 'probation' | 'record' | `retire:${number}`;
+
+/** Why a request for a version cannot be carried out, found outside the machine (the version's files, quarantine, manifest). */
+export type Problem = { code: RefusalCode; reason: string };
 
 export type Event =
   | { type: 'start'; version: string; previous: string | null; probation: Probation | null }
-  | { type: 'upgrade-requested'; origin: Origin; id: number; version: string; mode: HandoffMode; problem: string | null; at: string }
+  /** `force`: an operator's --force, which lifts the version's quarantine once the handoff is accepted. */
+  | { type: 'upgrade-requested'; origin: Origin; id: number; version: string; mode: HandoffMode; problem: Problem | null; force: boolean; at: string }
   | { type: 'ready'; id: number }
   | { type: 'stopped'; id: number }
+  | { type: 'status'; id: number; message: string }
   | { type: 'protocol-error'; id: number; detail: string }
   /** `error`/`errorCode`: the process could not be started at all (spawn failed with that errno). */
   | { type: 'exited'; id: number; code: number | null; signal: NodeJS.Signals | null; error?: string; errorCode?: string }
@@ -96,32 +108,52 @@ export type Event =
   | { type: 'io-failed'; trigger: Event; error: string }
   /** A `persist` carrying an outcome was written durably. */
   | { type: 'recorded'; outcome: Outcome }
-  /** An optional `persist` failed; `outcome` is the result it carried, if any (the supervisor keeps it and writes it with the next persist). */
+  /** A best-effort `persist` failed; `outcome` is the result it carried, if any (the supervisor keeps it and writes it with the next persist). */
   | { type: 'record-failed'; outcome: Outcome | null; error: string };
 
-/** An upgrade's result. `quarantine`: the new version itself failed (not the disk, not a signal): keep agents from asking for it again. */
-export type Outcome = { origin: Origin; from: string; to: string; mode: HandoffMode; startedAt: string; result: UpgradeResult; reason: string | null; quarantine: boolean };
+export type EventType = Event['type'];
+export const EVENT_TYPES: readonly EventType[] = ['start', 'upgrade-requested', 'ready', 'stopped', 'status', 'protocol-error', 'exited', 'timeout', 'shutdown', 'io-failed', 'recorded', 'record-failed'];
+
+/** An upgrade's result, as the state file's history records it. */
+export type Outcome = { origin: Origin; from: string; to: string; mode: HandoffMode; startedAt: string; result: UpgradeResult; reason: string | null; code: RefusalCode | null };
 
 /** How long a failed record waits before it is written again. */
 export const RECORD_RETRY_MS = 5000;
+
+/** A write the step depends on: carried out first, and a failure drops the step (`io-failed`). */
+export type DurableWrite = { kind: 'commit-current'; version: string } | { kind: 'persist' };
+
+/** What the operator who asked is told (operator-session.ts routes it; with nobody asking it goes nowhere). */
+export type Report =
+  | { type: 'accepted'; version: string }
+  /** `probation`: the version is now on probation, whose end is reported on its own. */
+  | { type: 'succeeded'; version: string; probation: boolean }
+  | { type: 'failed'; version: string; reason: string; code: RefusalCode }
+  | { type: 'probation-passed'; version: string }
+  | { type: 'probation-failed'; version: string; reason: string; code: RefusalCode };
 
 export type Effect =
   | { kind: 'spawn'; id: number; version: string; role: Role; fromVersion: string | null }
   | { kind: 'send'; id: number; message: UpgraderMessage }
   | { kind: 'terminate'; id: number }
   | { kind: 'kill-tree'; id: number }
-  | { kind: 'commit-current'; version: string; required: boolean }
-  | { kind: 'persist'; required: boolean; outcome: Outcome | null }
+  /** Best effort: a failure is logged, and start-up repairs `current` from the state file. */
+  | { kind: 'commit-current'; version: string }
+  /** Best effort: answered with `recorded` or `record-failed`. */
+  | { kind: 'persist'; outcome: Outcome | null }
+  | { kind: 'quarantine'; version: string; reason: string }
+  | { kind: 'lift-quarantine'; version: string }
+  | { kind: 'record-status'; id: number; message: string }
   | { kind: 'start-timer'; timer: TimerName; ms: number }
   | { kind: 'cancel-timer'; timer: TimerName }
   | { kind: 'exit'; code: number }
-  /** To the operator who asked for this handoff. */
-  | { kind: 'report'; outcome: 'accepted' | 'succeeded' | 'failed'; version: string; reason: string | null };
+  | { kind: 'report'; report: Report };
 
-export type Step = { next: Context; effects: Effect[] };
+/** A step: the next context, the writes it depends on (done first), then everything else in order. `ignored` says why nothing happens. */
+export type Step = { next: Context; durable: DurableWrite[]; effects: Effect[]; ignored?: string };
 
 export function initialContext(): Context {
-  return { state: 'idle', active: null, candidate: null, handoff: null, probation: null, dying: [], previous: null, nextId: 1, exitCode: null, pending: null };
+  return { state: 'idle', active: null, candidate: null, handoff: null, probation: null, retiring: [], previous: null, nextId: 1, exitCode: null, pending: null };
 }
 
 /** The exit status a shell would report: the code, or 128 + the signal's number. */
@@ -154,25 +186,37 @@ function describeExit(code: number | null, signal: NodeJS.Signals | null, error?
   return signal ? `was killed by ${signal}` : `exited with code ${code}`;
 }
 
-const dyingTimer = (id: number): TimerName => `dying:${id}`;
+const retireTimer = (id: number): TimerName => `retire:${id}`;
 
-function stay(ctx: Context): Step {
-  return { next: ctx, effects: [] };
+// ---------------------------------------------------------------- building steps
+
+const step = (next: Context, effects: Effect[] = [], durable: DurableWrite[] = []): Step => ({ next, durable, effects });
+
+function ignore(ctx: Context, why: string): Step {
+  return { next: ctx, durable: [], effects: [], ignored: why };
 }
 
-function outcomeOf(handoff: Handoff | Probation, from: string, to: string, result: UpgradeResult, reason: string | null, quarantine = false): Outcome {
+/** One step after another: the second's durable writes must be empty, since the first's effects already ran. */
+function then(first: Step, more: (ctx: Context) => Step): Step {
+  const second = more(first.next);
+  if (second.durable.length > 0) throw new Error('bug: durable writes after effects');
+  return { next: second.next, durable: first.durable, effects: [...first.effects, ...second.effects] };
+}
+
+const persist = (outcome: Outcome | null = null): Effect => ({ kind: 'persist', outcome });
+const report = (r: Report): Effect => ({ kind: 'report', report: r });
+
+function outcomeOf(handoff: Handoff | Probation, to: string, result: UpgradeResult, failure: { reason: string; code: RefusalCode } | null): Outcome {
   const origin = 'origin' in handoff ? handoff.origin : 'agent';
-  return { origin, from, to, mode: handoff.mode, startedAt: handoff.startedAt, result, reason, quarantine };
+  return { origin, from: handoff.from, to, mode: handoff.mode, startedAt: handoff.startedAt, result, reason: failure?.reason ?? null, code: failure?.code ?? null };
 }
 
 /**
- * Starts an agent now, or, while an old agent is still exiting, enters `waiting` and starts it once every
- * old agent is gone: two processes of one version (or a third agent) never run side by side.
+ * Starts an agent now, or, while a retiring agent is still exiting, enters `waiting` and starts it once every
+ * retiring agent is gone: two processes of one version (or a fourth agent) never run side by side.
  */
 function startWhenClear(ctx: Context, pending: Pending, config: Config, stateAfter: StateName): Step {
-  if (ctx.dying.length > 0) {
-    return { next: { ...ctx, state: 'waiting', pending }, effects: [{ kind: 'persist', required: false, outcome: null }] };
-  }
+  if (ctx.retiring.length > 0) return step({ ...ctx, state: 'waiting', pending }, [persist()]);
   return startNow({ ...ctx, state: stateAfter, pending: null }, pending, config);
 }
 
@@ -181,299 +225,309 @@ function startNow(ctx: Context, pending: Pending, config: Config): Step {
   const agent: AgentRef = { id, version: pending.version, ready: false };
   const spawn: Effect = { kind: 'spawn', id, version: pending.version, role: pending.role, fromVersion: pending.fromVersion };
   if (pending.role === 'active') {
-    return { next: { ...ctx, state: 'running', active: agent, pending: null, nextId: id + 1 }, effects: [spawn, { kind: 'persist', required: false, outcome: null }] };
+    return step({ ...ctx, state: 'running', active: agent, pending: null, nextId: id + 1 }, [spawn, persist()]);
   }
-  return {
-    next: { ...ctx, state: 'verifying', candidate: agent, pending: null, nextId: id + 1 },
-    effects: [spawn, { kind: 'start-timer', timer: 'ready', ms: config.readyMs }, { kind: 'persist', required: false, outcome: null }],
-  };
+  return step({ ...ctx, state: 'verifying', candidate: agent, pending: null, nextId: id + 1 }, [spawn, { kind: 'start-timer', timer: 'ready', ms: config.readyMs }, persist()]);
 }
 
-/** Puts an agent on its way out with SIGTERM now and its tree killed if it outlives `graceMs`. */
-function terminate(ctx: Context, agent: AgentRef | Dying, graceMs: number): Step {
-  const others = ctx.dying.filter((d) => d.id !== agent.id);
-  return {
-    next: { ...ctx, dying: [...others, { id: agent.id, version: agent.version, phase: 'terminating' }] },
-    effects: [{ kind: 'terminate', id: agent.id }, { kind: 'start-timer', timer: dyingTimer(agent.id), ms: graceMs }],
-  };
+/** Tells an agent to stop; it is retiring from now on, and gets SIGTERM if it outlives `stopMs`. */
+function tellToStop(ctx: Context, agent: AgentRef, config: Config): Step {
+  return step({ ...ctx, retiring: [...ctx.retiring, { id: agent.id, version: agent.version, phase: 'stopping' }] }, [
+    { kind: 'send', id: agent.id, message: { type: 'stop' } },
+    { kind: 'start-timer', timer: retireTimer(agent.id), ms: config.stopMs },
+  ]);
 }
 
-function killTree(ctx: Context, agent: AgentRef | Dying): Step {
-  const others = ctx.dying.filter((d) => d.id !== agent.id);
-  return {
-    next: { ...ctx, dying: [...others, { id: agent.id, version: agent.version, phase: 'killing' }] },
-    effects: [{ kind: 'cancel-timer', timer: dyingTimer(agent.id) }, { kind: 'kill-tree', id: agent.id }],
-  };
+/** SIGTERM now, and the tree killed if the agent outlives `graceMs`. */
+function terminate(ctx: Context, agent: AgentRef | Retiring, graceMs: number): Step {
+  const others = ctx.retiring.filter((r) => r.id !== agent.id);
+  return step({ ...ctx, retiring: [...others, { id: agent.id, version: agent.version, phase: 'terminating' }] }, [
+    { kind: 'terminate', id: agent.id },
+    { kind: 'start-timer', timer: retireTimer(agent.id), ms: graceMs },
+  ]);
 }
 
-function then(first: Step, more: (ctx: Context) => Step): Step {
-  const second = more(first.next);
-  return { next: second.next, effects: [...first.effects, ...second.effects] };
+function killTree(ctx: Context, agent: AgentRef | Retiring): Step {
+  const others = ctx.retiring.filter((r) => r.id !== agent.id);
+  return step({ ...ctx, retiring: [...others, { id: agent.id, version: agent.version, phase: 'killing' }] }, [
+    { kind: 'cancel-timer', timer: retireTimer(agent.id) },
+    { kind: 'kill-tree', id: agent.id },
+  ]);
 }
 
 // ---------------------------------------------------------------- the handoff, step by step
 
 function acceptUpgrade(ctx: Context, active: AgentRef, event: Extract<Event, { type: 'upgrade-requested' }>, config: Config): Step {
   const { version, mode, at, origin } = event;
-  const handoff: Handoff = { origin, from: active.version, to: version, mode, startedAt: at, draining: null, failure: null };
-  const effects: Effect[] = [{ kind: 'persist', required: true, outcome: null }];
-  if (origin === 'operator') effects.push({ kind: 'report', outcome: 'accepted', version, reason: null });
-  if (ctx.probation) effects.push({ kind: 'cancel-timer', timer: 'probation' });
-  const base: Context = { ...ctx, handoff, probation: null };
-  if (mode === 'live') {
-    const started = startWhenClear(base, { role: 'candidate', version, fromVersion: active.version }, config, 'verifying');
-    return { next: started.next, effects: [...effects, ...started.effects] };
+  const handoff: Handoff = { origin, from: active.version, to: version, mode, startedAt: at, retiring: null, failure: null };
+  const effects: Effect[] = [];
+  if (event.force) effects.push({ kind: 'lift-quarantine', version });
+  if (origin === 'operator') effects.push(report({ type: 'accepted', version }));
+  if (ctx.probation) {
+    const cut = ctx.probation.version;
+    effects.push({ kind: 'cancel-timer', timer: 'probation' }, report({ type: 'probation-failed', version: cut, code: 'superseded', reason: `the probation of ${cut} was cut short by an upgrade to ${version}` }));
   }
-  return drainOld(base, active, effects, config);
+  const accepted: Step = step({ ...ctx, handoff, probation: null }, effects, [{ kind: 'persist' }]);
+  if (mode === 'live') {
+    return then(accepted, (c) => startWhenClear(c, { role: 'candidate', version, fromVersion: active.version }, config, 'verifying'));
+  }
+  return then(accepted, (c) => drainOld(c, active, config));
 }
 
-/** Tells the old agent to stop; it stays on the dying list until it exits. */
-function drainOld(ctx: Context, old: AgentRef, before: Effect[], config: Config): Step {
-  return {
-    next: {
-      ...ctx,
-      state: 'draining',
-      active: null,
-      handoff: { ...ctx.handoff!, draining: old.id },
-      dying: [...ctx.dying, { id: old.id, version: old.version, phase: 'stopping' }],
-    },
-    // Written before `stop` is sent, not after: the old agent answers `stopped` at once, and a write
-    // still in progress then would hold back `go` (the gap) instead of the old agent's work (free).
-    effects: [
-      ...before,
-      { kind: 'persist', required: false, outcome: null },
-      { kind: 'send', id: old.id, message: { type: 'stop' } },
-      { kind: 'start-timer', timer: dyingTimer(old.id), ms: config.stopMs },
-    ],
-  };
+/** Tells the active agent to stop for the handoff; it is retiring until it exits. */
+function drainOld(ctx: Context, old: AgentRef, config: Config): Step {
+  // Written before `stop` is sent, not after: the old agent answers `stopped` at once, and a write
+  // still in progress then would hold back `go` (the gap) instead of the old agent's work (free).
+  const draining: Context = { ...ctx, state: 'draining', active: null, handoff: { ...ctx.handoff!, retiring: old.id } };
+  return then(step(draining, [persist()]), (c) => tellToStop(c, old, config));
 }
 
 function candidateReady(ctx: Context, config: Config): Step {
   const handoff = ctx.handoff!;
-  const candidate = { ...ctx.candidate!, ready: true };
-  const commit: Effect = { kind: 'commit-current', version: handoff.to, required: true };
-  const base: Context = { ...ctx, candidate };
-  if (ctx.active) {
-    // Live mode, the old agent still works: only now is it asked to stop.
-    return drainOld(base, ctx.active, [commit, { kind: 'cancel-timer', timer: 'ready' }], config);
-  }
+  const base: Context = { ...ctx, candidate: { ...ctx.candidate!, ready: true } };
+  const committed = step(base, [{ kind: 'cancel-timer', timer: 'ready' }], [{ kind: 'commit-current', version: handoff.to }]);
+  // Live mode, the old agent still works: only now is it asked to stop.
+  if (ctx.active) return then(committed, (c) => drainOld(c, ctx.active!, config));
   // Sequential mode, or the old agent died while the candidate verified: nobody works now, so go at once.
-  return promote({ ...base, state: 'verifying' }, [commit, { kind: 'cancel-timer', timer: 'ready' }], config);
+  return then(committed, (c) => promote(c, config));
 }
 
 /** The candidate becomes the active agent. `go` is sent before anything is written: the gap is one event-loop turn. */
-function promote(ctx: Context, before: Effect[], config: Config): Step {
+function promote(ctx: Context, config: Config): Step {
   const handoff = ctx.handoff!;
   const candidate = ctx.candidate!;
   const probation: Probation | null =
     config.probationMs > 0 ? { from: handoff.from, version: handoff.to, mode: handoff.mode, startedAt: handoff.startedAt, previous: ctx.previous } : null;
-  const effects: Effect[] = [...before, { kind: 'send', id: candidate.id, message: { type: 'go' } }];
+  const effects: Effect[] = [{ kind: 'send', id: candidate.id, message: { type: 'go' } }];
   if (probation) effects.push({ kind: 'start-timer', timer: 'probation', ms: config.probationMs });
   // The operator hears `succeeded` on `recorded`, once this is durable, never before.
-  effects.push({ kind: 'persist', required: false, outcome: outcomeOf(handoff, handoff.from, handoff.to, 'succeeded', null) });
-  return {
-    next: { ...ctx, state: 'running', active: candidate, candidate: null, handoff: null, probation, previous: handoff.from },
-    effects,
-  };
+  effects.push(persist(outcomeOf(handoff, handoff.to, 'succeeded', null)));
+  return step({ ...ctx, state: 'running', active: candidate, candidate: null, handoff: null, probation, previous: handoff.from }, effects);
 }
 
 /**
  * The candidate failed (exit, timeout, protocol error, or `current` could not be moved to it).
  * Its tree is killed; if it has already exited, only what it left behind is, and nothing waits for it.
+ * `versionAtFault`: the version itself failed (not the disk, not the host): it is quarantined.
  */
-function failCandidate(ctx: Context, reason: string, config: Config, exited = false, versionAtFault = true): Step {
+function failCandidate(ctx: Context, failure: { reason: string; code: RefusalCode }, config: Config, exited = false, versionAtFault = true): Step {
   const handoff = ctx.handoff!;
-  let step: Step = { next: { ...ctx, candidate: null }, effects: [{ kind: 'cancel-timer', timer: 'ready' }] };
-  if (ctx.candidate) {
-    const candidate = ctx.candidate;
-    step = exited
-      ? then(step, (c) => ({ next: c, effects: [{ kind: 'kill-tree', id: candidate.id }] }))
-      : then(step, (c) => killTree(c, candidate));
-  }
-  const outcome = outcomeOf(handoff, handoff.from, handoff.to, 'failed', reason, versionAtFault);
-  if (handoff.origin === 'operator') step = then(step, (c) => ({ next: c, effects: [{ kind: 'report', outcome: 'failed', version: handoff.to, reason }] }));
-  if (handoff.draining !== null) {
+  const { reason } = failure;
+  let failed = step({ ...ctx, candidate: null }, [{ kind: 'cancel-timer', timer: 'ready' }]);
+  const candidate = ctx.candidate;
+  if (candidate) failed = exited ? then(failed, (c) => step(c, [{ kind: 'kill-tree', id: candidate.id }])) : then(failed, (c) => killTree(c, candidate));
+  const outcome = outcomeOf(handoff, handoff.to, 'failed', failure);
+  const aftermath: Effect[] = [persist(outcome)];
+  if (versionAtFault) aftermath.push({ kind: 'quarantine', version: handoff.to, reason });
+  if (handoff.origin === 'operator') aftermath.push(report({ type: 'failed', version: handoff.to, ...failure }));
+  if (handoff.retiring !== null) {
     // The old agent is already stopping and cannot be called back; start its version again once it is gone.
-    return then(step, (c) => ({
-      next: { ...c, handoff: { ...handoff, failure: reason } },
-      effects: [
-        { kind: 'commit-current', version: handoff.from, required: false },
-        { kind: 'persist', required: false, outcome },
-      ],
-    }));
+    return then(failed, (c) => step({ ...c, handoff: { ...handoff, failure } }, [{ kind: 'commit-current', version: handoff.from }, ...aftermath]));
   }
   if (ctx.active) {
     const active = ctx.active;
-    return then(step, (c) => ({
-      next: { ...c, state: 'running', handoff: null },
-      effects: [
-        ...(handoff.origin === 'agent' ? [{ kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: handoff.to, reason } } as const] : []),
-        { kind: 'persist', required: false, outcome },
-      ],
-    }));
+    const tellAgent: Effect[] = handoff.origin === 'agent' ? [{ kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: handoff.to, ...failure } }] : [];
+    return then(failed, (c) => step({ ...c, state: 'running', handoff: null }, [...tellAgent, ...aftermath]));
   }
-  return then(step, (c) => restartFrom(c, handoff, outcome, config));
+  return then(failed, (c) => restartFrom(c, handoff, aftermath, config));
 }
 
-/** Nobody works: start the version that proved itself again, as the active agent (once no old agent is left). */
-function restartFrom(ctx: Context, handoff: Handoff, outcome: Outcome, config: Config): Step {
-  const recorded: Step = {
-    next: { ...ctx, handoff: null },
-    effects: [
-      { kind: 'commit-current', version: handoff.from, required: false },
-      { kind: 'persist', required: false, outcome },
-    ],
-  };
+/** Nobody works: start the version that proved itself again, as the active agent (once no retiring agent is left). */
+function restartFrom(ctx: Context, handoff: Handoff, aftermath: Effect[], config: Config): Step {
+  const recorded = step({ ...ctx, handoff: null }, [{ kind: 'commit-current', version: handoff.from }, ...aftermath]);
   return then(recorded, (c) => startWhenClear(c, { role: 'active', version: handoff.from, fromVersion: null }, config, 'running'));
 }
 
-/** The old agent sent `stopped` or exited: the candidate may go (or, after a failure, the old version comes back). */
+/** The retiring agent sent `stopped` or exited: the candidate may go (or, after a failure, the old version comes back). */
 function oldReleased(ctx: Context, config: Config): Step {
   const handoff = ctx.handoff!;
-  const released: Context = { ...ctx, handoff: { ...handoff, draining: null } };
-  if (handoff.failure !== null) {
-    return restartFrom(released, handoff, outcomeOf(handoff, handoff.from, handoff.to, 'failed', handoff.failure), config);
-  }
-  if (ctx.candidate) return promote(released, [], config);
+  const released: Context = { ...ctx, handoff: { ...handoff, retiring: null } };
+  if (handoff.failure !== null) return restartFrom(released, handoff, [], config);
+  if (ctx.candidate) return promote(released, config);
   // Sequential mode: only now does the candidate start.
   return startWhenClear(released, { role: 'candidate', version: handoff.to, fromVersion: handoff.from }, config, 'verifying');
 }
 
 function rollBackProbation(ctx: Context, probation: Probation, reason: string, config: Config): Step {
-  const outcome = outcomeOf(probation, probation.from, probation.version, 'rolled-back', reason, true);
-  const recorded: Step = {
-    next: { ...ctx, active: null, probation: null, previous: probation.previous },
-    effects: [
-      { kind: 'cancel-timer', timer: 'probation' },
-      { kind: 'commit-current', version: probation.from, required: false },
-      { kind: 'persist', required: false, outcome },
-    ],
-  };
+  const failure = { reason, code: 'rolled-back' as const };
+  const recorded = step({ ...ctx, active: null, probation: null, previous: probation.previous }, [
+    { kind: 'cancel-timer', timer: 'probation' },
+    { kind: 'commit-current', version: probation.from },
+    persist(outcomeOf(probation, probation.version, 'rolled-back', failure)),
+    { kind: 'quarantine', version: probation.version, reason },
+    report({ type: 'probation-failed', version: probation.version, ...failure }),
+  ]);
   return then(recorded, (c) => startWhenClear(c, { role: 'active', version: probation.from, fromVersion: null }, config, 'running'));
 }
 
+/**
+ * The upgrader was asked to stop (SIGTERM, SIGINT, SIGHUP). The active agent is told `stop` as in a
+ * handoff, so that its stop handler runs on `systemctl stop` too: `stopped` and exit within `--stop-timeout`,
+ * then SIGTERM, then its tree killed after `--kill-timeout`. A candidate does no work: SIGTERM at once.
+ * Agents already retiring keep their deadlines.
+ */
 function shutDown(ctx: Context, signal: string, config: Config): Step {
-  let step: Step = { next: { ...ctx, state: 'stopping', exitCode: 0 }, effects: [{ kind: 'cancel-timer', timer: 'ready' }, { kind: 'cancel-timer', timer: 'probation' }] };
-  if (ctx.handoff) {
-    const handoff = ctx.handoff;
-    const reason = `the upgrader received ${signal} during the handoff`;
-    step = then(step, (c) => ({
-      next: c,
-      effects: [
-        { kind: 'commit-current', version: handoff.from, required: false },
-        { kind: 'persist', required: false, outcome: outcomeOf(handoff, handoff.from, handoff.to, 'failed', reason) },
-        ...(handoff.origin === 'operator' ? [{ kind: 'report', outcome: 'failed', version: handoff.to, reason } as const] : []),
-      ],
-    }));
+  let stopping = step({ ...ctx, state: 'stopping', exitCode: 0, active: null, candidate: null, handoff: null, probation: null, pending: null }, [
+    { kind: 'cancel-timer', timer: 'ready' },
+    { kind: 'cancel-timer', timer: 'probation' },
+  ]);
+  const failure = { reason: `the upgrader received ${signal}`, code: 'interrupted' as const };
+  const handoff = ctx.handoff;
+  if (handoff) {
+    const during = { ...failure, reason: `${failure.reason} during the handoff` };
+    stopping = then(stopping, (c) =>
+      step(c, [
+        { kind: 'commit-current', version: handoff.from },
+        persist(outcomeOf(handoff, handoff.to, 'failed', during)),
+        ...(handoff.origin === 'operator' ? [report({ type: 'failed', version: handoff.to, ...during })] : []),
+      ]),
+    );
   }
-  const live = [ctx.active, ctx.candidate, ...ctx.dying.filter((d) => d.phase === 'stopping')].filter((a): a is AgentRef | Dying => a !== null);
-  step = then(step, (c) => ({ next: { ...c, active: null, candidate: null, handoff: null, probation: null, pending: null }, effects: [] }));
-  for (const agent of live) step = then(step, (c) => terminate(c, agent, config.stopMs));
-  return then(step, finishIfEmpty);
+  const probation = ctx.probation;
+  if (probation) stopping = then(stopping, (c) => step(c, [report({ type: 'probation-failed', version: probation.version, code: 'interrupted', reason: `${failure.reason} before the probation of ${probation.version} ended` })]));
+  const active = ctx.active;
+  if (active) stopping = then(stopping, (c) => tellToStop(c, active, config));
+  const candidate = ctx.candidate;
+  if (candidate) stopping = then(stopping, (c) => terminate(c, candidate, config.killMs));
+  if (stopping.next.retiring.length > 0) return then(stopping, (c) => step(c, [persist()]));
+  return then(stopping, finishIfEmpty);
 }
 
 function finishIfEmpty(ctx: Context): Step {
-  if (ctx.state !== 'stopping' || ctx.active || ctx.candidate || ctx.dying.length > 0) return stay(ctx);
-  return { next: { ...ctx, state: 'exited' }, effects: [{ kind: 'persist', required: false, outcome: null }, { kind: 'exit', code: ctx.exitCode ?? 0 }] };
+  if (ctx.state !== 'stopping' || ctx.active || ctx.candidate || ctx.retiring.length > 0) return step(ctx);
+  return step({ ...ctx, state: 'exited' }, [persist(), { kind: 'exit', code: ctx.exitCode ?? 0 }]);
 }
 
-// ---------------------------------------------------------------- events, by what they concern
+// ---------------------------------------------------------------- cells shared by several states
 
-function onExited(ctx: Context, event: Extract<Event, { type: 'exited' }>, config: Config): Step {
-  const { id } = event;
-  const dying = ctx.dying.find((d) => d.id === id);
-  if (dying) {
-    const next: Context = { ...ctx, dying: ctx.dying.filter((d) => d.id !== id) };
-    const cleared: Step = { next, effects: [{ kind: 'cancel-timer', timer: dyingTimer(id) }] };
-    if (ctx.state === 'draining' && ctx.handoff?.draining === id) return then(cleared, (c) => oldReleased(c, config));
-    if (ctx.state === 'waiting' && next.dying.length === 0 && ctx.pending) {
-      const pending = ctx.pending;
-      return then(cleared, (c) => startNow(c, pending, config));
-    }
-    if (ctx.state === 'stopping') return then(cleared, finishIfEmpty);
-    // The state file lists the agents that live: one that is gone leaves it.
-    return then(cleared, (c) => ({ next: c, effects: [{ kind: 'persist', required: false, outcome: null }] }));
-  }
+type Cell<E extends EventType> = (ctx: Context, event: Extract<Event, { type: E }>, config: Config) => Step;
+type Row = { [E in EventType]: Cell<E> };
+
+const ignoring =
+  (why: string) =>
+  (ctx: Context): Step =>
+    ignore(ctx, why);
+
+const isRetiring = (ctx: Context, id: number): boolean => ctx.retiring.some((r) => r.id === id);
+
+/** Only `idle` starts; `start` is sent once, at start-up. */
+const startAgain = ignoring('the upgrader has already started');
+
+function recordStatus(ctx: Context, event: Extract<Event, { type: 'status' }>): Step {
+  const known = ctx.active?.id === event.id || ctx.candidate?.id === event.id || isRetiring(ctx, event.id);
+  if (!known) return ignore(ctx, 'not from an agent of this upgrader');
+  return step(ctx, [{ kind: 'record-status', id: event.id, message: event.message }]);
+}
+
+/** `ready` from the active agent (after a restart, or started by recovery): it is up. */
+function activeReady(ctx: Context, event: Extract<Event, { type: 'ready' }>): Step {
+  if (ctx.active?.id !== event.id) return ignore(ctx, 'only the active agent or a verifying candidate reports ready');
+  if (ctx.active.ready) return ignore(ctx, 'the active agent already said ready');
+  return step({ ...ctx, active: { ...ctx.active, ready: true } }, [persist()]);
+}
+
+/** `stopped` outside a handoff's drain: from the candidate it is a protocol error; otherwise the exit decides. */
+function stoppedOutOfTurn(ctx: Context, event: Extract<Event, { type: 'stopped' }>, config: Config): Step {
+  if (ctx.candidate?.id === event.id) return failCandidate(ctx, { reason: 'protocol error: the candidate sent stopped before it was told go', code: 'candidate-failed' }, config);
+  return ignore(ctx, 'only the agent draining for a handoff frees the work with stopped; others are awaited by their exit');
+}
+
+function candidateProtocolError(ctx: Context, event: Extract<Event, { type: 'protocol-error' }>, config: Config): Step {
+  if (ctx.candidate?.id !== event.id) return ignore(ctx, 'an active or retiring agent is not judged by its lines (they are logged)');
+  return failCandidate(ctx, { reason: `protocol error from the candidate: ${event.detail}`, code: 'candidate-failed' }, config);
+}
+
+/** A retiring agent is gone: it leaves the list. The caller writes the state (which names live agents) once, in what follows. */
+function forget(ctx: Context, id: number): Step {
+  return step({ ...ctx, retiring: ctx.retiring.filter((r) => r.id !== id) }, [{ kind: 'cancel-timer', timer: retireTimer(id) }]);
+}
+
+/** A retiring agent is gone and nothing follows from it: the state file stops naming it. */
+function retiredExit(ctx: Context, id: number): Step {
+  return then(forget(ctx, id), (c) => step(c, [persist()]));
+}
+
+function candidateExited(ctx: Context, event: Extract<Event, { type: 'exited' }>, config: Config): Step {
+  const candidate = ctx.candidate!;
   const how = describeExit(event.code, event.signal, event.error);
-  if (ctx.candidate?.id === id) {
-    const when = event.error ? '' : ` before ${ctx.candidate.ready ? 'it was told go' : 'reporting ready'}`;
-    // A host out of descriptors, processes or memory says nothing about the version: no quarantine.
-    return failCandidate(ctx, `the candidate ${ctx.candidate.version} ${how}${when}`, config, true, !isResourceError(event.errorCode));
-  }
-  if (ctx.active?.id !== id) return stay(ctx);
-  const active = ctx.active;
-  if (ctx.state === 'verifying' || ctx.state === 'waiting') {
-    // The old agent died while the candidate verifies (or waits to start): it takes over once it is ready.
-    return { next: { ...ctx, active: null }, effects: [{ kind: 'persist', required: false, outcome: null }] };
-  }
-  if (ctx.probation) {
-    return rollBackProbation(ctx, ctx.probation, `${active.version} ${how} during its probation`, config);
-  }
-  // The agent ended on its own: so do we, with its status, and the init system decides what comes next.
+  const when = event.error ? '' : ` before ${candidate.ready ? 'it was told go' : 'reporting ready'}`;
+  // A host out of descriptors, processes or memory says nothing about the version: no quarantine.
+  return failCandidate(ctx, { reason: `the candidate ${candidate.version} ${how}${when}`, code: 'candidate-failed' }, config, true, !isResourceError(event.errorCode));
+}
+
+/** The active agent ended on its own, outside probation: so do we, with its status, and the init system decides what comes next. */
+function activeEnded(ctx: Context, event: Extract<Event, { type: 'exited' }>): Step {
   return finishIfEmpty({ ...ctx, state: 'stopping', active: null, exitCode: runExitStatusForAgent(event.code, event.signal) });
 }
 
-function onUpgradeRequest(ctx: Context, event: Extract<Event, { type: 'upgrade-requested' }>, config: Config): Step {
+/** Everything an upgrade request can be refused for, in the order it is checked. */
+function refusal(ctx: Context, event: Extract<Event, { type: 'upgrade-requested' }>): Problem | null {
+  if (ctx.handoff) return { code: 'in-progress', reason: `a handoff to ${ctx.handoff.to} is already in progress` };
+  if (ctx.pending) return { code: 'in-progress', reason: `${ctx.pending.version} is being started again once the old agent has exited` };
+  if (ctx.state !== 'running' || !ctx.active) return { code: 'not-running', reason: `the upgrader is ${ctx.state}, with no active agent` };
+  if (event.problem) return event.problem;
+  if (event.version === ctx.active.version) return { code: 'running-version', reason: `${event.version} is the running version` };
+  return null;
+}
+
+function upgradeRequested(ctx: Context, event: Extract<Event, { type: 'upgrade-requested' }>, config: Config): Step {
   const fromAgent = event.origin === 'agent';
-  if (fromAgent && ctx.candidate?.id === event.id) return failCandidate(ctx, `protocol error: the candidate asked for an upgrade before it was told go`, config);
-  const active = ctx.active;
-  // Only the active agent may ask; anything else an agent sends of this kind is ignored.
-  if (fromAgent && (!active || active.id !== event.id)) return stay(ctx);
-  const refuse = (reason: string): Step => ({ next: ctx, effects: [answer(event, active, reason)] });
-  if (ctx.state !== 'running' || !active) {
-    if (ctx.handoff) return refuse(`a handoff to ${ctx.handoff.to} is already in progress`);
-    if (ctx.pending) return refuse(`${ctx.pending.version} is being started again once the old agent has exited`);
-    return refuse(`the upgrader is ${ctx.state}, with no active agent`);
+  if (fromAgent && ctx.candidate?.id === event.id) {
+    return failCandidate(ctx, { reason: 'protocol error: the candidate asked for an upgrade before it was told go', code: 'candidate-failed' }, config);
   }
-  if (event.problem) return refuse(event.problem);
-  if (event.version === active.version) return refuse(`${event.version} is the running version`);
-  return acceptUpgrade(ctx, active, event, config);
+  if (fromAgent && ctx.active?.id !== event.id) return ignore(ctx, 'only the active agent may ask for an upgrade');
+  const problem = refusal(ctx, event);
+  if (problem) return step(ctx, [answer(event, ctx.active, problem)]);
+  return acceptUpgrade(ctx, ctx.active!, event, config);
 }
 
 /** A refusal, to whoever asked. */
-function answer(event: Extract<Event, { type: 'upgrade-requested' }>, active: AgentRef | null, reason: string): Effect {
-  if (event.origin === 'operator' || !active) return { kind: 'report', outcome: 'failed', version: event.version, reason };
-  return { kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: event.version, reason } };
+function answer(event: Extract<Event, { type: 'upgrade-requested' }>, active: AgentRef | null, problem: Problem): Effect {
+  if (event.origin === 'operator' || !active) return report({ type: 'failed', version: event.version, ...problem });
+  return { kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: event.version, ...problem } };
 }
 
-function onTimeout(ctx: Context, timer: TimerName, config: Config): Step {
-  if (timer === 'ready') {
-    if (ctx.state !== 'verifying' || !ctx.candidate) return stay(ctx);
-    return failCandidate(ctx, `the candidate ${ctx.candidate.version} did not report ready within ${formatDuration(config.readyMs)}`, config);
-  }
-  if (timer === 'probation') {
-    if (!ctx.probation) return stay(ctx);
-    return { next: { ...ctx, probation: null }, effects: [{ kind: 'persist', required: false, outcome: null }] };
-  }
-  if (timer === 'record') return { next: ctx, effects: [{ kind: 'persist', required: false, outcome: null }] };
-  const id = Number(timer.slice('dying:'.length));
-  const dying = ctx.dying.find((d) => d.id === id);
-  if (!dying) return stay(ctx);
-  if (dying.phase === 'stopping') return terminate(ctx, dying, config.killMs);
-  if (dying.phase === 'terminating') return killTree(ctx, dying);
-  return stay(ctx);
+/** A retiring agent's deadline passed: `stop` unanswered -> SIGTERM; SIGTERM unanswered -> its tree is killed. */
+function retireTimeout(ctx: Context, timer: TimerName, config: Config): Step {
+  const id = Number(timer.slice('retire:'.length));
+  const retiring = ctx.retiring.find((r) => r.id === id);
+  if (!retiring) return ignore(ctx, 'the agent has exited already');
+  if (retiring.phase === 'stopping') return terminate(ctx, retiring, config.killMs);
+  if (retiring.phase === 'terminating') return killTree(ctx, retiring);
+  return ignore(ctx, 'its tree has been killed; the exit is awaited');
 }
 
-function onIoFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, config: Config): Step {
+const isRetireTimer = (timer: TimerName): boolean => timer.startsWith('retire:');
+
+/** The timers that mean the same in every state with agents: retiring agents' deadlines and the record retry. */
+function commonTimeout(ctx: Context, timer: TimerName, config: Config): Step | null {
+  if (isRetireTimer(timer)) return retireTimeout(ctx, timer, config);
+  if (timer === 'record') return step(ctx, [persist()]);
+  return null;
+}
+
+/** A write this step depended on failed: the step was dropped. What is told, and to whom. */
+function ioFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, config: Config): Step {
   const trigger = event.trigger;
   if (trigger.type === 'upgrade-requested') {
-    const reason = `the upgrade could not be recorded durably (${event.error}); nothing was changed`;
-    return { next: ctx, effects: [answer(trigger, ctx.active, reason)] };
+    return step(ctx, [answer(trigger, ctx.active, { code: 'io', reason: `the upgrade could not be recorded durably (${event.error}); nothing was changed` })]);
   }
-  if (trigger.type === 'ready' && ctx.handoff) {
+  if (trigger.type === 'ready' && ctx.handoff && ctx.candidate?.id === trigger.id) {
     // The move of `current` is undone where it got that far (layout.ts); pointing it at `from` again makes
     // sure, so that `current`, the state and the reported failure agree.
-    const from = ctx.handoff.from;
-    const failed = failCandidate(ctx, `current could not be pointed at ${ctx.handoff.to} (${event.error}); it still names ${from}`, config, false, false);
-    return { next: failed.next, effects: [{ kind: 'commit-current', version: from, required: false }, ...failed.effects] };
+    const { from, to } = ctx.handoff;
+    const failed = failCandidate(ctx, { reason: `current could not be pointed at ${to} (${event.error}); it still names ${from}`, code: 'io' }, config, false, false);
+    if (failed.effects.some((e) => e.kind === 'commit-current')) return failed;
+    return { ...failed, effects: [{ kind: 'commit-current', version: from }, ...failed.effects] };
   }
-  return stay(ctx);
+  return ignore(ctx, 'only an accepted upgrade and a candidate\'s ready write durably first');
 }
 
 /** The result an operator waits for is durable now: only now is it told. */
-function onRecorded(ctx: Context, outcome: Outcome): Step {
-  if (outcome.result !== 'succeeded' || outcome.origin !== 'operator') return stay(ctx);
-  return { next: ctx, effects: [{ kind: 'report', outcome: 'succeeded', version: outcome.to, reason: null }] };
+function recorded(ctx: Context, event: Extract<Event, { type: 'recorded' }>): Step {
+  const { outcome } = event;
+  if (outcome.result !== 'succeeded' || outcome.origin !== 'operator') return ignore(ctx, 'only an operator waits for a success');
+  return step(ctx, [report({ type: 'succeeded', version: outcome.to, probation: ctx.probation?.version === outcome.to })]);
 }
 
 /**
@@ -481,63 +535,188 @@ function onRecorded(ctx: Context, outcome: Outcome): Step {
  * which a timer brings about; an operator waiting for that success is told it is not recorded yet (so that
  * nobody is ever told `succeeded` of an upgrade that a crash would then undo).
  */
-function onRecordFailed(ctx: Context, event: Extract<Event, { type: 'record-failed' }>): Step {
+function recordFailed(ctx: Context, event: Extract<Event, { type: 'record-failed' }>): Step {
   const effects: Effect[] = [{ kind: 'start-timer', timer: 'record', ms: RECORD_RETRY_MS }];
   const outcome = event.outcome;
   if (outcome?.result === 'succeeded' && outcome.origin === 'operator') {
     const reason = `${outcome.to} runs, but its success could not be recorded (${event.error}); the upgrader retries every ${formatDuration(RECORD_RETRY_MS)}, and a restart before that succeeds goes back to ${outcome.from}`;
-    effects.unshift({ kind: 'report', outcome: 'failed', version: outcome.to, reason });
+    effects.unshift(report({ type: 'failed', version: outcome.to, reason, code: 'not-recorded' }));
   }
-  return { next: ctx, effects };
+  return step(ctx, effects);
 }
 
-/** The whole state machine. Unknown combinations of state and event change nothing. */
-export function transition(ctx: Context, event: Event, config: Config): Step {
-  if (ctx.state === 'exited') return stay(ctx);
-  switch (event.type) {
-    case 'start': {
-      if (ctx.state !== 'idle') return stay(ctx);
-      const started = startNow({ ...ctx, previous: event.previous, probation: event.probation }, { role: 'active', version: event.version, fromVersion: null }, config);
-      if (!event.probation) return started;
-      return { next: started.next, effects: [...started.effects, { kind: 'start-timer', timer: 'probation', ms: config.probationMs }] };
+// ---------------------------------------------------------------- the table
+
+const idle: Row = {
+  start: (ctx, event, config) => {
+    const started = startNow({ ...ctx, previous: event.previous, probation: event.probation }, { role: 'active', version: event.version, fromVersion: null }, config);
+    if (!event.probation) return started;
+    return { ...started, effects: [...started.effects, { kind: 'start-timer', timer: 'probation', ms: config.probationMs }] };
+  },
+  'upgrade-requested': (ctx, event) => (event.origin === 'operator' ? step(ctx, [answer(event, null, refusal(ctx, event)!)]) : ignore(ctx, 'no agent exists yet')),
+  ready: ignoring('no agent exists yet'),
+  stopped: ignoring('no agent exists yet'),
+  status: ignoring('no agent exists yet'),
+  'protocol-error': ignoring('no agent exists yet'),
+  exited: ignoring('no agent exists yet'),
+  timeout: ignoring('no timer runs yet'),
+  shutdown: (ctx) => step({ ...ctx, state: 'exited', exitCode: 0 }, [persist(), { kind: 'exit', code: 0 }]),
+  'io-failed': ignoring('nothing has been written yet'),
+  recorded: ignoring('nothing has been written yet'),
+  'record-failed': ignoring('nothing has been written yet'),
+};
+
+const running: Row = {
+  start: startAgain,
+  'upgrade-requested': upgradeRequested,
+  ready: activeReady,
+  stopped: stoppedOutOfTurn,
+  status: recordStatus,
+  'protocol-error': candidateProtocolError,
+  exited: (ctx, event, config) => {
+    if (isRetiring(ctx, event.id)) return retiredExit(ctx, event.id);
+    if (ctx.active?.id !== event.id) return ignore(ctx, 'not an agent of this upgrader');
+    if (ctx.probation) return rollBackProbation(ctx, ctx.probation, `${ctx.active.version} ${describeExit(event.code, event.signal, event.error)} during its probation`, config);
+    return activeEnded(ctx, event);
+  },
+  timeout: (ctx, event, config) => {
+    const common = commonTimeout(ctx, event.timer, config);
+    if (common) return common;
+    if (event.timer === 'probation' && ctx.probation) {
+      const version = ctx.probation.version;
+      return step({ ...ctx, probation: null }, [persist(), report({ type: 'probation-passed', version })]);
     }
-    case 'shutdown':
-      if (ctx.state === 'stopping' || ctx.state === 'idle') return stay(ctx);
-      return shutDown(ctx, event.signal, config);
-    case 'exited':
-      return onExited(ctx, event, config);
-    case 'upgrade-requested':
-      return onUpgradeRequest(ctx, event, config);
-    case 'ready':
-      if (ctx.state === 'verifying' && ctx.candidate?.id === event.id && !ctx.candidate.ready) return candidateReady(ctx, config);
-      if (ctx.active?.id === event.id && !ctx.active.ready) {
-        return { next: { ...ctx, active: { ...ctx.active, ready: true } }, effects: [{ kind: 'persist', required: false, outcome: null }] };
-      }
-      return stay(ctx);
-    case 'stopped':
-      if (ctx.candidate?.id === event.id) return failCandidate(ctx, 'protocol error: the candidate sent stopped before it was told go', config);
-      // `stopped` frees the work for a ready candidate at once. Starting a process (the sequential
-      // candidate, or the old version again after a failure) waits for the old one to exit instead.
-      if (ctx.state === 'draining' && ctx.handoff?.draining === event.id && ctx.candidate?.ready && ctx.handoff.failure === null) {
-        return oldReleased(ctx, config);
-      }
-      return stay(ctx);
-    case 'protocol-error':
-      if (ctx.candidate?.id === event.id) return failCandidate(ctx, `protocol error from the candidate: ${event.detail}`, config);
-      return stay(ctx);
-    case 'timeout':
-      return onTimeout(ctx, event.timer, config);
-    case 'io-failed':
-      return onIoFailed(ctx, event, config);
-    case 'recorded':
-      return onRecorded(ctx, event.outcome);
-    case 'record-failed':
-      return onRecordFailed(ctx, event);
-  }
+    return ignore(ctx, 'a timer of a state already left');
+  },
+  shutdown: (ctx, event, config) => shutDown(ctx, event.signal, config),
+  'io-failed': ioFailed,
+  recorded,
+  'record-failed': recordFailed,
+};
+
+const verifying: Row = {
+  start: startAgain,
+  'upgrade-requested': upgradeRequested,
+  ready: (ctx, event, config) => (ctx.candidate?.id === event.id && !ctx.candidate.ready ? candidateReady(ctx, config) : activeReady(ctx, event)),
+  stopped: stoppedOutOfTurn,
+  status: recordStatus,
+  'protocol-error': candidateProtocolError,
+  exited: (ctx, event, config) => {
+    if (ctx.candidate?.id === event.id) return candidateExited(ctx, event, config);
+    if (isRetiring(ctx, event.id)) return retiredExit(ctx, event.id);
+    // The old agent died while the candidate verifies: it takes over once it is ready.
+    if (ctx.active?.id === event.id) return step({ ...ctx, active: null }, [persist()]);
+    return ignore(ctx, 'not an agent of this upgrader');
+  },
+  timeout: (ctx, event, config) => {
+    const common = commonTimeout(ctx, event.timer, config);
+    if (common) return common;
+    if (event.timer === 'ready' && ctx.candidate) {
+      return failCandidate(ctx, { reason: `the candidate ${ctx.candidate.version} did not report ready within ${formatDuration(config.readyMs)}`, code: 'candidate-failed' }, config);
+    }
+    return ignore(ctx, 'a timer of a state already left');
+  },
+  shutdown: (ctx, event, config) => shutDown(ctx, event.signal, config),
+  'io-failed': ioFailed,
+  recorded,
+  'record-failed': recordFailed,
+};
+
+const draining: Row = {
+  start: startAgain,
+  'upgrade-requested': upgradeRequested,
+  ready: ignoring('no agent here is waiting to report ready: the candidate has, the retiring agent is leaving'),
+  stopped: (ctx, event, config) => {
+    const handoff = ctx.handoff!;
+    // `stopped` frees the work for a ready candidate at once. Starting a process (the sequential
+    // candidate, or the old version again after a failure) waits for the old one to exit instead.
+    if (handoff.retiring !== event.id) return stoppedOutOfTurn(ctx, event, config);
+    if (ctx.candidate?.ready && handoff.failure === null) return oldReleased(ctx, config);
+    return ignore(ctx, 'a process starts only once the retiring agent has exited');
+  },
+  status: recordStatus,
+  'protocol-error': candidateProtocolError,
+  exited: (ctx, event, config) => {
+    if (ctx.candidate?.id === event.id) return candidateExited(ctx, event, config);
+    // No write between this exit and `go`: promote writes the outcome after sending it.
+    if (ctx.handoff!.retiring === event.id) return then(forget(ctx, event.id), (c) => oldReleased(c, config));
+    if (isRetiring(ctx, event.id)) return retiredExit(ctx, event.id);
+    return ignore(ctx, 'not an agent of this upgrader');
+  },
+  timeout: (ctx, event, config) => commonTimeout(ctx, event.timer, config) ?? ignore(ctx, 'a timer of a state already left'),
+  shutdown: (ctx, event, config) => shutDown(ctx, event.signal, config),
+  'io-failed': ioFailed,
+  recorded,
+  'record-failed': recordFailed,
+};
+
+const waiting: Row = {
+  start: startAgain,
+  'upgrade-requested': upgradeRequested,
+  ready: activeReady,
+  stopped: stoppedOutOfTurn,
+  status: recordStatus,
+  'protocol-error': candidateProtocolError,
+  exited: (ctx, event, config) => {
+    if (isRetiring(ctx, event.id)) {
+      const pending = ctx.pending!;
+      if (ctx.retiring.length > 1) return retiredExit(ctx, event.id);
+      return then(forget(ctx, event.id), (c) => startNow(c, pending, config));
+    }
+    // The active agent died while its candidate waits to start: the candidate takes over once ready.
+    if (ctx.active?.id === event.id) return step({ ...ctx, active: null }, [persist()]);
+    return ignore(ctx, 'not an agent of this upgrader');
+  },
+  timeout: (ctx, event, config) => commonTimeout(ctx, event.timer, config) ?? ignore(ctx, 'a timer of a state already left'),
+  shutdown: (ctx, event, config) => shutDown(ctx, event.signal, config),
+  'io-failed': ioFailed,
+  recorded,
+  'record-failed': recordFailed,
+};
+
+const stopping: Row = {
+  start: startAgain,
+  'upgrade-requested': (ctx, event) => (event.origin === 'operator' ? step(ctx, [answer(event, null, refusal(ctx, event)!)]) : ignore(ctx, 'only the active agent may ask for an upgrade, and none is left')),
+  ready: ignoring('the upgrader is stopping'),
+  stopped: ignoring('the upgrader is stopping; each agent is awaited by its exit'),
+  status: recordStatus,
+  'protocol-error': ignoring('the upgrader is stopping'),
+  exited: (ctx, event) => {
+    if (!isRetiring(ctx, event.id)) return ignore(ctx, 'not an agent of this upgrader');
+    return ctx.retiring.length > 1 ? retiredExit(ctx, event.id) : then(forget(ctx, event.id), finishIfEmpty);
+  },
+  timeout: (ctx, event, config) => commonTimeout(ctx, event.timer, config) ?? ignore(ctx, 'a timer of a state already left'),
+  shutdown: ignoring('already stopping: the running deadlines bound the stop'),
+  'io-failed': ignoring('only an accepted upgrade and a candidate\'s ready write durably first'),
+  recorded,
+  'record-failed': recordFailed,
+};
+
+const exitedRow: Row = {
+  start: ignoring('the upgrader has exited'),
+  'upgrade-requested': ignoring('the upgrader has exited'),
+  ready: ignoring('the upgrader has exited'),
+  stopped: ignoring('the upgrader has exited'),
+  status: ignoring('the upgrader has exited'),
+  'protocol-error': ignoring('the upgrader has exited'),
+  exited: ignoring('the upgrader has exited'),
+  timeout: ignoring('the upgrader has exited'),
+  shutdown: ignoring('the upgrader has exited'),
+  'io-failed': ignoring('the upgrader has exited'),
+  recorded: ignoring('the upgrader has exited'),
+  'record-failed': ignoring('the upgrader has exited'),
+};
+
+export const TABLE: Record<StateName, Row> = { idle, running, verifying, draining, waiting, stopping, exited: exitedRow };
+
+/** The whole state machine: the cell of the table for this state and event. */
+export function transition(ctx: Context, event: Event, config: Config): Step {
+  const cell = TABLE[ctx.state][event.type] as (ctx: Context, event: Event, config: Config) => Step;
+  return cell(ctx, event, config);
 }
 
 /** The one-word state shown by `status` and written to the state file. */
-export function publicState(ctx: Context): 'starting' | 'running' | 'upgrading' | 'stopping' | 'stopped' {
+export function publicState(ctx: Context): PublicState {
   switch (ctx.state) {
     case 'idle':
       return 'starting';

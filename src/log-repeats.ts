@@ -6,7 +6,7 @@
  * an idle upgrader has no wake-ups.
  */
 import { performance } from 'node:perf_hooks';
-import { MAX_UNREAD_BYTES, type AgentLineEvent, type AgentProcess } from './agent-process.js';
+import { MAX_UNREAD_BYTES, type AgentHandle, type AgentLineEvent } from './agent-process.js';
 import type { Logger } from './log.js';
 
 export const REPEAT_WINDOW_MS = 10_000;
@@ -116,7 +116,7 @@ export class AgentRepeats {
   private readonly summary: RepeatSummary;
 
   constructor(
-    private readonly proc: AgentProcess,
+    private readonly proc: AgentHandle,
     private readonly log: Logger,
   ) {
     const who = { agentPid: proc.pid, version: proc.spec.version };
@@ -129,7 +129,7 @@ export class AgentRepeats {
     return this.summary.note(kind, label);
   }
 
-  /** Replies dropped because the agent does not read its stdin (AgentProcess.send): the first is logged, the rest counted. */
+  /** Replies dropped because the agent does not read its stdin (AgentHandle.send): the first is logged, the rest counted. */
   noteDroppedReplies(): void {
     const dropped = this.proc.takeDroppedReplies();
     if (dropped === 0 || !this.summary.note('dropped-reply', 'an upgrade-failed reply dropped (the agent does not read its stdin)', dropped)) return;

@@ -34,6 +34,7 @@ export const REFUSAL_CODES = [
   'busy',
   'invalid-version',
   'missing',
+  'unlaunchable',
   'quarantined',
   'jump-refused',
   'running-version',
@@ -41,9 +42,11 @@ export const REFUSAL_CODES = [
   'not-running',
   'candidate-failed',
   'rolled-back',
+  'superseded',
   'interrupted',
   'io',
   'not-recorded',
+  'invalid-request',
 ] as const;
 export type RefusalCode = (typeof REFUSAL_CODES)[number];
 

@@ -41,6 +41,8 @@ const UpgradeRecord = z.object({
   mode: HandoffMode,
   result: UpgradeResult,
   reason: z.string().nullable(),
+  /** The refusal code of a failure (protocol.ts REFUSAL_CODES; absent in older files and on success). */
+  code: z.string().regex(/^[a-z][a-z-]{0,31}$/).nullable().default(null),
   startedAt: Iso,
   at: Iso,
   durationMs: z.number().nonnegative(),
@@ -59,8 +61,12 @@ const OpenHandoff = z.object({
 const Repair = z.object({ at: Iso, problem: z.string().max(4096), version: Version });
 export type Repair = z.infer<typeof Repair>;
 
+/** The one-word state of a running upgrader, as the state file, `status` and STATUS= show it. */
+export const PublicState = z.enum(['starting', 'running', 'upgrading', 'stopping', 'stopped']);
+export type PublicState = z.infer<typeof PublicState>;
+
 export const PersistedState = z.object({
-  state: z.enum(['starting', 'running', 'upgrading', 'stopping', 'stopped']),
+  state: PublicState,
   current: Version.nullable(),
   previous: Version.nullable(),
   agents: z.array(RecordedAgent),

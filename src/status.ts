@@ -11,7 +11,7 @@ import { describeError, EXIT, UpgraderError } from './errors.js';
 import { Layout } from './layout.js';
 import { readOwnerRecord } from './ownership.js';
 import { isSameProcessAlive } from './proc.js';
-import { StateFile, type RecordedAgent, type Repair, type UpgradeRecord } from './state.js';
+import { StateFile, type PublicState, type RecordedAgent, type Repair, type UpgradeRecord } from './state.js';
 import { Quarantine, type QuarantineEntry } from './quarantine.js';
 
 export type AgentView = { pid: number; version: string; role: string; ready: boolean; since: string; uptimeMs: number };
@@ -20,7 +20,7 @@ export type AgentView = { pid: number; version: string; role: string; ready: boo
  * `broken`: the root is malformed, or no upgrader runs and `current` is unusable;
  * `unreadable`: this user may not read the root or its files, so what runs there is unknown.
  */
-export type RootState = 'starting' | 'running' | 'upgrading' | 'stopping' | 'stopped' | 'broken' | 'unreadable';
+export type RootState = PublicState | 'broken' | 'unreadable';
 
 export type StatusReport = {
   root: string;

@@ -370,7 +370,7 @@ describe('upgrade and rollback from the shell', () => {
     const rolled = await runCli(['rollback', '--root', root, '--json']);
     expect(rolled.code).toBe(0);
     const replies = rolled.stdout.trim().split('\n').map((l) => JSON.parse(l));
-    expect(replies.at(-1)).toEqual({ type: 'succeeded', version: '1.0.0' });
+    expect(replies.at(-1)).toEqual({ type: 'succeeded', version: '1.0.0', probation: expect.any(Boolean) });
     expect(currentTarget(root)).toBe('versions/1.0.0');
     const spans = workSpans(root);
     for (let i = 1; i < spans.length; i++) expect(spans[i]!.first).toBeGreaterThan(spans[i - 1]!.last);

@@ -1,23 +1,25 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { initialContext, transition, exitStatusOf, runExitStatusForAgent, type Config, type Context, type Effect, type Event, type TimerName } from '../../src/handoff.js';
+import { initialContext, transition, exitStatusOf, runExitStatusForAgent, type Config, type Context, type DurableWrite, type Effect, type Event, type TimerName } from '../../src/handoff.js';
 
 const config: Config = { readyMs: 1000, stopMs: 2000, killMs: 500, probationMs: 3000 };
 
 /** Runs events through the machine, collecting every effect. */
-function play(events: Event[], ctx = initialContext()): { ctx: Context; effects: Effect[] } {
+function play(events: Event[], ctx = initialContext()): { ctx: Context; durable: DurableWrite[]; effects: Effect[] } {
   const effects: Effect[] = [];
+  const durable: DurableWrite[] = [];
   for (const event of events) {
     const step = transition(ctx, event, config);
     ctx = step.next;
+    durable.push(...step.durable);
     effects.push(...step.effects);
   }
-  return { ctx, effects };
+  return { ctx, durable, effects };
 }
 
 const at = '2026-01-01T00:00:00.000Z';
 const start: Event = { type: 'start', version: '1', previous: null, probation: null };
-const upgrade = (id: number, version: string, mode: 'live' | 'sequential' = 'live'): Event => ({ type: 'upgrade-requested', origin: 'agent', id, version, mode, problem: null, at });
+const upgrade = (id: number, version: string, mode: 'live' | 'sequential' = 'live'): Event => ({ type: 'upgrade-requested', origin: 'agent', id, version, mode, problem: null, force: false, at });
 const sends = (effects: Effect[]) => effects.flatMap((e) => (e.kind === 'send' ? [`${e.message.type}->${e.id}`] : []));
 
 describe('handoff transitions', () => {
@@ -25,10 +27,11 @@ describe('handoff transitions', () => {
     let r = play([start, { type: 'ready', id: 1 }, upgrade(1, '2')]);
     expect(r.ctx.state).toBe('verifying');
     expect(r.effects).toContainEqual({ kind: 'spawn', id: 2, version: '2', role: 'candidate', fromVersion: '1' });
-    expect(r.effects.findIndex((e) => e.kind === 'persist' && e.required)).toBeLessThan(r.effects.findIndex((e) => e.kind === 'spawn' && e.role === 'candidate'));
+    // The intent is written before the candidate exists: the durable part of the step comes first.
+    expect(r.durable).toEqual([{ kind: 'persist' }]);
     r = play([{ type: 'ready', id: 2 }], r.ctx);
     expect(r.ctx.state).toBe('draining');
-    expect(r.effects[0]).toEqual({ kind: 'commit-current', version: '2', required: true });
+    expect(r.durable).toEqual([{ kind: 'commit-current', version: '2' }]);
     expect(sends(r.effects)).toEqual(['stop->1']);
     // Every write happens before stop: the old agent's prompt `stopped` must find the loop free.
     const stopAt = r.effects.findIndex((e) => e.kind === 'send');
@@ -64,11 +67,11 @@ describe('handoff transitions', () => {
   it('probation rollback: the old version starts again only once its previous instance has exited', () => {
     // The old agent said stopped (the candidate got go) but is still exiting when the new one dies.
     let r = play([start, upgrade(1, '2'), { type: 'ready', id: 2 }, { type: 'stopped', id: 1 }]);
-    expect(r.ctx.dying.map((d) => d.id)).toEqual([1]);
+    expect(r.ctx.retiring.map((d) => d.id)).toEqual([1]);
     r = play([{ type: 'exited', id: 2, code: 1, signal: null }], r.ctx);
     expect(r.ctx).toMatchObject({ state: 'waiting', active: null, pending: { role: 'active', version: '1' } });
     expect(r.effects.some((e) => e.kind === 'spawn')).toBe(false);
-    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1', required: false });
+    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1' });
     expect(sends(play([upgrade(0, '3')], r.ctx).effects)).toEqual([]);
     r = play([{ type: 'exited', id: 1, code: 0, signal: null }], r.ctx);
     expect(r.ctx).toMatchObject({ state: 'running', active: { id: 3, version: '1' }, pending: null });
@@ -90,19 +93,26 @@ describe('handoff transitions', () => {
     const verifying = play([start, upgrade(1, '2')]).ctx;
     const outcome = (errorCode: string) =>
       play([{ type: 'exited', id: 2, code: 127, signal: null, error: `${errorCode}: spawn`, errorCode }], verifying).effects.find((e) => e.kind === 'persist' && e.outcome);
-    for (const code of ['EMFILE', 'ENFILE', 'EAGAIN', 'ENOMEM']) expect(outcome(code)).toMatchObject({ outcome: { result: 'failed', quarantine: false } });
-    expect(outcome('ENOENT')).toMatchObject({ outcome: { result: 'failed', quarantine: true } });
+    const quarantines = (errorCode: string) =>
+      play([{ type: 'exited', id: 2, code: 127, signal: null, error: `${errorCode}: spawn`, errorCode }], verifying).effects.some((e) => e.kind === 'quarantine' && e.version === '2');
+    for (const code of ['EMFILE', 'ENFILE', 'EAGAIN', 'ENOMEM']) {
+      expect(outcome(code)).toMatchObject({ outcome: { result: 'failed', code: 'candidate-failed' } });
+      expect(quarantines(code)).toBe(false);
+    }
+    expect(quarantines('ENOENT')).toBe(true);
   });
 
   it('live: a candidate failing after the old was told stop restarts the old version once it exits', () => {
     let r = play([start, upgrade(1, '2'), { type: 'ready', id: 2 }, { type: 'exited', id: 2, code: 3, signal: null }]);
     expect(r.ctx.state).toBe('draining');
-    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1', required: false });
+    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1' });
+    // The failure is recorded when it happens, once.
+    expect(r.effects.filter((e) => e.kind === 'persist' && e.outcome?.result === 'failed')).toHaveLength(1);
     r = play([{ type: 'stopped', id: 1 }], r.ctx);
     expect(r.ctx.state).toBe('draining'); // stopped is not enough to start a process beside it
     r = play([{ type: 'exited', id: 1, code: 0, signal: null }], r.ctx);
     expect(r.ctx.active).toEqual({ id: 3, version: '1', ready: false });
-    expect(r.effects.some((e) => e.kind === 'persist' && e.outcome?.result === 'failed')).toBe(true);
+    expect(r.effects.some((e) => e.kind === 'persist' && e.outcome)).toBe(false);
   });
 
   it('a protocol error or stopped from a candidate fails it; from the active agent it is ignored', () => {
@@ -119,19 +129,19 @@ describe('handoff transitions', () => {
 
   it('refuses upgrades that make no sense', () => {
     expect(sends(play([start, upgrade(1, '1')]).effects)).toEqual(['upgrade-failed->1']);
-    expect(sends(play([start, { ...upgrade(1, '2'), problem: 'no' } as Event]).effects)).toEqual(['upgrade-failed->1']);
+    const refused = play([{ ...upgrade(1, '2'), problem: { code: 'quarantined', reason: 'no' } } as Event], play([start]).ctx).effects;
+    expect(refused).toEqual([{ kind: 'send', id: 1, message: { type: 'upgrade-failed', version: '2', reason: 'no', code: 'quarantined' } }]);
     expect(sends(play([start, upgrade(1, '2'), upgrade(1, '3')]).effects)).toEqual(['upgrade-failed->1']);
   });
 
   it('an operator is answered with reports, and the old agent, which did not ask, hears nothing of it', () => {
-    const operator = (version: string): Event => ({ type: 'upgrade-requested', origin: 'operator', id: 0, version, mode: 'live', problem: null, at });
-    const reports = (effects: Effect[]) => effects.flatMap((e) => (e.kind === 'report' ? [`${e.outcome} ${e.version}`] : []));
+    const operator = (version: string): Event => ({ type: 'upgrade-requested', origin: 'operator', id: 0, version, mode: 'live', problem: null, force: false, at });
+    const reports = (effects: Effect[]) => effects.flatMap((e) => (e.kind === 'report' ? [`${e.report.type} ${e.report.version}`] : []));
     let r = play([start, operator('1')]);
     expect(reports(r.effects)).toEqual(['failed 1']);
     expect(sends(r.effects)).toEqual([]);
     r = play([start, operator('2')]);
-    const persistAt = r.effects.findIndex((e) => e.kind === 'persist' && e.required);
-    expect(r.effects.findIndex((e) => e.kind === 'report')).toBeGreaterThan(persistAt);
+    expect(r.durable).toEqual([{ kind: 'persist' }]);
     expect(reports(r.effects)).toEqual(['accepted 2']);
     const failed = play([{ type: 'exited', id: 2, code: 1, signal: null }], r.ctx);
     expect(reports(failed.effects)).toEqual(['failed 2']);
@@ -145,7 +155,7 @@ describe('handoff transitions', () => {
     const unrecorded = play([{ type: 'record-failed', outcome: record.outcome, error: 'ENOSPC' }], done.ctx);
     expect(reports(unrecorded.effects)).toEqual(['failed 2']);
     expect(unrecorded.effects).toContainEqual({ kind: 'start-timer', timer: 'record', ms: expect.any(Number) });
-    expect(play([{ type: 'timeout', timer: 'record' }], unrecorded.ctx).effects).toEqual([{ kind: 'persist', required: false, outcome: null }]);
+    expect(play([{ type: 'timeout', timer: 'record' }], unrecorded.ctx).effects).toEqual([{ kind: 'persist', outcome: null }]);
     expect(reports(play([upgrade(1, '3')], r.ctx).effects)).toEqual([]);
     expect(reports(play([operator('3')], r.ctx).effects)).toEqual(['failed 3']);
   });
@@ -154,7 +164,7 @@ describe('handoff transitions', () => {
     const before = play([start]).ctx;
     const r = play([{ type: 'io-failed', trigger: upgrade(1, '2'), error: 'ENOSPC' }], before);
     expect(r.ctx).toEqual(before);
-    expect(r.effects).toEqual([{ kind: 'send', id: 1, message: { type: 'upgrade-failed', version: '2', reason: expect.stringMatching(/ENOSPC/) } }]);
+    expect(r.effects).toEqual([{ kind: 'send', id: 1, message: { type: 'upgrade-failed', version: '2', reason: expect.stringMatching(/ENOSPC/), code: 'io' } }]);
   });
 
   it('a failed move of current fails the candidate, puts current back first and does not quarantine; the old agent carries on', () => {
@@ -162,9 +172,10 @@ describe('handoff transitions', () => {
     const r = play([{ type: 'io-failed', trigger: { type: 'ready', id: 2 }, error: 'EIO' }], verifying);
     expect(r.ctx.state).toBe('running');
     expect(r.ctx.active?.id).toBe(1);
-    expect(r.effects[0]).toEqual({ kind: 'commit-current', version: '1', required: false });
+    expect(r.effects[0]).toEqual({ kind: 'commit-current', version: '1' });
     expect(sends(r.effects)).toEqual(['upgrade-failed->1']);
-    expect(r.effects.find((e) => e.kind === 'persist' && e.outcome)).toMatchObject({ outcome: { result: 'failed', quarantine: false } });
+    expect(r.effects.find((e) => e.kind === 'persist' && e.outcome)).toMatchObject({ outcome: { result: 'failed', code: 'io' } });
+    expect(r.effects.some((e) => e.kind === 'quarantine')).toBe(false);
   });
 
   it('sequential: stop first, spawn the candidate only when the old one has exited', () => {
@@ -176,7 +187,7 @@ describe('handoff transitions', () => {
     r = play([{ type: 'exited', id: 1, code: 0, signal: null }], r.ctx);
     expect(r.effects).toContainEqual({ kind: 'spawn', id: 2, version: '2', role: 'candidate', fromVersion: '1' });
     r = play([{ type: 'ready', id: 2 }], r.ctx);
-    expect(r.effects[0]).toEqual({ kind: 'commit-current', version: '2', required: true });
+    expect(r.durable).toEqual([{ kind: 'commit-current', version: '2' }]);
     expect(sends(r.effects)).toEqual(['go->2']);
   });
 
@@ -185,8 +196,9 @@ describe('handoff transitions', () => {
     expect(promoted.probation).toMatchObject({ from: '1', version: '2' });
     const rolled = play([{ type: 'exited', id: 2, code: null, signal: 'SIGSEGV' }], promoted);
     expect(rolled.ctx.active).toMatchObject({ version: '1' });
-    expect(rolled.effects).toContainEqual({ kind: 'commit-current', version: '1', required: false });
-    expect(rolled.effects.find((e) => e.kind === 'persist' && e.outcome)).toMatchObject({ outcome: { result: 'rolled-back', reason: '2 was killed by SIGSEGV during its probation' } });
+    expect(rolled.effects).toContainEqual({ kind: 'commit-current', version: '1' });
+    expect(rolled.effects.find((e) => e.kind === 'persist' && e.outcome)).toMatchObject({ outcome: { result: 'rolled-back', reason: '2 was killed by SIGSEGV during its probation', code: 'rolled-back' } });
+    expect(rolled.effects).toContainEqual({ kind: 'quarantine', version: '2', reason: '2 was killed by SIGSEGV during its probation' });
     expect(play([{ type: 'timeout', timer: 'probation' }], promoted).ctx.probation).toBeNull();
     expect(play([upgrade(2, '3')], promoted).ctx).toMatchObject({ state: 'verifying', probation: null });
   });
@@ -204,12 +216,17 @@ describe('handoff transitions', () => {
     expect(runExitStatusForAgent(null, 'SIGTERM')).toBe(143);
   });
 
-  it('shutdown: SIGTERM every agent, SIGKILL after stop timeout, exit 0 once all are gone', () => {
+  it('shutdown: the active agent is told stop, the candidate gets SIGTERM; each is escalated on its deadline; exit 0 once all are gone', () => {
     let r = play([start, upgrade(1, '2'), { type: 'shutdown', signal: 'SIGTERM' }]);
     expect(r.ctx.state).toBe('stopping');
-    expect(r.effects.filter((e) => e.kind === 'terminate')).toEqual([{ kind: 'terminate', id: 1 }, { kind: 'terminate', id: 2 }]);
-    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1', required: false });
-    r = play([{ type: 'timeout', timer: 'dying:2' }], r.ctx);
+    expect(sends(r.effects)).toEqual(['stop->1']);
+    expect(r.effects).toContainEqual({ kind: 'start-timer', timer: 'retire:1', ms: config.stopMs });
+    expect(r.effects.filter((e) => e.kind === 'terminate')).toEqual([{ kind: 'terminate', id: 2 }]);
+    expect(r.effects).toContainEqual({ kind: 'start-timer', timer: 'retire:2', ms: config.killMs });
+    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1' });
+    const unanswered = play([{ type: 'timeout', timer: 'retire:1' }], r.ctx);
+    expect(unanswered.effects).toEqual([{ kind: 'terminate', id: 1 }, { kind: 'start-timer', timer: 'retire:1', ms: config.killMs }]);
+    r = play([{ type: 'timeout', timer: 'retire:2' }], r.ctx);
     expect(r.effects).toContainEqual({ kind: 'kill-tree', id: 2 });
     r = play([{ type: 'exited', id: 1, code: null, signal: 'SIGTERM' }, { type: 'exited', id: 2, code: null, signal: 'SIGKILL' }], r.ctx);
     expect(r.ctx.state).toBe('exited');
@@ -225,11 +242,8 @@ describe('handoff invariants under random events', () => {
   type World = { ctx: Context; live: Set<number>; working: Set<number>; timers: Set<TimerName>; proven: Set<string>; ready: Set<number> };
 
   function apply(world: World, event: Event): void {
-    const { next, effects } = transition(world.ctx, event, config);
-    const firstOptional = effects.findIndex((e) => !((e.kind === 'persist' || e.kind === 'commit-current') && e.required));
-    if (firstOptional !== -1) {
-      expect(effects.slice(firstOptional).some((e) => (e.kind === 'persist' || e.kind === 'commit-current') && e.required)).toBe(false);
-    }
+    const { next, durable, effects } = transition(world.ctx, event, config);
+    for (const write of durable) if (write.kind === 'commit-current') expect(world.ctx.candidate && world.ready.has(world.ctx.candidate.id) && world.ctx.candidate.version === write.version).toBeTruthy();
     for (const effect of effects) {
       if (effect.kind === 'spawn') {
         // Nothing starts beside an agent on its way out: the only other process may be the working active one.
@@ -273,7 +287,7 @@ describe('handoff invariants under random events', () => {
         return {
           ...(upgrade(id, ['1', '2', '3'][version % 3]!, mode ? 'live' : 'sequential') as Extract<Event, { type: 'upgrade-requested' }>),
           origin: pick % 3 === 0 ? 'operator' : 'agent',
-          problem: problem ? 'broken' : null,
+          problem: problem ? { code: 'unlaunchable', reason: 'broken' } : null,
         };
       case 4:
         return timers.length ? { type: 'timeout', timer: timers[pick % timers.length]! } : null;
@@ -303,7 +317,7 @@ describe('handoff invariants under random events', () => {
           if (event.type === 'stopped') world.working.delete(event.id);
           // io-failed only follows a transition whose required write failed; model it only where one was asked for.
           if (event.type === 'io-failed') {
-            const attempted = transition(world.ctx, event.trigger, config).effects.some((e) => (e.kind === 'persist' || e.kind === 'commit-current') && e.required);
+            const attempted = transition(world.ctx, event.trigger, config).durable.length > 0;
             if (!attempted) continue;
           }
           if (event.type === 'ready' && world.live.has(event.id)) world.ready.add(event.id);

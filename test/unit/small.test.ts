@@ -70,7 +70,7 @@ describe('Layout', () => {
 });
 
 describe('state file', () => {
-  const record = (i: number): UpgradeRecord => ({ from: 'a', to: `v${i}`, mode: 'live', result: 'succeeded', reason: null, startedAt: `2026-01-01T00:00:${String(i % 60).padStart(2, '0')}Z`, at: '2026-01-01T00:01:00Z', durationMs: 5 });
+  const record = (i: number): UpgradeRecord => ({ from: 'a', to: `v${i}`, mode: 'live', result: 'succeeded', reason: null, code: null, startedAt: `2026-01-01T00:00:${String(i % 60).padStart(2, '0')}Z`, at: '2026-01-01T00:01:00Z', durationMs: 5 });
   it('round-trips', () => {
     const state = { ...emptyState(), current: '1.0', history: [record(1)] };
     expect(decodeState(encodeState(state))).toEqual({ ok: true, state });
