@@ -20,7 +20,7 @@ import type { Supervisor } from './supervisor.js';
 import { actorFor, refuseForeignRootForRun, runAsOwner } from './privilege.js';
 import { SystemdNotifier } from './notify.js';
 import { closeInheritedDescriptors } from './proc.js';
-import { UPGRADER_VERSION } from './version.js';
+import { UPGRADER_VERSION } from './upgrader-version.js';
 
 
 const HELP: Record<string, string> = {

@@ -16,14 +16,14 @@ import { z } from 'zod';
 import { replaceFileAtomically } from './durable.js';
 import { UpgraderError } from './errors.js';
 import type { Layout } from './layout.js';
-import { identify, isSameProcessAlive } from './proc.js';
+import { identify, isSameProcessAlive, ProcessIdentity } from './proc.js';
 import { readRecord } from './safe-file.js';
 
 /** How long a command waits for another one's claim before it gives up (exit 75). */
 export const LAYOUT_WAIT_MS = 15_000;
 const POLL_MS = 100;
 
-const Holder = z.object({ pid: z.number().int().positive(), startTicks: z.number().int().nonnegative(), bootId: z.string(), startedAt: z.string(), command: z.string() });
+const Holder = ProcessIdentity.extend({ startedAt: z.string(), command: z.string() });
 type Holder = z.infer<typeof Holder>;
 
 const holderPath = (stateDir: string) => join(stateDir, 'layout.holder');

@@ -14,15 +14,10 @@ import lockfile from 'proper-lockfile';
 import { z } from 'zod';
 import { UpgraderError } from './errors.js';
 import { replaceFileAtomically } from './durable.js';
-import { identify, isSameProcessAlive, type ProcessIdentity } from './proc.js';
+import { identify, isSameProcessAlive, ProcessIdentity } from './proc.js';
 import { readSmallFile } from './safe-file.js';
 
-const OwnerRecord = z.object({
-  pid: z.number().int().positive(),
-  startTicks: z.number().int().nonnegative(),
-  bootId: z.string(),
-  startedAt: z.string(),
-});
+const OwnerRecord = ProcessIdentity.extend({ startedAt: z.string() });
 export type OwnerRecord = z.infer<typeof OwnerRecord>;
 
 export function ownerPath(stateDir: string): string {

@@ -3,8 +3,11 @@
  * so a process is named by its PID plus its start time in clock ticks since boot, plus the boot's id.
  */
 import { closeSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { z } from 'zod';
 
-export type ProcessIdentity = { pid: number; startTicks: number; bootId: string };
+/** A process's identity as the root's records store it (owner, layout holder, recorded agents). */
+export const ProcessIdentity = z.object({ pid: z.number().int().positive(), startTicks: z.number().int().nonnegative(), bootId: z.string() });
+export type ProcessIdentity = z.infer<typeof ProcessIdentity>;
 
 let cachedBootId: string | undefined;
 export function bootId(): string {

@@ -102,7 +102,7 @@ export function encode(message: AgentMessage | UpgraderMessage): string {
   return `${JSON.stringify(message)}\n`;
 }
 
-export type LineEvent = { kind: 'line'; line: string } | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number };
+export type ReaderEvent = { kind: 'line'; line: string } | { kind: 'overlong'; bytes: number } | { kind: 'bad-utf8'; bytes: number };
 
 /**
  * Splits a byte stream into lines without ever holding more than MAX_LINE_BYTES of an unfinished line.
@@ -117,7 +117,7 @@ export class LineReader {
   private readonly decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
 
   constructor(
-    private readonly emit: (event: LineEvent) => void,
+    private readonly emit: (event: ReaderEvent) => void,
     private readonly maxBytes = MAX_LINE_BYTES,
   ) {}
 

@@ -13,6 +13,7 @@ import { replaceFileAtomically } from './durable.js';
 import { readSmallFile } from './safe-file.js';
 import { HandoffMode } from './protocol.js';
 import { VERSION_NAME } from './layout.js';
+import { ProcessIdentity } from './proc.js';
 
 export const STATE_SCHEMA = 1;
 export const HISTORY_LIMIT = 20;
@@ -21,10 +22,7 @@ export const HISTORY_LIMIT = 20;
 const Version = z.string().regex(VERSION_NAME);
 const Iso = z.string();
 
-const RecordedAgent = z.object({
-  pid: z.number().int().positive(),
-  startTicks: z.number().int().nonnegative(),
-  bootId: z.string(),
+const RecordedAgent = ProcessIdentity.extend({
   version: Version,
   role: z.enum(['active', 'candidate', 'retiring']),
   ready: z.boolean(),

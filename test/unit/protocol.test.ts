@@ -1,10 +1,10 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { StderrForwarder } from '../../src/agent-process.js';
-import { LineReader, MAX_LINE_BYTES, parseAgentLine, type LineEvent } from '../../src/protocol.js';
+import { LineReader, MAX_LINE_BYTES, parseAgentLine, type ReaderEvent } from '../../src/protocol.js';
 
-function read(chunks: Buffer[], max?: number): LineEvent[] {
-  const events: LineEvent[] = [];
+function read(chunks: Buffer[], max?: number): ReaderEvent[] {
+  const events: ReaderEvent[] = [];
   const reader = new LineReader((e) => events.push(e), max);
   for (const chunk of chunks) reader.push(chunk);
   reader.end();
@@ -54,7 +54,7 @@ describe('LineReader', () => {
   it('never holds more than the limit, whatever arrives', () => {
     fc.assert(
       fc.property(fc.array(fc.uint8Array({ maxLength: 300 }), { maxLength: 50 }), (chunks) => {
-        const events: LineEvent[] = [];
+        const events: ReaderEvent[] = [];
         const reader = new LineReader((e) => events.push(e), 100);
         for (const c of chunks) reader.push(Buffer.from(c));
         reader.end();

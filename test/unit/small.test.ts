@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { parseDuration } from '../../src/duration.js';
 import { Layout, versionNameProblem } from '../../src/layout.js';
 import { decodeState, emptyState, encodeState, withUpgrade, HISTORY_LIMIT, type UpgradeRecord } from '../../src/state.js';
-import { UPGRADER_VERSION } from '../../src/version.js';
+import { UPGRADER_VERSION } from '../../src/upgrader-version.js';
 import { REPO } from '../helpers.js';
 
 describe('parseDuration', () => {
