@@ -26,7 +26,8 @@
  *     sent `stopped` or is gone.
  *   - `current` moves to the new version only after the candidate said `ready`, and moves back
  *     whenever the version that had proved itself is started again.
- *   - The writes a step depends on are its `durable` list, carried out before anything else of the step:
+ *   - The writes a step depends on are its `durable` list, carried out before anything else of the step
+ *     (the types allow them only in the first part of a step: see `then`):
  *     if one fails, the whole step is dropped and an `io-failed` event is handled in the state before it.
  *   - No agent is started while a retiring one is still exiting: at most one retiring agent, one active
  *     agent and one candidate exist at any instant, and never two processes of the version being restarted.
@@ -190,17 +191,20 @@ const retireTimer = (id: number): TimerName => `retire:${id}`;
 
 // ---------------------------------------------------------------- building steps
 
-const step = (next: Context, effects: Effect[] = [], durable: DurableWrite[] = []): Step => ({ next, durable, effects });
+/** A step with no durable writes: the only kind that can follow another (its writes would come after effects). */
+type Followup = Step & { durable: [] };
 
-function ignore(ctx: Context, why: string): Step {
+const step = (next: Context, effects: Effect[] = []): Followup => ({ next, durable: [], effects });
+const durableStep = (durable: DurableWrite[], next: Context, effects: Effect[] = []): Step => ({ next, durable, effects });
+
+function ignore(ctx: Context, why: string): Followup {
   return { next: ctx, durable: [], effects: [], ignored: why };
 }
 
-/** One step after another: the second's durable writes must be empty, since the first's effects already ran. */
-function then(first: Step, more: (ctx: Context) => Step): Step {
+/** One step after another. The type keeps durable writes out of the second: they would follow the first's effects. */
+function then<S extends Step>(first: S, more: (ctx: Context) => Followup): S {
   const second = more(first.next);
-  if (second.durable.length > 0) throw new Error('bug: durable writes after effects');
-  return { next: second.next, durable: first.durable, effects: [...first.effects, ...second.effects] };
+  return { ...first, next: second.next, effects: [...first.effects, ...second.effects] };
 }
 
 const persist = (outcome: Outcome | null = null): Effect => ({ kind: 'persist', outcome });
@@ -215,12 +219,12 @@ function outcomeOf(handoff: Handoff | Probation, to: string, result: UpgradeResu
  * Starts an agent now, or, while a retiring agent is still exiting, enters `waiting` and starts it once every
  * retiring agent is gone: two processes of one version (or a fourth agent) never run side by side.
  */
-function startWhenClear(ctx: Context, pending: Pending, config: Config, stateAfter: StateName): Step {
+function startWhenClear(ctx: Context, pending: Pending, config: Config, stateAfter: StateName): Followup {
   if (ctx.retiring.length > 0) return step({ ...ctx, state: 'waiting', pending }, [persist()]);
   return startNow({ ...ctx, state: stateAfter, pending: null }, pending, config);
 }
 
-function startNow(ctx: Context, pending: Pending, config: Config): Step {
+function startNow(ctx: Context, pending: Pending, config: Config): Followup {
   const id = ctx.nextId;
   const agent: AgentRef = { id, version: pending.version, ready: false };
   const spawn: Effect = { kind: 'spawn', id, version: pending.version, role: pending.role, fromVersion: pending.fromVersion };
@@ -231,7 +235,7 @@ function startNow(ctx: Context, pending: Pending, config: Config): Step {
 }
 
 /** Tells an agent to stop; it is retiring from now on, and gets SIGTERM if it outlives `stopMs`. */
-function tellToStop(ctx: Context, agent: AgentRef, config: Config): Step {
+function tellToStop(ctx: Context, agent: AgentRef, config: Config): Followup {
   return step({ ...ctx, retiring: [...ctx.retiring, { id: agent.id, version: agent.version, phase: 'stopping' }] }, [
     { kind: 'send', id: agent.id, message: { type: 'stop' } },
     { kind: 'start-timer', timer: retireTimer(agent.id), ms: config.stopMs },
@@ -239,7 +243,7 @@ function tellToStop(ctx: Context, agent: AgentRef, config: Config): Step {
 }
 
 /** SIGTERM now, and the tree killed if the agent outlives `graceMs`. */
-function terminate(ctx: Context, agent: AgentRef | Retiring, graceMs: number): Step {
+function terminate(ctx: Context, agent: AgentRef | Retiring, graceMs: number): Followup {
   const others = ctx.retiring.filter((r) => r.id !== agent.id);
   return step({ ...ctx, retiring: [...others, { id: agent.id, version: agent.version, phase: 'terminating' }] }, [
     { kind: 'terminate', id: agent.id },
@@ -247,7 +251,7 @@ function terminate(ctx: Context, agent: AgentRef | Retiring, graceMs: number): S
   ]);
 }
 
-function killTree(ctx: Context, agent: AgentRef | Retiring): Step {
+function killTree(ctx: Context, agent: AgentRef | Retiring): Followup {
   const others = ctx.retiring.filter((r) => r.id !== agent.id);
   return step({ ...ctx, retiring: [...others, { id: agent.id, version: agent.version, phase: 'killing' }] }, [
     { kind: 'cancel-timer', timer: retireTimer(agent.id) },
@@ -267,7 +271,7 @@ function acceptUpgrade(ctx: Context, active: AgentRef, event: Extract<Event, { t
     const cut = ctx.probation.version;
     effects.push({ kind: 'cancel-timer', timer: 'probation' }, report({ type: 'probation-failed', version: cut, code: 'superseded', reason: `the probation of ${cut} was cut short by an upgrade to ${version}` }));
   }
-  const accepted: Step = step({ ...ctx, handoff, probation: null }, effects, [{ kind: 'persist' }]);
+  const accepted = durableStep([{ kind: 'persist' }], { ...ctx, handoff, probation: null }, effects);
   if (mode === 'live') {
     return then(accepted, (c) => startWhenClear(c, { role: 'candidate', version, fromVersion: active.version }, config, 'verifying'));
   }
@@ -275,7 +279,7 @@ function acceptUpgrade(ctx: Context, active: AgentRef, event: Extract<Event, { t
 }
 
 /** Tells the active agent to stop for the handoff; it is retiring until it exits. */
-function drainOld(ctx: Context, old: AgentRef, config: Config): Step {
+function drainOld(ctx: Context, old: AgentRef, config: Config): Followup {
   // Written before `stop` is sent, not after: the old agent answers `stopped` at once, and a write
   // still in progress then would hold back `go` (the gap) instead of the old agent's work (free).
   const draining: Context = { ...ctx, state: 'draining', active: null, handoff: { ...ctx.handoff!, retiring: old.id } };
@@ -285,7 +289,7 @@ function drainOld(ctx: Context, old: AgentRef, config: Config): Step {
 function candidateReady(ctx: Context, config: Config): Step {
   const handoff = ctx.handoff!;
   const base: Context = { ...ctx, candidate: { ...ctx.candidate!, ready: true } };
-  const committed = step(base, [{ kind: 'cancel-timer', timer: 'ready' }], [{ kind: 'commit-current', version: handoff.to }]);
+  const committed = durableStep([{ kind: 'commit-current', version: handoff.to }], base, [{ kind: 'cancel-timer', timer: 'ready' }]);
   // Live mode, the old agent still works: only now is it asked to stop.
   if (ctx.active) return then(committed, (c) => drainOld(c, ctx.active!, config));
   // Sequential mode, or the old agent died while the candidate verified: nobody works now, so go at once.
@@ -293,7 +297,7 @@ function candidateReady(ctx: Context, config: Config): Step {
 }
 
 /** The candidate becomes the active agent. `go` is sent before anything is written: the gap is one event-loop turn. */
-function promote(ctx: Context, config: Config): Step {
+function promote(ctx: Context, config: Config): Followup {
   const handoff = ctx.handoff!;
   const candidate = ctx.candidate!;
   const probation: Probation | null =
@@ -310,7 +314,7 @@ function promote(ctx: Context, config: Config): Step {
  * Its tree is killed; if it has already exited, only what it left behind is, and nothing waits for it.
  * `versionAtFault`: the version itself failed (not the disk, not the host): it is quarantined.
  */
-function failCandidate(ctx: Context, failure: { reason: string; code: RefusalCode }, config: Config, exited = false, versionAtFault = true): Step {
+function failCandidate(ctx: Context, failure: { reason: string; code: RefusalCode }, config: Config, exited = false, versionAtFault = true): Followup {
   const handoff = ctx.handoff!;
   const { reason } = failure;
   let failed = step({ ...ctx, candidate: null }, [{ kind: 'cancel-timer', timer: 'ready' }]);
@@ -333,13 +337,13 @@ function failCandidate(ctx: Context, failure: { reason: string; code: RefusalCod
 }
 
 /** Nobody works: start the version that proved itself again, as the active agent (once no retiring agent is left). */
-function restartFrom(ctx: Context, handoff: Handoff, aftermath: Effect[], config: Config): Step {
+function restartFrom(ctx: Context, handoff: Handoff, aftermath: Effect[], config: Config): Followup {
   const recorded = step({ ...ctx, handoff: null }, [{ kind: 'commit-current', version: handoff.from }, ...aftermath]);
   return then(recorded, (c) => startWhenClear(c, { role: 'active', version: handoff.from, fromVersion: null }, config, 'running'));
 }
 
 /** The retiring agent sent `stopped` or exited: the candidate may go (or, after a failure, the old version comes back). */
-function oldReleased(ctx: Context, config: Config): Step {
+function oldReleased(ctx: Context, config: Config): Followup {
   const handoff = ctx.handoff!;
   const released: Context = { ...ctx, handoff: { ...handoff, retiring: null } };
   if (handoff.failure !== null) return restartFrom(released, handoff, [], config);
@@ -348,7 +352,7 @@ function oldReleased(ctx: Context, config: Config): Step {
   return startWhenClear(released, { role: 'candidate', version: handoff.to, fromVersion: handoff.from }, config, 'verifying');
 }
 
-function rollBackProbation(ctx: Context, probation: Probation, reason: string, config: Config): Step {
+function rollBackProbation(ctx: Context, probation: Probation, reason: string, config: Config): Followup {
   const failure = { reason, code: 'rolled-back' as const };
   const recorded = step({ ...ctx, active: null, probation: null, previous: probation.previous }, [
     { kind: 'cancel-timer', timer: 'probation' },
@@ -366,7 +370,7 @@ function rollBackProbation(ctx: Context, probation: Probation, reason: string, c
  * then SIGTERM, then its tree killed after `--kill-timeout`. A candidate does no work: SIGTERM at once.
  * Agents already retiring keep their deadlines.
  */
-function shutDown(ctx: Context, signal: string, config: Config): Step {
+function shutDown(ctx: Context, signal: string, config: Config): Followup {
   let stopping = step({ ...ctx, state: 'stopping', exitCode: 0, active: null, candidate: null, handoff: null, probation: null, pending: null }, [
     { kind: 'cancel-timer', timer: 'ready' },
     { kind: 'cancel-timer', timer: 'probation' },
@@ -393,7 +397,7 @@ function shutDown(ctx: Context, signal: string, config: Config): Step {
   return then(stopping, finishIfEmpty);
 }
 
-function finishIfEmpty(ctx: Context): Step {
+function finishIfEmpty(ctx: Context): Followup {
   if (ctx.state !== 'stopping' || ctx.active || ctx.candidate || ctx.retiring.length > 0) return step(ctx);
   return step({ ...ctx, state: 'exited' }, [persist(), { kind: 'exit', code: ctx.exitCode ?? 0 }]);
 }
@@ -405,7 +409,7 @@ type Row = { [E in EventType]: Cell<E> };
 
 const ignoring =
   (why: string) =>
-  (ctx: Context): Step =>
+  (ctx: Context): Followup =>
     ignore(ctx, why);
 
 const isRetiring = (ctx: Context, id: number): boolean => ctx.retiring.some((r) => r.id === id);
@@ -413,41 +417,41 @@ const isRetiring = (ctx: Context, id: number): boolean => ctx.retiring.some((r) 
 /** Only `idle` starts; `start` is sent once, at start-up. */
 const startAgain = ignoring('the upgrader has already started');
 
-function recordStatus(ctx: Context, event: Extract<Event, { type: 'status' }>): Step {
+function recordStatus(ctx: Context, event: Extract<Event, { type: 'status' }>): Followup {
   const known = ctx.active?.id === event.id || ctx.candidate?.id === event.id || isRetiring(ctx, event.id);
   if (!known) return ignore(ctx, 'not from an agent of this upgrader');
   return step(ctx, [{ kind: 'record-status', id: event.id, message: event.message }]);
 }
 
 /** `ready` from the active agent (after a restart, or started by recovery): it is up. */
-function activeReady(ctx: Context, event: Extract<Event, { type: 'ready' }>): Step {
+function activeReady(ctx: Context, event: Extract<Event, { type: 'ready' }>): Followup {
   if (ctx.active?.id !== event.id) return ignore(ctx, 'only the active agent or a verifying candidate reports ready');
   if (ctx.active.ready) return ignore(ctx, 'the active agent already said ready');
   return step({ ...ctx, active: { ...ctx.active, ready: true } }, [persist()]);
 }
 
 /** `stopped` outside a handoff's drain: from the candidate it is a protocol error; otherwise the exit decides. */
-function stoppedOutOfTurn(ctx: Context, event: Extract<Event, { type: 'stopped' }>, config: Config): Step {
+function stoppedOutOfTurn(ctx: Context, event: Extract<Event, { type: 'stopped' }>, config: Config): Followup {
   if (ctx.candidate?.id === event.id) return failCandidate(ctx, { reason: 'protocol error: the candidate sent stopped before it was told go', code: 'candidate-failed' }, config);
   return ignore(ctx, 'only the agent draining for a handoff frees the work with stopped; others are awaited by their exit');
 }
 
-function candidateProtocolError(ctx: Context, event: Extract<Event, { type: 'protocol-error' }>, config: Config): Step {
+function candidateProtocolError(ctx: Context, event: Extract<Event, { type: 'protocol-error' }>, config: Config): Followup {
   if (ctx.candidate?.id !== event.id) return ignore(ctx, 'an active or retiring agent is not judged by its lines (they are logged)');
   return failCandidate(ctx, { reason: `protocol error from the candidate: ${event.detail}`, code: 'candidate-failed' }, config);
 }
 
 /** A retiring agent is gone: it leaves the list. The caller writes the state (which names live agents) once, in what follows. */
-function forget(ctx: Context, id: number): Step {
+function forget(ctx: Context, id: number): Followup {
   return step({ ...ctx, retiring: ctx.retiring.filter((r) => r.id !== id) }, [{ kind: 'cancel-timer', timer: retireTimer(id) }]);
 }
 
 /** A retiring agent is gone and nothing follows from it: the state file stops naming it. */
-function retiredExit(ctx: Context, id: number): Step {
+function retiredExit(ctx: Context, id: number): Followup {
   return then(forget(ctx, id), (c) => step(c, [persist()]));
 }
 
-function candidateExited(ctx: Context, event: Extract<Event, { type: 'exited' }>, config: Config): Step {
+function candidateExited(ctx: Context, event: Extract<Event, { type: 'exited' }>, config: Config): Followup {
   const candidate = ctx.candidate!;
   const how = describeExit(event.code, event.signal, event.error);
   const when = event.error ? '' : ` before ${candidate.ready ? 'it was told go' : 'reporting ready'}`;
@@ -456,7 +460,7 @@ function candidateExited(ctx: Context, event: Extract<Event, { type: 'exited' }>
 }
 
 /** The active agent ended on its own, outside probation: so do we, with its status, and the init system decides what comes next. */
-function activeEnded(ctx: Context, event: Extract<Event, { type: 'exited' }>): Step {
+function activeEnded(ctx: Context, event: Extract<Event, { type: 'exited' }>): Followup {
   return finishIfEmpty({ ...ctx, state: 'stopping', active: null, exitCode: runExitStatusForAgent(event.code, event.signal) });
 }
 
@@ -488,7 +492,7 @@ function answer(event: Extract<Event, { type: 'upgrade-requested' }>, active: Ag
 }
 
 /** A retiring agent's deadline passed: `stop` unanswered -> SIGTERM; SIGTERM unanswered -> its tree is killed. */
-function retireTimeout(ctx: Context, timer: TimerName, config: Config): Step {
+function retireTimeout(ctx: Context, timer: TimerName, config: Config): Followup {
   const id = Number(timer.slice('retire:'.length));
   const retiring = ctx.retiring.find((r) => r.id === id);
   if (!retiring) return ignore(ctx, 'the agent has exited already');
@@ -500,14 +504,14 @@ function retireTimeout(ctx: Context, timer: TimerName, config: Config): Step {
 const isRetireTimer = (timer: TimerName): boolean => timer.startsWith('retire:');
 
 /** The timers that mean the same in every state with agents: retiring agents' deadlines and the record retry. */
-function commonTimeout(ctx: Context, timer: TimerName, config: Config): Step | null {
+function commonTimeout(ctx: Context, timer: TimerName, config: Config): Followup | null {
   if (isRetireTimer(timer)) return retireTimeout(ctx, timer, config);
   if (timer === 'record') return step(ctx, [persist()]);
   return null;
 }
 
 /** A write this step depended on failed: the step was dropped. What is told, and to whom. */
-function ioFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, config: Config): Step {
+function ioFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, config: Config): Followup {
   const trigger = event.trigger;
   if (trigger.type === 'upgrade-requested') {
     return step(ctx, [answer(trigger, ctx.active, { code: 'io', reason: `the upgrade could not be recorded durably (${event.error}); nothing was changed` })]);
@@ -524,7 +528,7 @@ function ioFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, co
 }
 
 /** The result an operator waits for is durable now: only now is it told. */
-function recorded(ctx: Context, event: Extract<Event, { type: 'recorded' }>): Step {
+function recorded(ctx: Context, event: Extract<Event, { type: 'recorded' }>): Followup {
   const { outcome } = event;
   if (outcome.result !== 'succeeded' || outcome.origin !== 'operator') return ignore(ctx, 'only an operator waits for a success');
   return step(ctx, [report({ type: 'succeeded', version: outcome.to, probation: ctx.probation?.version === outcome.to })]);
@@ -535,7 +539,7 @@ function recorded(ctx: Context, event: Extract<Event, { type: 'recorded' }>): St
  * which a timer brings about; an operator waiting for that success is told it is not recorded yet (so that
  * nobody is ever told `succeeded` of an upgrade that a crash would then undo).
  */
-function recordFailed(ctx: Context, event: Extract<Event, { type: 'record-failed' }>): Step {
+function recordFailed(ctx: Context, event: Extract<Event, { type: 'record-failed' }>): Followup {
   const effects: Effect[] = [{ kind: 'start-timer', timer: 'record', ms: RECORD_RETRY_MS }];
   const outcome = event.outcome;
   if (outcome?.result === 'succeeded' && outcome.origin === 'operator') {
