@@ -14,7 +14,7 @@ export const KILL_CONFIRM_MS = 5000;
 const POLL_MS = 20;
 
 export async function killAndConfirm(agent: AgentHandle, log: Logger): Promise<boolean> {
-  log.warn({ agentPid: agent.pid, version: agent.spec.version }, `killing the process tree of ${agent.spec.version}`);
+  log.warn({ agentEvent: 'killing', agentPid: agent.pid, version: agent.spec.version }, `killing the process tree of ${agent.spec.version}`);
   await agent.killTree();
   return confirmGone(agent, log);
 }

@@ -179,7 +179,7 @@ export class Supervisor {
   private send(id: number, message: Extract<Effect, { kind: 'send' }>['message']): void {
     const agent = this.agents.get(id);
     agent?.send(message);
-    this.log.info({ message, agentPid: agent?.pid, version: agent?.spec.version }, `sent ${message.type}`);
+    this.log.info({ agentEvent: 'sent', message, agentPid: agent?.pid, version: agent?.spec.version }, `sent ${message.type}`);
     this.operator.step(`sent ${message.type} to ${agent?.spec.version} (pid ${agent?.pid})`);
   }
 
@@ -276,7 +276,7 @@ export class Supervisor {
       return;
     }
     this.agents.set(effect.id, agent);
-    this.log.info({ agentPid: agent.pid, version: effect.version, role: effect.role }, `spawned ${effect.role} ${effect.version}`);
+    this.log.info({ agentEvent: 'spawned', agentPid: agent.pid, version: effect.version, role: effect.role }, `spawned ${effect.role} ${effect.version}`);
     this.operator.step(`started ${effect.version} as the ${effect.role} (pid ${agent.pid})`);
     // An agent that does not speak readiness counts as ready once spawned; candidates always must say so.
     if (this.readyOnSpawn && effect.role === 'active') this.dispatch({ type: 'ready', id: effect.id });
@@ -349,7 +349,7 @@ export class Supervisor {
   private onAgentExit(agent: AgentHandle, code: number | null, signal: NodeJS.Signals | null, error: Error | null): void {
     // Whatever the agent left in its process group goes with it: an exited agent has no work in flight.
     if (agent.pid !== undefined) signalQuietly(-agent.pid, 'SIGKILL');
-    this.log.info({ agentPid: agent.pid, version: agent.spec.version, code, signal, err: error ? describeError(error) : undefined }, `agent ${agent.spec.version} exited`);
+    this.log.info({ agentEvent: 'exited', agentPid: agent.pid, version: agent.spec.version, code, signal, err: error ? describeError(error) : undefined }, `agent ${agent.spec.version} exited`);
     const failedToStart = error !== null && code === null && signal === null;
     const failure = failedToStart ? { error: describeError(error), errorCode: (error as NodeJS.ErrnoException).code } : {};
     this.dispatch({ type: 'exited', id: agent.spec.id, code: failedToStart ? 127 : code, signal, ...failure });

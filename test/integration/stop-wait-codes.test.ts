@@ -20,10 +20,10 @@ describe('service stop', () => {
     expect((await up.waitForExit()).code).toBe(0);
     expect(readLines(root, 'events.log')).toContain(`${pid} 1.0.0 got {"type":"stop"}`);
     // It left on its own, after `stopped`: nobody had to signal or kill it.
-    const exit = up.logs.find((l) => l.msg === 'agent 1.0.0 exited');
-    expect(exit).toMatchObject({ agentPid: pid, code: 0, signal: null });
+    const exit = up.logs.find((l) => l.agentEvent === 'exited' && l.agentPid === pid);
+    expect(exit).toMatchObject({ code: 0, signal: null });
     expect(up.logs.some((l) => l.event === 'stopped' && l.from === 'stopping')).toBe(true);
-    expect(up.logs.some((l) => /^killing the process tree/.test(l.msg))).toBe(false);
+    expect(up.logs.some((l) => l.agentEvent === 'killing')).toBe(false);
   });
 
   it('an agent that ignores stop gets SIGTERM after --stop-timeout, and its tree SIGKILL after --kill-timeout', async () => {
@@ -34,7 +34,7 @@ describe('service stop', () => {
     const events = readLines(root, 'events.log');
     expect(events).toContain(`${pid} 1.0.0 got {"type":"stop"}`);
     expect(events).toContain(`${pid} 1.0.0 ignored SIGTERM`);
-    expect(up.logs.find((l) => l.msg === 'agent 1.0.0 exited')).toMatchObject({ signal: 'SIGKILL' });
+    expect(up.logs.find((l) => l.agentEvent === 'exited' && l.agentPid === pid)).toMatchObject({ signal: 'SIGKILL' });
   });
 });
 
@@ -102,7 +102,7 @@ describe('refusal codes', () => {
     askUpgrade(root, pid, '2.0.0');
     await waitForSavedState(root, (s) => s.history.some((h: { to: string; result: string }) => h.to === '2.0.0' && h.result === 'rolled-back'), '2.0.0 rolled back');
     expect(savedState(root).history[0]).toMatchObject({ to: '2.0.0', result: 'rolled-back', code: 'rolled-back' });
-    const respawned = await up.waitForLog((l) => l.msg === 'spawned active 1.0.0' && l.agentPid !== pid, 10_000, 'the old version started again');
+    const respawned = await up.waitForLog((l) => l.agentEvent === 'spawned' && l.role === 'active' && l.version === '1.0.0' && l.agentPid !== pid, 10_000, 'the old version started again');
     const again = respawned.agentPid as number;
     await up.waitForLog((l) => l.event === 'ready' && (l.active as { agentPid: number } | null)?.agentPid === again, 10_000, 'the restarted agent is ready');
     askUpgrade(root, again, '2.0.0');
