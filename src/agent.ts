@@ -135,6 +135,3 @@ export function connectAgent(options?: AgentOptions): UpgraderAgent {
 
 export { PROTOCOL_VERSION } from './protocol.js';
 export type { AgentMessage, UpgraderMessage, HandoffMode } from './protocol.js';
-
-/** Stages a downloaded version the way `upgrader install` does, before asking for the upgrade. */
-export { installVersion, type InstallOptions, type InstallResult } from './install.js';
