@@ -5,7 +5,7 @@
  */
 import { PassThrough, Writable } from 'node:stream';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { connectAgent, type AgentOptions, type UpgraderAgent } from '../../src/agent.js';
+import { connectAgent, type AgentOptions, type UpgradeAnswer, type UpgraderAgent } from '../../src/agent.js';
 
 const DEADLINE_MS = 2000;
 
@@ -195,6 +195,24 @@ describe('requestUpgrade', () => {
     await deliver({ type: 'upgrade-failed', version: '2.0', reason: 'version 2.0 is quarantined' });
     expect(answer.value()).toEqual({ ok: false, reason: 'version 2.0 is quarantined' });
     expect(agent.isActive).toBe(true);
+  });
+
+  it('passes on the refusal code, known or not, and adds none when there is none', async () => {
+    const { agent, deliver } = harness();
+    const cases: [Record<string, unknown>, UpgradeAnswer][] = [
+      [{ reason: 'version 2.0 is quarantined', code: 'quarantined' }, { ok: false, reason: 'version 2.0 is quarantined', code: 'quarantined' }],
+      [{ reason: 'a code from a newer upgrader', code: 'solar-flare' }, { ok: false, reason: 'a code from a newer upgrader', code: 'solar-flare' }],
+      [{ reason: 'an older upgrader says no code' }, { ok: false, reason: 'an older upgrader says no code' }],
+    ];
+    for (const [fields, expected] of cases) {
+      const answer = track(agent.requestUpgrade('2.0'));
+      await deliver({ type: 'upgrade-failed', version: '2.0', ...fields });
+      expect(answer.value()).toStrictEqual(expected);
+    }
+    // A code that is not a string breaks the message's schema: the line is ignored, as any malformed one.
+    const answer = track(agent.requestUpgrade('2.0'));
+    await deliver({ type: 'upgrade-failed', version: '2.0', reason: 'x', code: 7 });
+    expect(answer.settled()).toBe(false);
   });
 
   it('refuses a second request while one is pending, and accepts a new one once it is answered', async () => {
