@@ -76,9 +76,9 @@ async function main(): Promise<void> {
       upgrading = true;
       appendFileSync(join(root, 'example-attempts'), `${desired}\n`);
       say(`asking to upgrade to ${desired}`);
-      void agent.requestUpgrade(desired).then((result) => {
+      void agent.requestUpgrade(desired).then((answer) => {
         upgrading = false;
-        if (!result.ok) say(`upgrade to ${desired} failed: ${result.reason}; carrying on`);
+        if (!answer.ok) say(`upgrade to ${desired} failed: ${answer.reason}${answer.code ? ` (${answer.code})` : ''}; carrying on`);
       });
     }
   };

@@ -6,12 +6,18 @@
  *   agent.ready();                 // a candidate now waits for go; an active agent is simply up
  *   await agent.waitForGo();
  *   agent.onStop(async () => { await finishWork(); });   // then `stopped` is sent and the process exits
- *   const result = await agent.requestUpgrade('1.2.0');  // { ok: false, reason } if refused or failed
+ *   const answer = await agent.requestUpgrade('1.2.0');  // { ok: false, reason, code? } if refused or failed
  */
-import { encode, LineReader, parseUpgraderLine, type AgentMessage, type HandoffMode, type UpgraderMessage } from './protocol.js';
+import { encode, LineReader, parseUpgraderLine, type AgentMessage, type HandoffMode, type RefusalCode, type UpgraderMessage } from './protocol.js';
 
 export type Role = 'active' | 'candidate';
-export type UpgradeResult = { ok: true } | { ok: false; reason: string };
+/**
+ * The upgrader's answer to requestUpgrade: `ok` once this agent is told to stop (its successor is ready), or a
+ * refusal or failure with the upgrader's reason and, from upgraders that send one, a stable `code` to act on
+ * (one of RefusalCode, or a newer upgrader's code, passed on as it came). Not to be confused with the
+ * upgrader's record of a finished upgrade (state.ts's UpgradeResult).
+ */
+export type UpgradeAnswer = { ok: true } | { ok: false; reason: string; code?: RefusalCode | (string & {}) };
 
 export type AgentOptions = {
   input?: NodeJS.ReadableStream;
@@ -34,7 +40,7 @@ export class UpgraderAgent {
   private readonly goWaiters: (() => void)[] = [];
   private stopHandler: () => void | Promise<void> = () => undefined;
   private stopping = false;
-  private pendingUpgrade: { version: string; resolve: (result: UpgradeResult) => void } | null = null;
+  private pendingUpgrade: { version: string; resolve: (answer: UpgradeAnswer) => void } | null = null;
   private readonly output: NodeJS.WritableStream;
   private readonly exit: (code: number) => void;
 
@@ -81,10 +87,11 @@ export class UpgraderAgent {
 
   /**
    * Asks the upgrader to hand off to `version`. Resolves `{ ok: true }` when the new version is ready and this
-   * agent is told to stop (the stop handler then runs), or `{ ok: false, reason }` when the upgrade is refused
-   * or the candidate fails (this agent carries on).
+   * agent is told to stop (the stop handler then runs), or `{ ok: false, reason, code? }` when the upgrade is
+   * refused or the candidate fails (this agent carries on). A request made while another is pending is refused
+   * here, without a code.
    */
-  requestUpgrade(version: string, mode: HandoffMode = 'live'): Promise<UpgradeResult> {
+  requestUpgrade(version: string, mode: HandoffMode = 'live'): Promise<UpgradeAnswer> {
     if (this.pendingUpgrade) return Promise.resolve({ ok: false, reason: `an upgrade to ${this.pendingUpgrade.version} is already pending` });
     return new Promise((resolve) => {
       this.pendingUpgrade = { version, resolve };
@@ -101,10 +108,10 @@ export class UpgraderAgent {
     this.output.write(encode(message));
   }
 
-  private settleUpgrade(result: UpgradeResult): void {
+  private settleUpgrade(answer: UpgradeAnswer): void {
     const pending = this.pendingUpgrade;
     this.pendingUpgrade = null;
-    pending?.resolve(result);
+    pending?.resolve(answer);
   }
 
   private handle(message: UpgraderMessage): void {
@@ -114,7 +121,8 @@ export class UpgraderAgent {
         for (const resolve of this.goWaiters.splice(0)) resolve();
         return;
       case 'upgrade-failed':
-        if (this.pendingUpgrade?.version === message.version) this.settleUpgrade({ ok: false, reason: message.reason });
+        if (this.pendingUpgrade?.version !== message.version) return;
+        this.settleUpgrade(message.code === undefined ? { ok: false, reason: message.reason } : { ok: false, reason: message.reason, code: message.code });
         return;
       case 'stop':
         if (this.stopping) return;
@@ -134,7 +142,4 @@ export function connectAgent(options?: AgentOptions): UpgraderAgent {
 }
 
 export { PROTOCOL_VERSION } from './protocol.js';
-export type { AgentMessage, UpgraderMessage, HandoffMode } from './protocol.js';
-
-/** Stages a downloaded version the way `upgrader install` does, before asking for the upgrade. */
-export { installVersion, type InstallOptions, type InstallResult } from './install.js';
+export type { AgentMessage, UpgraderMessage, HandoffMode, RefusalCode } from './protocol.js';

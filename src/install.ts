@@ -1,5 +1,5 @@
 /**
- * Staging a version: `upgrader install` and the agent library's `installVersion`.
+ * Staging a version: `upgrader install` and `installVersion` (the package's `upgrader/install` entry).
  *
  * A version is assembled under a temporary name inside versions/ (`.<version>.tmp-<pid>-<random>`, mode
  * 0700 until it is checked), from a private copy of the archive (see archive.ts) or a copy of a directory;
