@@ -92,7 +92,7 @@ export class UpgraderAgent {
    * here, without a code.
    */
   requestUpgrade(version: string, mode: HandoffMode = 'live'): Promise<UpgradeAnswer> {
-    if (this.pendingUpgrade) return Promise.resolve({ ok: false, reason: `an upgrade to ${this.pendingUpgrade.version} is already pending` });
+    if (this.pendingUpgrade) return Promise.resolve({ ok: false, reason: `an upgrade to ${this.pendingUpgrade.version} is already pending`, code: 'in-progress' });
     return new Promise((resolve) => {
       this.pendingUpgrade = { version, resolve };
       this.send({ type: 'upgrade', version, mode });

@@ -221,6 +221,7 @@ describe('requestUpgrade', () => {
     expect(await within(agent.requestUpgrade('3.0'), 'the second request')).toEqual({
       ok: false,
       reason: 'an upgrade to 2.0 is already pending',
+      code: 'in-progress',
     });
     await deliver({ type: 'upgrade-failed', version: '2.0', reason: 'candidate exited with status 1' });
     expect(first.value()).toEqual({ ok: false, reason: 'candidate exited with status 1' });
