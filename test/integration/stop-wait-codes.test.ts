@@ -3,7 +3,7 @@
  * agent's stop handler, `--wait probation`, and refusals that carry a code.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, cleanupRoots, currentTarget, makeRoot, readLines, runCli, savedState, startReady, stopAllUpgraders, waitForSavedState, waitUntil } from '../helpers.js';
+import { askUpgrade, cleanupRoots, currentTarget, makeRoot, readLines, runCli, savedState, startReady, statusJson, stopAllUpgraders, waitForSavedState, waitUntil } from '../helpers.js';
 
 afterEach(async () => {
   await stopAllUpgraders();
@@ -102,6 +102,7 @@ describe('refusal codes', () => {
     askUpgrade(root, pid, '2.0.0');
     await waitForSavedState(root, (s) => s.history.some((h: { to: string; result: string }) => h.to === '2.0.0' && h.result === 'rolled-back'), '2.0.0 rolled back');
     expect(savedState(root).history[0]).toMatchObject({ to: '2.0.0', result: 'rolled-back', code: 'rolled-back' });
+    expect((await statusJson(root)).report.lastUpgrade).toMatchObject({ to: '2.0.0', result: 'rolled-back', code: 'rolled-back' });
     const respawned = await up.waitForLog((l) => l.agentEvent === 'spawned' && l.role === 'active' && l.version === '1.0.0' && l.agentPid !== pid, 10_000, 'the old version started again');
     const again = respawned.agentPid as number;
     await up.waitForLog((l) => l.event === 'ready' && (l.active as { agentPid: number } | null)?.agentPid === again, 10_000, 'the restarted agent is ready');
