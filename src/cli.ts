@@ -123,10 +123,11 @@ Example:
   upgrader rollback --root /var/lib/upgrader/myagent`,
   prune: `Usage: upgrader prune --root <dir> --keep <n> [--dry-run] [--json]
 
-Removes the versions beyond the newest <n>, never one in use: what current's link, the state file
-(current, previous, an open handoff, probation, recorded agents) and the root's live agents name. Holds
-the layout (state/layout.holder) while it works, so it cannot race an install; a version that a handoff
-takes up while prune runs is kept. As root on a root another user owns, it runs as that user.
+Keeps the newest <n> versions that are not quarantined and removes the others (a quarantined version
+takes no slot), never one in use: what current's link, the state file (current, previous, an open
+handoff, probation, recorded agents) and the root's live agents name. Holds the layout
+(state/layout.holder) while it works, so it cannot race an install; a version that a handoff takes up
+while prune runs is kept. As root on a root another user owns, it runs as that user.
 
 Exit status: 0 done; 64 bad arguments; 75 another command holds the layout (waited 15 s); 77 not
 allowed, or root refuses to remove what another user could change; 78 the state file cannot be read.

@@ -161,6 +161,23 @@ describe('upgrader versions and prune', () => {
     expect(currentTarget(root)).toBe('versions/1.1.0');
   });
 
+  it('--keep n keeps n good versions: quarantined ones take no slot, and go unless in use', async () => {
+    const root = makeRoot({ '1.0.0': {}, '1.1.0': {}, '1.2.0': {}, '2.0.0': {}, '2.1.0': {} }, '1.0.0');
+    // What the upgrader writes when a candidate fails (see the "quarantine" tests), written directly here.
+    mkdirSync(join(root, 'state/quarantine'), { recursive: true });
+    for (const version of ['2.0.0', '2.1.0']) {
+      writeFileSync(join(root, `state/quarantine/${version}.json`), JSON.stringify({ version, reason: 'the candidate exited', at: new Date().toISOString() }));
+    }
+    const dry = JSON.parse((await runCli(['prune', '--root', root, '--keep', '2', '--dry-run', '--json'])).stdout);
+    expect(dry.removed).toEqual(['2.1.0', '2.0.0']);
+    expect(dry.kept.map((k: { version: string }) => k.version)).toEqual(['1.2.0', '1.1.0', '1.0.0']);
+    const done = await runCli(['prune', '--root', root, '--keep', '2']);
+    expect(done.code).toBe(0);
+    expect(done.stdout).toMatch(/removed 2\.1\.0, 2\.0\.0/);
+    expect(done.stdout).toMatch(/kept 1\.2\.0 \(among the newest 2 not quarantined\)/);
+    expect(readdirSync(join(root, 'versions')).sort()).toEqual(['1.0.0', '1.1.0', '1.2.0']);
+  });
+
   it('prune racing installs: both finish, and no install is half-removed', async () => {
     const root = makeRoot({ '1.0.0': {} }, '1.0.0');
     const source = sourceTree();
