@@ -83,7 +83,8 @@ Examples:
 Puts a version in place: <source> is a directory or a .tar.gz/.tgz archive. It is assembled under a
 temporary name in versions/, checked (nothing may lead outside it; the entry point must be executable),
 fsynced, then renamed to versions/<v> in one step. Installing a name that exists is refused unless the
-content is identical. --sha256 checks the archive before anything is unpacked.
+content is identical. --sha256 checks the archive before anything is unpacked. Installing a quarantined
+version (identical content is enough) lifts its quarantine, and says so.
 
 Exit status: 0 installed (or already identical); 64 bad arguments; 65 checksum mismatch, an archive
 that cannot be unpacked, or an entry or link that would escape; 73 the version exists with other
@@ -258,7 +259,7 @@ async function install(args: string[]): Promise<number> {
     const options = Object.entries({ '--sha256': v.sha256, '--entry': v.entry }).flatMap(([flag, value]) => (typeof value === 'string' ? [flag, value] : []));
     return runAsOwner(actor, ['install', '--root', root, '--version', v.version, ...options, ...(v.json ? ['--json'] : []), source]);
   }
-  const { installVersion } = await import('./install.js');
+  const { describeInstall, installVersion } = await import('./install.js');
   const result = await installVersion({
     root,
     version: v.version,
@@ -269,7 +270,7 @@ async function install(args: string[]): Promise<number> {
   });
   if (progress) process.stderr.write('\n');
   if (v.json) printJson(result);
-  else process.stdout.write(result.identical ? `${result.version} is already installed with identical content; nothing to do.\n` : `installed ${result.version} at ${result.path}\n`);
+  else process.stdout.write(`${describeInstall(result)}\n`);
   return EXIT.ok;
 }
 

@@ -40,6 +40,14 @@ export type InstallResult = { version: string; path: string; identical: boolean;
 
 const asRoot = () => process.geteuid?.() === 0;
 
+/** What `upgrader install` prints: what was done, and every change an operator would otherwise not see. */
+export function describeInstall(result: InstallResult): string {
+  const done = result.identical ? `${result.version} is already installed with identical content` : `installed ${result.version} at ${result.path}`;
+  const also = [result.liftedQuarantine ? 'its quarantine is lifted: it may be upgraded to again' : null].filter((part) => part !== null);
+  if (also.length === 0) return result.identical ? `${done}; nothing to do.` : done;
+  return `${done}; ${also.join('; ')}.`;
+}
+
 export async function installVersion(options: InstallOptions): Promise<InstallResult> {
   assertVersionName(options.version);
   const layout = Layout.open(options.root, options.entry ?? DEFAULT_ENTRY);

@@ -359,6 +359,27 @@ describe('quarantine', () => {
     await up.waitForLog((l) => l.msg === 'spawned candidate 2.0.0' && up.logs.filter((x) => x.msg === 'spawned candidate 2.0.0').length === 2);
   });
 
+  it('a re-install that lifts a quarantine says so, identical or not', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const quarantine = (version: string) => {
+      mkdirSync(join(root, 'state/quarantine'), { recursive: true });
+      writeFileSync(join(root, `state/quarantine/${version}.json`), JSON.stringify({ version, reason: 'the candidate exited', at: new Date().toISOString() }));
+    };
+    const source = sourceTree();
+    expect((await runCli(['install', '--root', root, '--version', '2.0.0', source])).code).toBe(0);
+    quarantine('2.0.0');
+    const again = await runCli(['install', '--root', root, '--version', '2.0.0', source]);
+    expect(again.code).toBe(0);
+    expect(again.stdout).not.toMatch(/nothing to do/);
+    expect(again.stdout.trim()).toBe('2.0.0 is already installed with identical content; its quarantine is lifted: it may be upgraded to again.');
+    expect(existsSync(join(root, 'state/quarantine/2.0.0.json'))).toBe(false);
+    // A quarantined version that was pruned since, installed anew.
+    quarantine('3.0.0');
+    const fresh = await runCli(['install', '--root', root, '--version', '3.0.0', source]);
+    expect(fresh.stdout.trim()).toBe(`installed 3.0.0 at ${join(root, 'versions/3.0.0')}; its quarantine is lifted: it may be upgraded to again.`);
+    expect((await runCli(['install', '--root', root, '--version', '3.0.0', source])).stdout.trim()).toBe('3.0.0 is already installed with identical content; nothing to do.');
+  });
+
   it('a version rolled back in probation is quarantined', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 100 } } }, '1.0.0');
     const { up, pid } = await startReady(root, ['--probation', '5s']);
