@@ -17,7 +17,8 @@ import { Ownership } from './ownership.js';
 import { formatHost, formatStatus, hostExitCode, readHost, readStatus, statusExitCode } from './status.js';
 import { StateFile } from './state.js';
 import { startSupervisor, type Supervisor } from './supervisor.js';
-import { actorFor, refuseForeignRootForRun, runAsOwner } from './privilege.js';
+import { actorFor, actorForNewRoot, refuseForeignRootForRun, runAsOwner } from './privilege.js';
+import { planRoot } from './new-root.js';
 import { SystemdNotifier } from './notify.js';
 import { closeInheritedDescriptors } from './proc.js';
 import { UPGRADER_VERSION } from './version.js';
@@ -30,6 +31,7 @@ Usage:
   upgrader run --root <dir> [options]       supervise the agent in <dir> (what the init system starts)
   upgrader status [--root <dir>] [--json]   show what runs on <dir>, or on every root of this host
   upgrader install --root <dir> --version <v> <source>   stage a version from a directory or .tar.gz
+                                            (into a new root: lay it out, point current at it)
   upgrader versions --root <dir> [--json]   list the installed versions
   upgrader prune --root <dir> --keep <n>    remove old versions
   upgrader upgrade --root <dir> --to <v>    ask the running upgrader for a handoff to <v>
@@ -78,21 +80,30 @@ Exit status: 0 an upgrader runs with a ready agent (on every root); 3 no upgrade
 Examples:
   upgrader status --root /var/lib/upgrader/myagent --json
   upgrader status`,
-  install: `Usage: upgrader install --root <dir> --version <v> [--sha256 <hex>] [--entry <path>] <source>
+  install: `Usage: upgrader install --root <dir> --version <v> [--sha256 <hex>] [--entry <path>] [--json] <source>
 
 Puts a version in place: <source> is a directory or a .tar.gz/.tgz archive. It is assembled under a
 temporary name in versions/, checked (nothing may lead outside it; the entry point must be executable),
 fsynced, then renamed to versions/<v> in one step. Installing a name that exists is refused unless the
 content is identical. --sha256 checks the archive before anything is unpacked. Installing a quarantined
-version (identical content is enough) lifts its quarantine, and says so.
+version (identical content is enough) lifts its quarantine, and says so. --json prints the outcome as
+one object (version, path, identical, liftedQuarantine, createdRoot, madeCurrent).
+
+A first install makes the root: a --root that does not exist (its parent must) or is an empty directory
+gets versions/ and state/ (mode 0755 less the umask), and a root with no current at all, where nothing
+has run yet, gets current pointed at the version, so that "upgrader run" starts it. A current that
+exists, even broken, is left for "upgrader run" to repair; a root with current is only staged into.
 
 Exit status: 0 installed (or already identical); 64 bad arguments; 65 checksum mismatch, an archive
 that cannot be unpacked, or an entry or link that would escape; 73 the version exists with other
-content; 74 a full disk or I/O error; 75 another command holds the layout; 77 not allowed; 78 no entry
-point, or not a root. As root on a root another user owns, it runs as that user.
+content; 74 a full disk or I/O error; 75 another command holds the layout; 77 not allowed (as root:
+also a new root whose parent another user could change); 78 no entry point, a new root whose parent is
+missing, or a non-empty directory without versions/. As root on a root another user owns (an empty one
+included), it runs as that user.
 
-Example:
-  upgrader install --root /var/lib/upgrader/myagent --version 1.4.0 --sha256 9f86d0... agent-1.4.0.tgz`,
+Examples:
+  upgrader install --root /var/lib/upgrader/myagent --version 1.4.0 --sha256 9f86d0... agent-1.4.0.tgz
+  upgrader install --root /var/lib/upgrader/newagent --version 1.0.0 ./build   # a first deployment`,
   versions: `Usage: upgrader versions --root <dir> [--json]
 
 Lists the installed versions, newest first (by semantic version when every name is one, else by install
@@ -252,9 +263,11 @@ async function install(args: string[]): Promise<number> {
     ? (done: number, total: number) => process.stderr.write(`\runpacking ${Math.floor((done / total) * 100)}%`)
     : undefined;
   // The root is resolved once: what was checked is what is worked on (a link flipped meanwhile changes nothing).
-  const root = Layout.open(requireRoot(v.root)).root;
+  // A root that is missing or empty is laid out by the install, as whoever may create it there.
+  const plan = planRoot(requireRoot(v.root));
+  const root = plan.root;
   const source = resolve(v.source);
-  const actor = actorFor(root);
+  const actor = plan.create === 'root' ? actorForNewRoot(root) : actorFor(root);
   if (actor.kind === 'owner') {
     const options = Object.entries({ '--sha256': v.sha256, '--entry': v.entry }).flatMap(([flag, value]) => (typeof value === 'string' ? [flag, value] : []));
     return runAsOwner(actor, ['install', '--root', root, '--version', v.version, ...options, ...(v.json ? ['--json'] : []), source]);
