@@ -36,15 +36,17 @@ Usage:
   upgrader prune --root <dir> --keep <n>    remove old versions
   upgrader upgrade --root <dir> --to <v>    ask the running upgrader for a handoff to <v>
   upgrader rollback --root <dir>            ask it for a handoff back to the previous version
-  upgrader --version | --help
+  upgrader --version | -v | --help | -h
 
-Run "upgrader <command> --help" for a command's options.`,
+Run "upgrader <command> --help" (or -h) for a command's options.`,
   run: `Usage: upgrader run --root <dir> [options]
 
 Starts the version that <dir>/current points at, supervises it, and performs the upgrades it asks for.
 Exits when the agent exits on its own (with the agent's status; one from 64 to 78, which the upgrader
-keeps for itself, becomes 79) or on SIGTERM, SIGINT or SIGHUP (status 0). As root it runs only a root
-that root alone can change (a root owned by another user: run it as that user; exit 78).
+keeps for itself, becomes 79) or on SIGTERM, SIGINT or SIGHUP, after stopping the agents gracefully
+(status 0). SIGHUP is not a reload: it stops everything as SIGTERM does (under the shipped unit,
+Restart=always then starts it again, with a restart's downtime). As root it runs only a root that root
+alone can change (a root owned by another user: run it as that user; exit 78).
 
 Options:
   --root <dir>             the root: holds versions/<version>/, current and state/ (required)
@@ -75,7 +77,8 @@ never follows a link or opens anything but a regular file in a root.
 
 Exit status: 0 an upgrader runs with a ready agent (on every root); 3 no upgrader runs on the root
 (on some root), or there is no root under the base; 4 an upgrader runs but no agent is ready;
-5 the root (some root) is broken or unreadable, which takes precedence; 78 --root is not a root.
+5 the root (some root) is broken or unreadable, which takes precedence; 64 bad arguments; 77 not
+allowed to reach --root at all; 78 --root does not exist or has no versions/.
 
 Examples:
   upgrader status --root /var/lib/upgrader/myagent --json
@@ -106,9 +109,10 @@ Examples:
   upgrader install --root /var/lib/upgrader/newagent --version 1.0.0 ./build   # a first deployment`,
   versions: `Usage: upgrader versions --root <dir> [--json]
 
-Lists the installed versions, newest first (by semantic version when every name is one, else by install
-time), with their markers (current, previous, running, candidate, retiring, quarantined), install time
-and size.
+Lists the installed versions, newest first, with their markers (current, previous, running, candidate,
+retiring, quarantined), install time and size. Newest means by semantic version when every name is one;
+otherwise by install time: the ctime of versions/<v>, set when install renamed it into place (ties by
+name), which a later chmod, chown or rename of that directory changes.
 
 Example:
   upgrader versions --root /var/lib/upgrader/myagent --json`,

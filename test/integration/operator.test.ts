@@ -161,6 +161,22 @@ describe('upgrader versions and prune', () => {
     expect(currentTarget(root)).toBe('versions/1.1.0');
   });
 
+  it('one name that is not a semantic version orders them all by the ctime of versions/<v>, which chmod moves', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {}, latest: {} }, '1.0.0');
+    const order = async () => (JSON.parse((await runCli(['versions', '--root', root, '--json'])).stdout) as { version: string }[]).map((v) => v.version);
+    // Changing a directory's inode sets its ctime: each of these becomes the newest in turn.
+    for (const name of ['latest', '2.0.0', '1.0.0']) {
+      await new Promise((r) => setTimeout(r, 20));
+      chmodSync(join(root, 'versions', name), 0o755);
+    }
+    expect(await order()).toEqual(['1.0.0', '2.0.0', 'latest']);
+    await new Promise((r) => setTimeout(r, 20));
+    chmodSync(join(root, 'versions/latest'), 0o755);
+    expect(await order()).toEqual(['latest', '1.0.0', '2.0.0']);
+    const dry = JSON.parse((await runCli(['prune', '--root', root, '--keep', '1', '--dry-run', '--json'])).stdout);
+    expect(dry.removed).toEqual(['2.0.0']);
+  });
+
   it('--keep n keeps n good versions: quarantined ones take no slot, and go unless in use', async () => {
     const root = makeRoot({ '1.0.0': {}, '1.1.0': {}, '1.2.0': {}, '2.0.0': {}, '2.1.0': {} }, '1.0.0');
     // What the upgrader writes when a candidate fails (see the "quarantine" tests), written directly here.
