@@ -56,6 +56,14 @@ describe('the README matches the program', () => {
     expect(missing).toEqual([]);
   });
 
+  it('install --json is in its --help, and prints the fields the README lists', async () => {
+    expect((await runCli(['install', '--help'])).stdout).toMatch(/\[--json\]/);
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const { stdout } = await runCli(['install', '--root', root, '--version', '1.0.0', '--json', join(root, 'versions/1.0.0')]);
+    const listed = /`--json` prints one object: ([^.]*)\./.exec(README)![1]!.match(/`(\w+)`/g)!.map((field) => field.slice(1, -1));
+    expect(Object.keys(JSON.parse(stdout)).sort()).toEqual(listed.sort());
+  });
+
   it('-h and -v are what the README says: --help and --version', async () => {
     expect(README).toMatch(/upgrader --help \| -h \| --version \| -v/);
     expect((await runCli(['-h'])).stdout).toBe((await runCli(['--help'])).stdout);
