@@ -8,6 +8,9 @@
  * sticky bit; as root, nothing writable by group or others); made durable (every file and directory
  * fsynced); then renamed to versions/<version> in one step. The supervisor never sees a half-written
  * version; a crash leaves only temporary names, which the next install or run removes.
+ *
+ * A first install lays out a new root (new-root.ts) and points its first `current` at the version, so that
+ * a first deployment is install then start.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, cpSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, statSync } from 'node:fs';
