@@ -17,7 +17,8 @@ import { formatHost, formatStatus, hostExitCode, readHost, readStatus, statusExi
 import { StateFile } from './state.js';
 import { startSupervisor } from './recovery.js';
 import type { Supervisor } from './supervisor.js';
-import { actorFor, refuseForeignRootForRun, runAsOwner } from './privilege.js';
+import { actorFor, actorForNewRoot, refuseForeignRootForRun, runAsOwner } from './privilege.js';
+import { planRoot } from './new-root.js';
 import { SystemdNotifier } from './notify.js';
 import { closeInheritedDescriptors } from './proc.js';
 import { UPGRADER_VERSION } from './upgrader-version.js';
@@ -30,19 +31,23 @@ Usage:
   upgrader run --root <dir> [options]       supervise the agent in <dir> (what the init system starts)
   upgrader status [--root <dir>] [--json]   show what runs on <dir>, or on every root of this host
   upgrader install --root <dir> --version <v> <source>   stage a version from a directory or .tar.gz
+                                            (into a new root: lay it out, point current at it)
   upgrader versions --root <dir> [--json]   list the installed versions
   upgrader prune --root <dir> --keep <n>    remove old versions
   upgrader upgrade --root <dir> --to <v>    ask the running upgrader for a handoff to <v>
   upgrader rollback --root <dir>            ask it for a handoff back to the previous version
-  upgrader --version | --help
+  upgrader --version | -v | --help | -h
 
-Run "upgrader <command> --help" for a command's options.`,
+Run "upgrader <command> --help" (or -h) for a command's options.`,
   run: `Usage: upgrader run --root <dir> [options]
 
 Starts the version that <dir>/current points at, supervises it, and performs the upgrades it asks for.
 Exits when the agent exits on its own (with the agent's status; one from 64 to 78, which the upgrader
-keeps for itself, becomes 79) or on SIGTERM, SIGINT or SIGHUP (status 0). As root it runs only a root
-that root alone can change (a root owned by another user: run it as that user; exit 78).
+keeps for itself, becomes 79) or on SIGTERM, SIGINT or SIGHUP (status 0), after stopping the agents
+gracefully: the active agent is told stop, as in a handoff, then SIGTERM after --stop-timeout, then
+SIGKILL of its tree after --kill-timeout. SIGHUP is not a reload: it stops everything as SIGTERM does (under the shipped unit,
+Restart=always then starts it again, with a restart's downtime). As root it runs only a root that root
+alone can change (a root owned by another user: run it as that user; exit 78).
 
 Options:
   --root <dir>             the root: holds versions/<version>/, current and state/ (required)
@@ -73,30 +78,42 @@ never follows a link or opens anything but a regular file in a root.
 
 Exit status: 0 an upgrader runs with a ready agent (on every root); 3 no upgrader runs on the root
 (on some root), or there is no root under the base; 4 an upgrader runs but no agent is ready;
-5 the root (some root) is broken or unreadable, which takes precedence; 78 --root is not a root.
+5 the root (some root) is broken or unreadable, which takes precedence; 64 bad arguments; 77 not
+allowed to reach --root at all; 78 --root does not exist or has no versions/.
 
 Examples:
   upgrader status --root /var/lib/upgrader/myagent --json
   upgrader status`,
-  install: `Usage: upgrader install --root <dir> --version <v> [--sha256 <hex>] [--entry <path>] <source>
+  install: `Usage: upgrader install --root <dir> --version <v> [--sha256 <hex>] [--entry <path>] [--json] <source>
 
 Puts a version in place: <source> is a directory or a .tar.gz/.tgz archive. It is assembled under a
 temporary name in versions/, checked (nothing may lead outside it; the entry point must be executable),
 fsynced, then renamed to versions/<v> in one step. Installing a name that exists is refused unless the
-content is identical. --sha256 checks the archive before anything is unpacked.
+content is identical. --sha256 checks the archive before anything is unpacked. Installing a quarantined
+version (identical content is enough) lifts its quarantine, and says so. --json prints the outcome as
+one object (version, path, identical, liftedQuarantine, createdRoot, madeCurrent).
+
+A first install makes the root: a --root that does not exist (its parent must) or is an empty directory
+gets versions/ and state/ (mode 0755 less the umask), and a root with no current at all, where nothing
+has run yet, gets current pointed at the version, so that "upgrader run" starts it. A current that
+exists, even broken, is left for "upgrader run" to repair; a root with current is only staged into.
 
 Exit status: 0 installed (or already identical); 64 bad arguments; 65 checksum mismatch, an archive
 that cannot be unpacked, or an entry or link that would escape; 73 the version exists with other
-content; 74 a full disk or I/O error; 75 another command holds the layout; 77 not allowed; 78 no entry
-point, or not a root. As root on a root another user owns, it runs as that user.
+content; 74 a full disk or I/O error; 75 another command holds the layout; 77 not allowed (as root:
+also a new root whose parent another user could change); 78 no entry point, a new root whose parent is
+missing, or a non-empty directory without versions/. As root on a root another user owns (an empty one
+included), it runs as that user.
 
-Example:
-  upgrader install --root /var/lib/upgrader/myagent --version 1.4.0 --sha256 9f86d0... agent-1.4.0.tgz`,
+Examples:
+  upgrader install --root /var/lib/upgrader/myagent --version 1.4.0 --sha256 9f86d0... agent-1.4.0.tgz
+  upgrader install --root /var/lib/upgrader/newagent --version 1.0.0 ./build   # a first deployment`,
   versions: `Usage: upgrader versions --root <dir> [--json]
 
-Lists the installed versions, newest first (by semantic version when every name is one, else by install
-time), with their markers (current, previous, running, candidate, retiring, quarantined), install time
-and size.
+Lists the installed versions, newest first, with their markers (current, previous, running, candidate,
+retiring, quarantined), install time and size. Newest means by semantic version when every name is one;
+otherwise by install time: the ctime of versions/<v>, set when install renamed it into place (ties by
+name), which a later chmod, chown or rename of that directory changes.
 
 Example:
   upgrader versions --root /var/lib/upgrader/myagent --json`,
@@ -125,10 +142,11 @@ Example:
   upgrader rollback --root /var/lib/upgrader/myagent`,
   prune: `Usage: upgrader prune --root <dir> --keep <n> [--dry-run] [--json]
 
-Removes the versions beyond the newest <n>, never one in use: what current's link, the state file
-(current, previous, an open handoff, probation, recorded agents) and the root's live agents name. Holds
-the layout (state/layout.holder) while it works, so it cannot race an install; a version that a handoff
-takes up while prune runs is kept. As root on a root another user owns, it runs as that user.
+Keeps the newest <n> versions that are not quarantined and removes the others (a quarantined version
+takes no slot), never one in use: what current's link, the state file (current, previous, an open
+handoff, probation, recorded agents) and the root's live agents name. Holds the layout
+(state/layout.holder) while it works, so it cannot race an install; a version that a handoff takes up
+while prune runs is kept. As root on a root another user owns, it runs as that user.
 
 Exit status: 0 done; 64 bad arguments; 75 another command holds the layout (waited 15 s); 77 not
 allowed, or root refuses to remove what another user could change; 78 the state file cannot be read.
@@ -251,14 +269,16 @@ async function install(args: string[]): Promise<number> {
     ? (done: number, total: number) => process.stderr.write(`\runpacking ${Math.floor((done / total) * 100)}%`)
     : undefined;
   // The root is resolved once: what was checked is what is worked on (a link flipped meanwhile changes nothing).
-  const root = Layout.open(requireRoot(v.root)).root;
+  // A root that is missing or empty is laid out by the install, as whoever may create it there.
+  const plan = planRoot(requireRoot(v.root));
+  const root = plan.root;
   const source = resolve(v.source);
-  const actor = actorFor(root);
+  const actor = plan.create === 'root' ? actorForNewRoot(root) : actorFor(root);
   if (actor.kind === 'owner') {
     const options = Object.entries({ '--sha256': v.sha256, '--entry': v.entry }).flatMap(([flag, value]) => (typeof value === 'string' ? [flag, value] : []));
     return runAsOwner(actor, ['install', '--root', root, '--version', v.version, ...options, ...(v.json ? ['--json'] : []), source]);
   }
-  const { installVersion } = await import('./install.js');
+  const { describeInstall, installVersion } = await import('./install.js');
   const result = await installVersion({
     root,
     version: v.version,
@@ -269,7 +289,7 @@ async function install(args: string[]): Promise<number> {
   });
   if (progress) process.stderr.write('\n');
   if (v.json) printJson(result);
-  else process.stdout.write(result.identical ? `${result.version} is already installed with identical content; nothing to do.\n` : `installed ${result.version} at ${result.path}\n`);
+  else process.stdout.write(`${describeInstall(result)}\n`);
   return EXIT.ok;
 }
 

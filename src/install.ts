@@ -8,20 +8,25 @@
  * sticky bit; as root, nothing writable by group or others); made durable (every file and directory
  * fsynced); then renamed to versions/<version> in one step. The supervisor never sees a half-written
  * version; a crash leaves only temporary names, which the next install or run removes.
+ *
+ * A first install lays out a new root (new-root.ts) and points its first `current` at the version, so that
+ * a first deployment is install then start.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, cpSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, statSync } from 'node:fs';
-import { join, relative, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { checkDigest, unpackCopy, withPrivateCopy } from './archive.js';
 import { linkEscape } from './containment.js';
 import { UpgraderError } from './errors.js';
 import { fsyncDirectory, fsyncTree } from './durable.js';
-import { assertVersionName, DEFAULT_ENTRY, Layout, selfAndAncestors, unsafeForRoot, unsafeTreeForRoot } from './layout.js';
-import { actorFor } from './privilege.js';
+import { assertVersionName, DEFAULT_ENTRY, entryProblem, Layout, selfAndAncestors, unsafeForRoot, unsafeTreeForRoot } from './layout.js';
+import { createLayout, planRoot, type RootPlan } from './new-root.js';
+import { actorFor, actorForNewRoot } from './privilege.js';
 import { removeTree } from './remove-tree.js';
 import { withLayoutLock } from './layout-lock.js';
 import { Quarantine } from './quarantine.js';
 import { openRegularFile } from './safe-file.js';
+import { StateFile } from './state.js';
 import { walkTree } from './tree.js';
 
 export type InstallOptions = {
@@ -36,13 +41,37 @@ export type InstallOptions = {
   onProgress?: (done: number, total: number) => void;
 };
 
-export type InstallResult = { version: string; path: string; identical: boolean; liftedQuarantine: boolean };
+export type InstallResult = {
+  version: string;
+  path: string;
+  identical: boolean;
+  liftedQuarantine: boolean;
+  /** The root's directory, or its versions/ and state/, had to be created (a first install). */
+  createdRoot: boolean;
+  /** `current` did not exist and now points at this version (see pointFirstCurrent). */
+  madeCurrent: boolean;
+};
 
 const asRoot = () => process.geteuid?.() === 0;
 
+/** What `upgrader install` prints: what was done, and every change an operator would otherwise not see. */
+export function describeInstall(result: InstallResult): string {
+  const laidOut = result.createdRoot ? `laid out the new root ${dirname(dirname(result.path))} (versions/, state/)\n` : '';
+  const done = result.identical ? `${result.version} is already installed with identical content` : `installed ${result.version} at ${result.path}`;
+  const also = [
+    result.madeCurrent ? `current now points at ${result.version}: upgrader run starts it` : null,
+    result.liftedQuarantine ? 'its quarantine is lifted: it may be upgraded to again' : null,
+  ].filter((part) => part !== null);
+  if (also.length > 0) return `${laidOut}${done}; ${also.join('; ')}.`;
+  return `${laidOut}${done}${result.identical ? '; nothing to do.' : ''}`;
+}
+
 export async function installVersion(options: InstallOptions): Promise<InstallResult> {
   assertVersionName(options.version);
-  const layout = Layout.open(options.root, options.entry ?? DEFAULT_ENTRY);
+  const entry = options.entry ?? DEFAULT_ENTRY;
+  const badEntry = entryProblem(entry);
+  if (badEntry) throw new UpgraderError('E_USAGE', `${badEntry}.`);
+  const plan = planRoot(options.root);
   const kind = sourceKind(options.source);
   if (options.sha256 !== undefined && kind !== 'archive') {
     throw new UpgraderError('E_USAGE', '--sha256 checks an archive; the source is a directory.');
@@ -51,6 +80,10 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
     throw new UpgraderError('E_USAGE', `--sha256 must be 64 hexadecimal digits, not ${JSON.stringify(options.sha256)}.`);
   }
 
+  // Nothing is created before it is known that this process may act there; then it is checked as it is.
+  if (asRoot()) refuseForeignRoot(plan);
+  const createdRoot = createLayout(plan);
+  const layout = Layout.open(plan.root, entry);
   if (asRoot()) refuseWhatOthersControl(layout, options.source);
 
   layout.removeStaleTemporaries();
@@ -70,19 +103,47 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
     return await withLayoutLock(layout, 'install', () => {
       const target = join(layout.versionsDir, options.version);
       // Re-installing a version is how an operator says it deserves another try.
-      const lift = () => new Quarantine(layout.stateDir).lift(options.version);
+      const done = (identical: boolean): InstallResult => ({
+        version: options.version,
+        path: target,
+        identical,
+        liftedQuarantine: new Quarantine(layout.stateDir).lift(options.version),
+        createdRoot,
+        madeCurrent: pointFirstCurrent(layout, options.version),
+      });
       if (exists(target)) {
         if (treeDigest(target) !== treeDigest(staging)) {
           throw new UpgraderError('E_VERSION_EXISTS', `Version ${options.version} is already installed with different content; install it under another name.`);
         }
-        return { version: options.version, path: target, identical: true, liftedQuarantine: lift() };
+        return done(true);
       }
       renameSync(staging, target);
       fsyncDirectory(layout.versionsDir);
-      return { version: options.version, path: target, identical: false, liftedQuarantine: lift() };
+      return done(false);
     });
   } finally {
     removeTree(staging);
+  }
+}
+
+/**
+ * A root with no `current` at all, whose state file names no current either (nothing has run there yet),
+ * gets one: the version just installed, so that `upgrader run` starts it. A `current` that exists, even
+ * dangling or pointing at something broken, and one missing while the state file names one, are damage
+ * that `upgrader run` repairs from its records: install leaves them alone.
+ */
+function pointFirstCurrent(layout: Layout, version: string): boolean {
+  if (exists(layout.currentLink)) return false;
+  const read = new StateFile(layout.stateDir).read();
+  if (read.ok && read.state.current !== null) return false;
+  return layout.createCurrent(version);
+}
+
+/** As root, install works only in a root that root alone can change, or creates one only where root alone can (privilege.ts). */
+function refuseForeignRoot(plan: RootPlan): void {
+  const actor = plan.create === 'root' ? actorForNewRoot(plan.root) : actorFor(plan.root);
+  if (actor.kind === 'owner') {
+    throw new UpgraderError('E_PERMISSION', `${plan.root} belongs to uid ${actor.uid}: install into it as that user (the upgrader command does so by itself when root runs it).`);
   }
 }
 
@@ -93,10 +154,7 @@ export async function installVersion(options: InstallOptions): Promise<InstallRe
  * file they could not read themselves.
  */
 function refuseWhatOthersControl(layout: Layout, source: string): void {
-  const actor = actorFor(layout.root);
-  if (actor.kind === 'owner') {
-    throw new UpgraderError('E_PERMISSION', `${layout.root} belongs to uid ${actor.uid}: install into it as that user (the upgrader command does so by itself when root runs it).`);
-  }
+  refuseForeignRoot({ root: layout.root, create: 'nothing' });
   const given = resolve(source);
   const problem = unsafeForRoot(selfAndAncestors(given)) ?? unsafeForRoot(selfAndAncestors(realpathSync(given)));
   if (problem) {

@@ -7,11 +7,11 @@
  *
  * Version names are checked against an allowlist before any path is built from them.
  */
-import { accessSync, constants, lstatSync, readdirSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { accessSync, constants, lstatSync, readdirSync, readlinkSync, realpathSync, statSync, symlinkSync, type Stats } from 'node:fs';
 import { dirname, join, sep } from 'node:path';
 import { escapingLink } from './containment.js';
 import { UpgraderError } from './errors.js';
-import { isTempName, replaceSymlinkDurably } from './durable.js';
+import { fsyncDirectory, isTempName, replaceSymlinkDurably } from './durable.js';
 import { readManifest } from './manifest.js';
 import { removeTree } from './remove-tree.js';
 import { firstProblem } from './tree.js';
@@ -193,6 +193,24 @@ export class Layout {
       }
       throw error;
     }
+  }
+
+  /**
+   * Points a new root's first `current` at a version, which must be complete, only if nothing at all is at
+   * `current`: symlink(2) creates the link in one step and refuses to replace anything, so a `current`
+   * that appeared meanwhile is kept. Durable (the root directory is fsynced). Returns whether it did.
+   */
+  createCurrent(version: string): boolean {
+    const problem = this.versionProblem(version);
+    if (problem) throw new UpgraderError('E_VERSION_MISSING', `Cannot point current at ${version}: ${problem}.`);
+    try {
+      symlinkSync(`versions/${version}`, this.currentLink);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw error;
+    }
+    fsyncDirectory(this.root);
+    return true;
   }
 
   /**

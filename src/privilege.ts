@@ -8,12 +8,13 @@
  *   the upgrader must run as the owner (systemd/user.conf.example).
  * - A root owned by root is acted on as root only while no other user can change it: the root, its
  *   versions/ and state/ directories and every ancestor must be root's and not writable by group or
- *   others (root-owned sticky directories such as /tmp excepted), else the command is refused.
+ *   others (root-owned sticky directories such as /tmp excepted), else the command is refused. Root
+ *   creates a new root (a first install) only under such a parent.
  * - Removing a tree as root: see remove-tree.ts.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, lstatSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { UpgraderError } from './errors.js';
 import { exitStatusOf } from './handoff.js';
 import { selfAndAncestors, unsafeForRoot } from './layout.js';
@@ -32,6 +33,20 @@ export function actorFor(root: string): Actor {
   const problem = unsafeForRoot([...mine, ...selfAndAncestors(root)]);
   if (problem) {
     throw new UpgraderError('E_PERMISSION', `Refusing to act as root on ${root}: ${problem}. Give root's roots to root alone (chown -R root: and chmod go-w), or give the whole root to one user and run the upgrader as that user.`);
+  }
+  return { kind: 'self' };
+}
+
+/**
+ * Who may create the root `root`, which does not exist yet (a first install): anyone the file system lets,
+ * and root only in a parent that root alone can change (the rule for a root's ancestors above), since the
+ * new root will be root's. Root does not create a root in a user's directory: that user creates it.
+ */
+export function actorForNewRoot(root: string): Actor {
+  if (!isRootUser()) return { kind: 'self' };
+  const problem = unsafeForRoot(selfAndAncestors(dirname(root)));
+  if (problem) {
+    throw new UpgraderError('E_PERMISSION', `Refusing to create the root ${root} as root: ${problem}. Create it where only root can write, or create the directory as the user who will run the upgrader and install again (root then installs as that user).`);
   }
   return { kind: 'self' };
 }

@@ -117,20 +117,25 @@ export function newestFirst(infos: VersionInfo[]): VersionInfo[] {
 export type PruneResult = { removed: string[]; kept: { version: string; why: string }[]; dryRun: boolean };
 
 /**
- * Removes the versions beyond the newest `keep`, except those in use (see protectedVersions). Holds the
- * layout lock throughout, so it cannot race an install. A handoff is not locked out: instead each version is
- * first renamed away (gone in one step), then what is in use is read again; a version that a handoff took up
- * in the meantime is renamed back and kept. A handoff that starts later finds the version gone and is refused.
+ * Keeps the newest `keep` versions that are not quarantined, and those in use (see protectedVersions); removes
+ * the rest, quarantined versions included. Holds the layout lock throughout, so it cannot race an install. A
+ * handoff is not locked out: instead each version is first renamed away (gone in one step), then what is in
+ * use is read again; a version that a handoff took up in the meantime is renamed back and kept. A handoff that starts later finds the version gone and is refused.
  * A crash leaves only the temporary name, which the next install or run removes.
  */
 export async function pruneVersions(layout: Layout, keep: number, dryRun: boolean): Promise<PruneResult> {
   return withLayoutLock(layout, 'prune', () => {
     const result: PruneResult = { removed: [], kept: [], dryRun };
     const doomed: string[] = [];
-    for (const [index, info] of listVersions(layout, { forPrune: true }).entries()) {
+    // The slots go to good versions, newest first: a quarantined version is one nobody may upgrade to, so it
+    // must not push a working version out; it stays only while something uses it.
+    let good = 0;
+    for (const info of listVersions(layout, { forPrune: true })) {
+      const quarantined = info.markers.includes('quarantined');
       const protecting = info.markers.filter((m) => m !== 'quarantined');
+      const slot = !quarantined && good++ < keep;
       if (protecting.length > 0) result.kept.push({ version: info.version, why: protecting.join(', ') });
-      else if (index < keep) result.kept.push({ version: info.version, why: `among the newest ${keep}` });
+      else if (slot) result.kept.push({ version: info.version, why: `among the newest ${keep} not quarantined` });
       else doomed.push(info.version);
     }
     if (dryRun) return { ...result, removed: doomed };

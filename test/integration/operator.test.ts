@@ -161,6 +161,39 @@ describe('upgrader versions and prune', () => {
     expect(currentTarget(root)).toBe('versions/1.1.0');
   });
 
+  it('one name that is not a semantic version orders them all by the ctime of versions/<v>, which chmod moves', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {}, latest: {} }, '1.0.0');
+    const order = async () => (JSON.parse((await runCli(['versions', '--root', root, '--json'])).stdout) as { version: string }[]).map((v) => v.version);
+    // Changing a directory's inode sets its ctime: each of these becomes the newest in turn.
+    for (const name of ['latest', '2.0.0', '1.0.0']) {
+      await new Promise((r) => setTimeout(r, 20));
+      chmodSync(join(root, 'versions', name), 0o755);
+    }
+    expect(await order()).toEqual(['1.0.0', '2.0.0', 'latest']);
+    await new Promise((r) => setTimeout(r, 20));
+    chmodSync(join(root, 'versions/latest'), 0o755);
+    expect(await order()).toEqual(['latest', '1.0.0', '2.0.0']);
+    const dry = JSON.parse((await runCli(['prune', '--root', root, '--keep', '1', '--dry-run', '--json'])).stdout);
+    expect(dry.removed).toEqual(['2.0.0']);
+  });
+
+  it('--keep n keeps n good versions: quarantined ones take no slot, and go unless in use', async () => {
+    const root = makeRoot({ '1.0.0': {}, '1.1.0': {}, '1.2.0': {}, '2.0.0': {}, '2.1.0': {} }, '1.0.0');
+    // What the upgrader writes when a candidate fails (see the "quarantine" tests), written directly here.
+    mkdirSync(join(root, 'state/quarantine'), { recursive: true });
+    for (const version of ['2.0.0', '2.1.0']) {
+      writeFileSync(join(root, `state/quarantine/${version}.json`), JSON.stringify({ version, reason: 'the candidate exited', at: new Date().toISOString() }));
+    }
+    const dry = JSON.parse((await runCli(['prune', '--root', root, '--keep', '2', '--dry-run', '--json'])).stdout);
+    expect(dry.removed).toEqual(['2.1.0', '2.0.0']);
+    expect(dry.kept.map((k: { version: string }) => k.version)).toEqual(['1.2.0', '1.1.0', '1.0.0']);
+    const done = await runCli(['prune', '--root', root, '--keep', '2']);
+    expect(done.code).toBe(0);
+    expect(done.stdout).toMatch(/removed 2\.1\.0, 2\.0\.0/);
+    expect(done.stdout).toMatch(/kept 1\.2\.0 \(among the newest 2 not quarantined\)/);
+    expect(readdirSync(join(root, 'versions')).sort()).toEqual(['1.0.0', '1.1.0', '1.2.0']);
+  });
+
   it('prune racing installs: both finish, and no install is half-removed', async () => {
     const root = makeRoot({ '1.0.0': {} }, '1.0.0');
     const source = sourceTree();
@@ -340,6 +373,27 @@ describe('quarantine', () => {
     expect(JSON.parse(reinstall.stdout)).toMatchObject({ identical: true, liftedQuarantine: true });
     askUpgrade(root, pid, '2.0.0');
     await up.waitForLog((l) => l.msg === 'spawned candidate 2.0.0' && up.logs.filter((x) => x.msg === 'spawned candidate 2.0.0').length === 2);
+  });
+
+  it('a re-install that lifts a quarantine says so, identical or not', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const quarantine = (version: string) => {
+      mkdirSync(join(root, 'state/quarantine'), { recursive: true });
+      writeFileSync(join(root, `state/quarantine/${version}.json`), JSON.stringify({ version, reason: 'the candidate exited', at: new Date().toISOString() }));
+    };
+    const source = sourceTree();
+    expect((await runCli(['install', '--root', root, '--version', '2.0.0', source])).code).toBe(0);
+    quarantine('2.0.0');
+    const again = await runCli(['install', '--root', root, '--version', '2.0.0', source]);
+    expect(again.code).toBe(0);
+    expect(again.stdout).not.toMatch(/nothing to do/);
+    expect(again.stdout.trim()).toBe('2.0.0 is already installed with identical content; its quarantine is lifted: it may be upgraded to again.');
+    expect(existsSync(join(root, 'state/quarantine/2.0.0.json'))).toBe(false);
+    // A quarantined version that was pruned since, installed anew.
+    quarantine('3.0.0');
+    const fresh = await runCli(['install', '--root', root, '--version', '3.0.0', source]);
+    expect(fresh.stdout.trim()).toBe(`installed 3.0.0 at ${join(root, 'versions/3.0.0')}; its quarantine is lifted: it may be upgraded to again.`);
+    expect((await runCli(['install', '--root', root, '--version', '3.0.0', source])).stdout.trim()).toBe('3.0.0 is already installed with identical content; nothing to do.');
   });
 
   it('a version rolled back in probation is quarantined', async () => {
