@@ -2,22 +2,15 @@
  * The layout lock: held by whatever adds or removes versions (install's final rename, prune), so that prune
  * cannot remove a version that an install is putting in place, nor two commands race each other.
  *
- * It is a claim by a live process, like the root's ownership (ownership.ts): state/layout.holder names the
- * holder (PID, start time, boot id), written under a short proper-lockfile lock (state/layout.lock) so that
- * two claims cannot interleave. The claim lasts exactly as long as its holder lives, however long its work
- * takes and however busy or stopped its event loop: there is nothing to refresh and nothing to go stale.
- * A holder that dies leaves a record naming a dead process, which the next claim replaces.
+ * It is a claim by a live process (process-claim.ts), like the root's ownership: state/layout.holder names
+ * the holder (PID, start time, boot id, and the command), written under a short lock (state/layout.lock).
  */
-import { mkdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import lockfile from 'proper-lockfile';
 import { z } from 'zod';
-import { replaceFileAtomically } from './durable.js';
 import { UpgraderError } from './errors.js';
 import type { Layout } from './layout.js';
-import { identify, isSameProcessAlive, ProcessIdentity } from './proc.js';
-import { readRecord } from './safe-file.js';
+import { ProcessIdentity } from './proc.js';
+import { claim, ClaimLockError, releaseClaim, type ClaimSpec } from './process-claim.js';
 
 /** How long a command waits for another one's claim before it gives up (exit 75). */
 export const LAYOUT_WAIT_MS = 15_000;
@@ -26,12 +19,20 @@ const POLL_MS = 100;
 const Holder = ProcessIdentity.extend({ startedAt: z.string(), command: z.string() });
 type Holder = z.infer<typeof Holder>;
 
-const holderPath = (stateDir: string) => join(stateDir, 'layout.holder');
+const holderSpec = (stateDir: string): ClaimSpec<Holder> => ({
+  stateDir,
+  record: 'layout.holder',
+  lock: 'layout.lock',
+  schema: Holder,
+  stale: 10_000,
+  retries: { retries: 50, minTimeout: 20, maxTimeout: 100 },
+});
 
 export async function withLayoutLock<T>(layout: Layout, command: string, work: () => T | Promise<T>): Promise<T> {
+  const spec = holderSpec(layout.stateDir);
   const deadline = performance.now() + LAYOUT_WAIT_MS;
   for (;;) {
-    const other = await claim(layout, command);
+    const other = await claimLayout(layout, spec, command);
     if (other === null) break;
     if (performance.now() > deadline) {
       throw new UpgraderError('E_LOCKED', `The versions of ${layout.root} are being changed by another command (${other.command}, PID ${other.pid}, since ${other.startedAt}); try again once it is done.`);
@@ -41,49 +42,16 @@ export async function withLayoutLock<T>(layout: Layout, command: string, work: (
   try {
     return await work();
   } finally {
-    release(layout.stateDir);
+    releaseClaim(spec);
   }
 }
 
 /** Claims the layout for this process; returns the live holder that has it instead, or null once claimed. */
-async function claim(layout: Layout, command: string): Promise<Holder | null> {
-  const stateDir = layout.stateDir;
-  let unlock: () => Promise<void>;
+async function claimLayout(layout: Layout, spec: ClaimSpec<Holder>, command: string): Promise<Holder | null> {
   try {
-    mkdirSync(stateDir, { recursive: true, mode: 0o755 });
-    unlock = await lockfile.lock(stateDir, {
-      lockfilePath: join(stateDir, 'layout.lock'),
-      realpath: false,
-      stale: 10_000,
-      retries: { retries: 50, minTimeout: 20, maxTimeout: 100 },
-      // Held for milliseconds; if it ever went stale, the holder record below still decides.
-      onCompromised: () => undefined,
-    });
+    return await claim(spec, { startedAt: new Date().toISOString(), command });
   } catch (error) {
-    throw lockError(layout, error);
-  }
-  try {
-    const holder = readHolder(stateDir);
-    if (holder && holder.pid !== process.pid && isSameProcessAlive(holder)) return holder;
-    const self = identify(process.pid);
-    if (!self) throw new UpgraderError('E_INTERNAL', 'Cannot read this process from /proc; the upgrader needs Linux /proc.');
-    replaceFileAtomically(holderPath(stateDir), `${JSON.stringify({ ...self, startedAt: new Date().toISOString(), command })}\n`);
-    return null;
-  } finally {
-    await unlock().catch(() => undefined);
-  }
-}
-
-function readHolder(stateDir: string): Holder | null {
-  return readRecord(holderPath(stateDir), Holder);
-}
-
-function release(stateDir: string): void {
-  if (readHolder(stateDir)?.pid !== process.pid) return;
-  try {
-    rmSync(holderPath(stateDir), { force: true });
-  } catch {
-    // A record left behind names a dead process once we exit, which the next claim replaces.
+    throw error instanceof ClaimLockError ? lockError(layout, error.cause) : error;
   }
 }
 

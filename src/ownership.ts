@@ -3,18 +3,17 @@
  * identity (PID, start time, boot id). A root is taken only when no live process matches that record,
  * so an owner that is merely stopped (SIGSTOP) or slow is never displaced, however long it stays so.
  *
- * The check-and-claim is made atomic between contenders with proper-lockfile, held only for that step:
- * no lock is held while running, so an idle upgrader has no lock to refresh and never wakes up.
+ * The check-and-claim is a process claim (process-claim.ts): a short lock (state/takeover.lock) held only
+ * for that step, so an idle upgrader has no lock to refresh and never wakes up.
  * Before each durable change the owner confirms the record still names it (see `confirm`): if anything
  * has replaced it, the upgrader stops touching the root at once.
  */
-import { lstatSync, mkdirSync, rmSync, unlinkSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import lockfile from 'proper-lockfile';
 import { z } from 'zod';
 import { UpgraderError } from './errors.js';
-import { replaceFileAtomically } from './durable.js';
-import { identify, isSameProcessAlive, ProcessIdentity } from './proc.js';
+import { isSameProcessAlive, ProcessIdentity } from './proc.js';
+import { claim, ClaimLockError, selfIdentity, type ClaimSpec } from './process-claim.js';
 import { readSmallFile } from './safe-file.js';
 
 const OwnerRecord = ProcessIdentity.extend({ startedAt: z.string() });
@@ -54,22 +53,17 @@ export function liveOwner(stateDir: string): OwnerRecord | null {
   return owner && isSameProcessAlive(owner) ? owner : null;
 }
 
-/**
- * The take-over lock is always a directory (proper-lockfile makes it with mkdir). Anything else at its name,
- * a symlink or a file, is nobody's lock: left there, it would keep every upgrader out of the root for good.
- * It is unlinked, which never follows a link, so whatever a planted link points at is left untouched.
- */
-function removeForeignLock(lockPath: string, warn: (message: string) => void): void {
-  let kind: string;
-  try {
-    const stat = lstatSync(lockPath);
-    if (stat.isDirectory()) return;
-    kind = stat.isSymbolicLink() ? 'a symbolic link' : 'a file';
-  } catch {
-    return;
-  }
-  unlinkSync(lockPath);
-  warn(`removed ${lockPath}: ${kind}, not the directory the upgrader locks with`);
+const ownerSpec = (stateDir: string): ClaimSpec<OwnerRecord> => ({
+  stateDir,
+  record: 'owner.json',
+  lock: 'takeover.lock',
+  schema: OwnerRecord,
+  stale: 5000,
+  retries: { retries: 40, minTimeout: 25, maxTimeout: 250 },
+});
+
+function liveOwnerError(owner: OwnerRecord): UpgraderError {
+  return new UpgraderError('E_LOCKED', `Another upgrader (PID ${owner.pid}, started ${owner.startedAt}) already runs on this root; leaving it alone.`);
 }
 
 export class Ownership {
@@ -86,53 +80,25 @@ export class Ownership {
    * second instance out; `readOnly` says so.
    */
   static async acquire(stateDir: string, warn: (message: string) => void): Promise<Ownership> {
-    let release: () => Promise<void>;
-    const lockPath = join(stateDir, 'takeover.lock');
+    let holder: OwnerRecord | null;
     try {
-      mkdirSync(stateDir, { recursive: true, mode: 0o755 });
-      removeForeignLock(lockPath, warn);
-      release = await lockfile.lock(stateDir, {
-        lockfilePath: lockPath,
-        realpath: false,
-        stale: 5000,
-        retries: { retries: 40, minTimeout: 25, maxTimeout: 250 },
-      });
+      holder = await claim(ownerSpec(stateDir), { startedAt: new Date().toISOString() }, warn);
     } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'EROFS') return Ownership.readOnly(stateDir);
-      if (code === 'ELOCKED') throw new UpgraderError('E_LOCKED', `Another upgrader is taking over ${stateDir} right now; try again.`, { cause: error });
-      throw new UpgraderError('E_IO', `Cannot take ownership of ${stateDir} (${code ?? String(error)}).`, { cause: error });
-    }
-    try {
-      Ownership.refuseLiveOwner(stateDir);
-      const self = Ownership.self();
-      try {
-        replaceFileAtomically(ownerPath(stateDir), `${JSON.stringify({ ...self, startedAt: new Date().toISOString() })}\n`);
-      } catch (error) {
+      if (!(error instanceof ClaimLockError)) {
         throw new UpgraderError('E_IO', `Cannot record this upgrader in ${ownerPath(stateDir)} (${(error as NodeJS.ErrnoException).code ?? String(error)}).`, { cause: error });
       }
-      return new Ownership(stateDir, self, false);
-    } finally {
-      await release().catch(() => undefined);
+      if (error.code === 'EROFS') return Ownership.readOnly(stateDir);
+      if (error.code === 'ELOCKED') throw new UpgraderError('E_LOCKED', `Another upgrader is taking over ${stateDir} right now; try again.`, { cause: error.cause });
+      throw new UpgraderError('E_IO', `Cannot take ownership of ${stateDir} (${error.code ?? String(error.cause)}).`, { cause: error.cause });
     }
+    if (holder) throw liveOwnerError(holder);
+    return new Ownership(stateDir, selfIdentity(), false);
   }
 
   private static readOnly(stateDir: string): Ownership {
-    Ownership.refuseLiveOwner(stateDir);
-    return new Ownership(stateDir, Ownership.self(), true);
-  }
-
-  private static refuseLiveOwner(stateDir: string): void {
     const owner = liveOwner(stateDir);
-    if (owner) {
-      throw new UpgraderError('E_LOCKED', `Another upgrader (PID ${owner.pid}, started ${owner.startedAt}) already runs on this root; leaving it alone.`);
-    }
-  }
-
-  private static self(): ProcessIdentity {
-    const self = identify(process.pid);
-    if (!self) throw new UpgraderError('E_INTERNAL', 'Cannot read this process from /proc; the upgrader needs Linux /proc.');
-    return self;
+    if (owner) throw liveOwnerError(owner);
+    return new Ownership(stateDir, selfIdentity(), true);
   }
 
   /** True while the owner record still names this process. */

@@ -121,13 +121,14 @@ describe('SIGTERM to the upgrader', () => {
     expect(report.lastUpgrade.reason).toMatch(/received SIGTERM during the handoff/);
   });
 
-  it('waits --stop-timeout for an agent that ignores SIGTERM, then kills it', async () => {
-    const root = makeRoot({ '1.0.0': { config: { ignoreSigterm: true } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--stop-timeout', '500ms']);
+  it('an agent that ignores stop and SIGTERM: SIGTERM after --stop-timeout, its tree killed after --kill-timeout', async () => {
+    const root = makeRoot({ '1.0.0': { config: { ignoreStop: true, ignoreSigterm: true } } }, '1.0.0');
+    const { up, pid } = await startReady(root, ['--stop-timeout', '500ms', '--kill-timeout', '500ms']);
     up.kill('SIGTERM');
     expect((await up.waitForExit()).code).toBe(0);
     expect(isAlive(pid)).toBe(false);
-    expect(up.logs.some((l) => l.event === 'timeout' && l.from === 'stopping')).toBe(true);
+    // Two deadlines passed while stopping: stop unanswered, then SIGTERM unanswered.
+    expect(up.logs.filter((l) => l.event === 'timeout' && l.from === 'stopping')).toHaveLength(2);
   });
 });
 
