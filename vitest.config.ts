@@ -8,6 +8,8 @@ import { defineConfig } from 'vitest/config';
 const shared = {
   testTimeout: 60_000,
   hookTimeout: 30_000,
+  // Each test file gets a temporary directory of its own, which must be empty when the file ends.
+  setupFiles: ['test/setup/file-tmpdir.ts'],
 };
 
 /** Files that spawn real upgraders, agents, strace and containers: one process per file (forks). */
@@ -20,6 +22,8 @@ const processes = {
 
 export default defineConfig({
   test: {
+    // One temporary directory for the whole run, checked and removed at its end (test/setup/run-tmpdir.ts).
+    globalSetup: ['test/setup/run-tmpdir.ts'],
     // Two cores: two files at a time keeps the timings of the process tests sane. vitest 3.2 applies this
     // to each pool, and pools of one group run at once, so the unit tests (threads) run first, alone.
     maxWorkers: 2,
