@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { execa } from 'execa';
 import { afterEach, expect, it } from 'vitest';
 import { askUpgrade, cleanupRoots, currentTarget, makeRoot, REPO, statusJson, stopAllUpgraders, Upgrader } from '../helpers.js';
+import { FAST } from '../timing.js';
 
 afterEach(async () => {
   await stopAllUpgraders();
@@ -21,7 +22,7 @@ it('dist/upgrader.cjs copied alone into an empty directory runs a handoff', asyn
   expect(version.stdout).toMatch(/^\d+\.\d+\.\d+$/);
 
   const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-  const child = spawn(bundle, ['run', '--root', root, '--probation', '0s'], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(bundle, ['run', '--root', root, ...FAST], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
   const up = new Upgrader(root, child);
   const pid = await up.agentPid('1.0.0');
   await up.waitForTransition('ready', 'running');

@@ -1,12 +1,11 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { askUpgrade, startReady, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, startUpgrader, statusJson, stopAllUpgraders, waitUntil, workSpans } from '../helpers.js';
+import { FAST, runArgs } from '../timing.js';
 
 afterEach(async () => {
   await stopAllUpgraders();
   cleanupRoots();
 });
-
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '2s', '--kill-timeout', '1s', '--probation', '0s'];
 
 describe('live handoff', () => {
   it('hands the work from the old agent to the new one with no overlap, and moves current', async () => {
@@ -58,7 +57,7 @@ describe('live handoff', () => {
 
   it('kills a candidate that hangs past the ready timeout, with its children', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { neverReady: true, children: 2, setsidChild: true } } }, '1.0.0');
-    const { up, pid: oldPid } = await startReady(root, ['--ready-timeout', '2s', '--probation', '0s']);
+    const { up, pid: oldPid } = await startReady(root, runArgs({ ready: '2s' }));
     askUpgrade(root, oldPid, '2.0.0');
     const candidatePid = await up.agentPid('2.0.0', 'candidate');
     await waitUntil(() => readLines(root, 'children.log').length > 0, 'the candidate started its children');
@@ -83,7 +82,7 @@ describe('live handoff', () => {
 
   it('gives an old agent that ignores stop and SIGTERM its timeouts, then kills its tree, then says go', async () => {
     const root = makeRoot({ '1.0.0': { config: { ignoreStop: true, ignoreSigterm: true, children: 1 } }, '2.0.0': {} }, '1.0.0');
-    const { up, pid: oldPid } = await startReady(root, ['--stop-timeout', '500ms', '--kill-timeout', '500ms', '--probation', '0s']);
+    const { up, pid: oldPid } = await startReady(root, runArgs({ stop: '500ms', kill: '500ms' }));
     await waitUntil(() => readLines(root, 'children.log').length > 0, 'the old agent started its children');
     const children = readLines(root, 'children.log')[0]!.split(' ').slice(1).map(Number);
     askUpgrade(root, oldPid, '2.0.0');
@@ -101,7 +100,7 @@ describe('live handoff', () => {
 
   it('rolls back a new version that exits during its probation', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 200, exitCode: 9 } } }, '1.0.0');
-    const { up, pid: oldPid } = await startReady(root, ['--probation', '5s']);
+    const { up, pid: oldPid } = await startReady(root, runArgs({ probation: '5s' }));
     askUpgrade(root, oldPid, '2.0.0');
     await up.waitForSent('go', '2.0.0');
     await up.waitForLog((l) => l.event === 'exited' && (l.active as { version: string } | null)?.version === '1.0.0', 10_000, 'the rollback');
@@ -131,7 +130,7 @@ describe('live handoff', () => {
   it('a probation rollback starts the old version again only once its previous instance, which said stopped, has exited', async () => {
     // The old agent says stopped at once but takes 1.5 s more to exit; the new one dies 100 ms after go.
     const root = makeRoot({ '1.0.0': { config: { lingerAfterStoppedMs: 1500 } }, '2.0.0': { config: { exitAfterGoMs: 100, exitCode: 9 } } }, '1.0.0');
-    const { up, pid: oldPid } = await startReady(root, ['--probation', '5s', '--stop-timeout', '5s']);
+    const { up, pid: oldPid } = await startReady(root, runArgs({ probation: '5s', stop: '5s' }));
     askUpgrade(root, oldPid, '2.0.0');
     const restarted = (await up.waitForLog((l) => l.msg === 'spawned active 1.0.0' && l.agentPid !== oldPid, 10_000, 'the restart of 1.0.0')).agentPid as number;
     await waitUntil(() => lifetimes(root).some((s) => s.pid === restarted), 'the restarted agent recorded its start');

@@ -4,13 +4,12 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   agentPidsOf, askUpgrade, startReady, waitForSavedState, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, runCli, startUpgrader, statusJson, stopAllUpgraders, waitUntil,
 } from '../helpers.js';
+import { FAST, runArgs } from '../timing.js';
 
 afterEach(async () => {
   await stopAllUpgraders();
   cleanupRoots();
 });
-
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '2s', '--kill-timeout', '1s', '--probation', '0s'];
 
 describe('refused upgrade requests', () => {
   const cases: [string, RegExp][] = [
@@ -123,7 +122,7 @@ describe('SIGTERM to the upgrader', () => {
 
   it('waits --stop-timeout for an agent that ignores SIGTERM, then kills it', async () => {
     const root = makeRoot({ '1.0.0': { config: { ignoreSigterm: true } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--stop-timeout', '500ms']);
+    const { up, pid } = await startReady(root, runArgs({ stop: '500ms' }));
     up.kill('SIGTERM');
     expect((await up.waitForExit()).code).toBe(0);
     expect(isAlive(pid)).toBe(false);
@@ -159,7 +158,7 @@ describe('kill -9 of the upgrader, then restart', () => {
 
   it('after go: the new version stays', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-    const { up: first, pid } = await startReady(root, ['--probation', '0s']);
+    const { up: first, pid } = await startReady(root, FAST);
     askUpgrade(root, pid, '2.0.0');
     await first.waitForSent('go', '2.0.0');
     await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded', 'the upgrade succeeded');
@@ -176,13 +175,13 @@ describe('kill -9 of the upgrader, then restart', () => {
 
   it('during probation: the new version restarts on probation and is rolled back if it dies', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 1500, exitCode: 4 } } }, '1.0.0');
-    const { up: first, pid } = await startReady(root, ['--probation', '10s']);
+    const { up: first, pid } = await startReady(root, runArgs({ probation: '10s' }));
     askUpgrade(root, pid, '2.0.0');
     await first.waitForSent('go', '2.0.0');
     await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded' && s.probation?.version === '2.0.0', 'the upgrade on probation');
     first.kill('SIGKILL');
     await first.exit;
-    const second = startUpgrader(root, ['--probation', '10s']);
+    const second = startUpgrader(root, runArgs({ probation: '10s' }));
     await second.agentPid('2.0.0');
     // The fixture exits 1.5 s after it starts working; as an active agent it works at once.
     await second.waitForLog((l) => l.msg === 'spawned active 1.0.0', 10_000, 'the rollback to 1.0.0');
@@ -265,7 +264,8 @@ describe('status', () => {
 
   it('shows an upgrade in progress, and answers while the upgrader is stopped with SIGSTOP', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { neverReady: true } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--ready-timeout', '20s']);
+    // The candidate must still be there while the upgrader is stopped and status is read.
+    const { up, pid } = await startReady(root, runArgs({ ready: '20s' }));
     askUpgrade(root, pid, '2.0.0');
     const candidate = await up.agentPid('2.0.0', 'candidate');
     await waitForSavedState(root, (s) => s.agents.some((a: { role: string }) => a.role === 'candidate'), 'the candidate');

@@ -7,13 +7,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { askUpgrade, CLI, cleanupRoots, currentTarget, makeRoot, REPO, runCli, startReady, stopAllUpgraders, waitForSavedState, workSpans } from '../helpers.js';
+import { FAST, runArgs } from '../timing.js';
 
 afterEach(async () => {
   await stopAllUpgraders();
   cleanupRoots();
 });
 
-const FAST = ['--ready-timeout', '3s', '--probation', '0s'];
 const scratch = () => mkdtempSync(join(tmpdir(), 'operator-'));
 const staging = (root: string) => readdirSync(join(root, 'versions')).filter((n) => n.startsWith('.'));
 
@@ -344,7 +344,7 @@ describe('quarantine', () => {
 
   it('a version rolled back in probation is quarantined', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 100 } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--probation', '5s']);
+    const { up, pid } = await startReady(root, runArgs({ probation: '5s' }));
     askUpgrade(root, pid, '2.0.0');
     await up.waitForLog((l) => l.msg === 'quarantined 2.0.0: agents\' requests for it are refused until it is re-installed');
     const status = JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout);

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { askUpgrade, cleanupRoots, currentTarget, isAlive, makeRoot, REPO, runCli, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitForSavedState, waitUntil } from '../helpers.js';
+import { FAST } from '../timing.js';
 import { checkInvariant } from './invariant.js';
 import { countCalls, hasStrace, killTraced, killTracee, startTraced } from './strace.js';
 
@@ -18,7 +19,6 @@ afterEach(async () => {
   cleanupRoots();
 });
 
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
 const isRoot = process.getuid?.() === 0;
 const leftovers = (dir: string) => readdirSync(dir).filter((name) => name.includes('.tmp-'));
 

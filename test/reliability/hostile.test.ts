@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { askUpgrade, CLI, cleanupRoots, currentTarget, isAlive, makeRoot, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil } from '../helpers.js';
+import { FAST, runArgs } from '../timing.js';
 import { checkInvariant, rootProcesses } from './invariant.js';
 
 afterEach(async () => {
@@ -13,13 +14,13 @@ afterEach(async () => {
   cleanupRoots();
 });
 
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
 const rssMb = (pid: number) => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 
 describe('hostile candidates', () => {
   it('megabytes of output and every malformed line before ready: ignored, then the handoff completes', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { fixture: 'hostile.mjs', config: { mode: 'noise' } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--ready-timeout', '20s', '--probation', '0s']);
+    // Megabytes to wade through before its ready.
+    const { up, pid } = await startReady(root, runArgs({ ready: '20s' }));
     askUpgrade(root, pid, '2.0.0');
     await up.waitForSent('go', '2.0.0', 30_000);
     expect(currentTarget(root)).toBe('versions/2.0.0');
@@ -36,7 +37,8 @@ describe('hostile candidates', () => {
 
   it('a million lines of garbage: the upgrader keeps up and stays bounded', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { fixture: 'hostile.mjs', config: { mode: 'flood' } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--ready-timeout', '60s', '--probation', '0s'], '1.0.0');
+    // A million lines before its ready.
+    const { up, pid } = await startReady(root, runArgs({ ready: '60s' }), '1.0.0');
     // The peak, sampled throughout: garbage is classified without a parser exception per line, so a flood
     // makes little garbage for the collector (it peaked between 130 and 280 MB before).
     let peak = 0;

@@ -10,10 +10,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { askUpgrade, cleanupRoots, makeRoot, savedState, startUpgrader, stopAllUpgraders, Upgrader, waitForSavedState } from '../helpers.js';
+import { runArgs } from '../timing.js';
 import { countCalls, hasStrace, killTraced, killTracee, startTraced, STATE_SYSCALLS } from './strace.js';
 import { checkInvariant } from './invariant.js';
 
-const FAST = ['--ready-timeout', '5s', '--stop-timeout', '2s', '--kill-timeout', '1s', '--probation', '0s'];
+// Under strace the upgrader is slower: its candidate gets more time to say ready.
+const FAST = runArgs({ ready: '5s' });
 const LONG = process.env.UPGRADER_LONG_TESTS === '1';
 
 afterEach(async () => {

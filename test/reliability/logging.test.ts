@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { askUpgrade, CLI, cleanupRoots, makeRoot, readLines, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil, workSpans, type LogLine } from '../helpers.js';
+import { runArgs } from '../timing.js';
 
 const cleanups: (() => void)[] = [];
 
@@ -20,7 +21,9 @@ afterEach(async () => {
   cleanupRoots();
 });
 
-const FAST = ['--ready-timeout', '10s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
+// A candidate writes 4 MiB to a stderr nobody reads before it is ready: it gets 10 s. The SIGTERM test bounds
+// the exit by the stop timeout (1 s) plus half a second for stderr.
+const FAST = runArgs({ ready: '10s', stop: '1s' });
 const rssMb = (pid: number) => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 const summed = (up: Upgrader, kind: string) => up.logs.filter((l) => l.repeated === kind).reduce((n, l) => n + (l.count as number), 0);
 

@@ -13,6 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { identify } from '../../src/proc.js';
 import { emptyState, encodeState } from '../../src/state.js';
 import { askUpgrade, CLI, cleanupRoots, makeRoot, startReady, startUpgrader, stopAllUpgraders, Upgrader } from '../helpers.js';
+import { FAST } from '../timing.js';
 
 const elsewhere: string[] = [];
 afterEach(async () => {
@@ -21,7 +22,6 @@ afterEach(async () => {
   for (const dir of elsewhere.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
 const hasMkfifo = spawnSync('mkfifo', ['--version']).status === 0;
 const STATUS_DEADLINE_MS = 5000;
 

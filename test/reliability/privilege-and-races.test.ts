@@ -11,8 +11,8 @@ import { execa, type ResultPromise } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hasStrace, killTraced, startTraced } from './strace.js';
 import { CLI, cleanupRoots, currentTarget, FIXTURES, makeRoot, REPO, rootProcesses, runCli, startReady, startUpgrader, statusJson, stopAllUpgraders, waitUntil } from '../helpers.js';
+import { FAST } from '../timing.js';
 
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '2s', '--kill-timeout', '1s', '--probation', '0s'];
 const isRoot = process.getuid?.() === 0;
 const scratch: string[] = [];
 
