@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { afterEach } from 'vitest';
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = join(REPO, 'dist/src/cli.js');
@@ -67,8 +68,49 @@ export function cleanupRoots(): void {
   }
 }
 
+const scratches: string[] = [];
+
+/** A temporary directory for one test (an archive, a base of roots, a trace), removed after it. */
+export function scratchDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratches.push(dir);
+  return dir;
+}
+
+const cleanups: (() => void)[] = [];
+
+/** Something to undo after the current test (a process, a descriptor), before its upgraders and files go. */
+export function onCleanup(undo: () => void): void {
+  cleanups.push(undo);
+}
+
+/**
+ * After each test, pass or fail: what it registered with onCleanup (newest first), every upgrader it
+ * started and whatever agents are left on its roots, its roots, its scratch directories. One call at the
+ * top of a test file: `cleanUpAfterEach()`.
+ */
+export async function cleanUp(): Promise<void> {
+  for (const undo of cleanups.splice(0).reverse()) {
+    try {
+      undo();
+    } catch {
+      // already undone
+    }
+  }
+  await stopAllUpgraders();
+  cleanupRoots();
+  for (const dir of scratches.splice(0)) rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
+}
+
+export function cleanUpAfterEach(): void {
+  afterEach(cleanUp);
+}
+
 export type LogLine = Record<string, unknown> & { msg: string };
 
+const running: Upgrader[] = [];
+
+/** An `upgrader run` (or what wraps it: strace, sh, unshare) and its log; stopped after the test (cleanUp). */
 export class Upgrader {
   readonly logs: LogLine[] = [];
   readonly stderrText: string[] = [];
@@ -79,6 +121,7 @@ export class Upgrader {
     readonly root: string,
     readonly child: ChildProcess,
   ) {
+    running.push(this);
     let partial = '';
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (chunk: string) => {
@@ -141,7 +184,7 @@ export class Upgrader {
   }
 
   /** The PID of the agent of `version` spawned in `role`, from the upgrader's own log. */
-  async agentPid(version: string, role = 'active', ms?: number): Promise<number> {
+  async agentPid(version: string, role: 'active' | 'candidate' = 'active', ms?: number): Promise<number> {
     const line = await this.waitForLog((l) => l.msg === `spawned ${role} ${version}`, ms, `spawn of ${role} ${version}`);
     return line.agentPid as number;
   }
@@ -163,16 +206,12 @@ export class Upgrader {
   }
 }
 
-const running: Upgrader[] = [];
-
 export function startUpgrader(root: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Upgrader {
   const child = spawn(process.execPath, [CLI, 'run', '--root', root, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });
-  const upgrader = new Upgrader(root, child);
-  running.push(upgrader);
-  return upgrader;
+  return new Upgrader(root, child);
 }
 
 /** Starts an upgrader and waits until its first agent (of `version`) has reported ready. */

@@ -1,11 +1,8 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, startReady, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, startUpgrader, statusJson, stopAllUpgraders, waitUntil, workSpans } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, startReady, cleanUpAfterEach, currentTarget, isAlive, makeRoot, readLines, startUpgrader, statusJson, waitUntil, workSpans } from '../helpers.js';
 import { FAST, runArgs } from '../timing.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
 describe('live handoff', () => {
   it('hands the work from the old agent to the new one with no overlap, and moves current', async () => {

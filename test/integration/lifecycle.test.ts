@@ -1,15 +1,12 @@
 import { chmodSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
-  agentPidsOf, askUpgrade, startReady, waitForSavedState, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, runCli, startUpgrader, statusJson, stopAllUpgraders, waitUntil,
+  agentPidsOf, askUpgrade, startReady, waitForSavedState, cleanUpAfterEach, currentTarget, isAlive, makeRoot, readLines, runCli, startUpgrader, statusJson, waitUntil,
 } from '../helpers.js';
 import { FAST, runArgs } from '../timing.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
 describe('refused upgrade requests', () => {
   const cases: [string, RegExp][] = [

@@ -2,19 +2,15 @@
 import { execa } from 'execa';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, currentTarget, makeRoot, REPO, runCli, startReady, stopAllUpgraders, waitForSavedState, workSpans } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, CLI, cleanUpAfterEach, currentTarget, makeRoot, REPO, runCli, scratchDir, startReady, waitForSavedState, workSpans } from '../helpers.js';
 import { FAST, runArgs } from '../timing.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
-const scratch = () => mkdtempSync(join(tmpdir(), 'operator-'));
+const scratch = () => scratchDir('operator-');
 const staging = (root: string) => readdirSync(join(root, 'versions')).filter((n) => n.startsWith('.'));
 
 /** A version's source tree: bin/agent as the fixture agent, plus a data file. */

@@ -4,20 +4,15 @@
  * versions that another user could change while the upgrader runs as root.
  */
 import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, cleanupRoots, currentTarget, isAlive, makeRoot, REPO, runCli, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitForSavedState, waitUntil } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, cleanUpAfterEach, currentTarget, isAlive, makeRoot, REPO, runCli, scratchDir, startReady, startUpgrader, Upgrader, waitForSavedState, waitUntil } from '../helpers.js';
 import { FAST } from '../timing.js';
 import { checkInvariant } from './invariant.js';
 import { countCalls, hasStrace, killTraced, killTracee, startTraced } from './strace.js';
 
-afterEach(async () => {
-  killTraced();
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
 const isRoot = process.getuid?.() === 0;
 const leftovers = (dir: string) => readdirSync(dir).filter((name) => name.includes('.tmp-'));
@@ -31,7 +26,7 @@ describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
    */
   async function startFailingAfterReady(syscall: string, error: string): Promise<{ up: Upgrader; root: string; pid: number }> {
     for (let attempt = 1; ; attempt++) {
-      const dir = mkdtempSync(join(tmpdir(), 'inject-'));
+      const dir = scratchDir('inject-');
       const probe = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
       const counting = startTraced(probe, join(dir, 'count.trace'), syscall, FAST);
       await counting.waitForTransition('ready', 'running');
@@ -85,7 +80,7 @@ describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
   });
 
   it('symlink failing with ENOSPC when current moves: the candidate fails, the old agent carries on', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'inject-'));
+    const dir = scratchDir('inject-');
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     const up = startTraced(root, join(dir, 'symlink.trace'), 'symlink', FAST, 'error=ENOSPC');
     await up.waitForTransition('ready', 'running');
@@ -106,7 +101,7 @@ describe.skipIf(!hasStrace)('a write failing after the point of no return', () =
    * order: the run the real test repeats, so that a call can be picked by its position.
    */
   async function probeHandoff(syscalls: string): Promise<string[]> {
-    const dir = mkdtempSync(join(tmpdir(), 'inject-'));
+    const dir = scratchDir('inject-');
     const probe = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     const up = startTraced(probe, join(dir, 'probe.trace'), syscalls, FAST);
     await up.waitForTransition('ready', 'running');
@@ -120,7 +115,7 @@ describe.skipIf(!hasStrace)('a write failing after the point of no return', () =
     const calls = await probeHandoff('fsync,symlink');
     const dirFsync = calls.slice(0, calls.findIndex((l) => l.startsWith('symlink('))).filter((l) => l.startsWith('fsync(')).length + 1;
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-    const up = startTraced(root, join(mkdtempSync(join(tmpdir(), 'inject-')), 'fsync.trace'), 'fsync', FAST, `error=EIO:when=${dirFsync}`);
+    const up = startTraced(root, join(scratchDir('inject-'), 'fsync.trace'), 'fsync', FAST, `error=EIO:when=${dirFsync}`);
     await up.waitForTransition('ready', 'running');
     const pid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
     const answer = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
@@ -145,7 +140,7 @@ describe.skipIf(!hasStrace)('a write failing after the point of no return', () =
     const recordAt = calls.filter((l) => l.startsWith('rename(')).indexOf(afterGo!) + 1;
     expect(recordAt).toBeGreaterThan(0);
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-    const up = startTraced(root, join(mkdtempSync(join(tmpdir(), 'inject-')), 'rename.trace'), 'rename', FAST, `error=ENOSPC:when=${recordAt}`);
+    const up = startTraced(root, join(scratchDir('inject-'), 'rename.trace'), 'rename', FAST, `error=ENOSPC:when=${recordAt}`);
     await up.waitForTransition('ready', 'running');
     const answer = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
     expect(answer.code).toBe(1);
@@ -264,7 +259,7 @@ describe('leftovers and planted links', () => {
 
   it('symlinks planted at the state and owner files are replaced, never written through', async () => {
     const root = makeRoot({ '1.0.0': {} }, '1.0.0');
-    const victims = mkdtempSync(join(tmpdir(), 'victim-'));
+    const victims = scratchDir('victim-');
     writeFileSync(join(victims, 'a'), 'untouched');
     writeFileSync(join(victims, 'b'), 'untouched');
     mkdirSync(join(root, 'state'));
@@ -274,7 +269,6 @@ describe('leftovers and planted links', () => {
     expect(readFileSync(join(victims, 'a'), 'utf8')).toBe('untouched');
     expect(readFileSync(join(victims, 'b'), 'utf8')).toBe('untouched');
     expect(lstatSync(join(root, 'state/state.json')).isSymbolicLink()).toBe(false);
-    rmSync(victims, { recursive: true });
   });
 
   it.each([
@@ -282,7 +276,7 @@ describe('leftovers and planted links', () => {
     ['a file', (path: string) => writeFileSync(path, 'not a lock')],
   ])('%s planted at the take-over lock is unlinked, never followed, and the upgrader starts', async (_, plant) => {
     const root = makeRoot({ '1.0.0': {} }, '1.0.0');
-    const victim = mkdtempSync(join(tmpdir(), 'victim-'));
+    const victim = scratchDir('victim-');
     writeFileSync(join(victim, 'a'), 'untouched');
     mkdirSync(join(root, 'state'));
     plant(join(root, 'state/takeover.lock'), victim);
@@ -291,7 +285,6 @@ describe('leftovers and planted links', () => {
     expect(readdirSync(victim)).toEqual(['a']);
     expect(readFileSync(join(victim, 'a'), 'utf8')).toBe('untouched');
     expect(() => lstatSync(join(root, 'state/takeover.lock'))).toThrow(/ENOENT/);
-    rmSync(victim, { recursive: true });
   });
 });
 

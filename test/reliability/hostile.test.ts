@@ -4,15 +4,12 @@
  */
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, currentTarget, isAlive, makeRoot, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, CLI, cleanUpAfterEach, currentTarget, isAlive, makeRoot, startReady, startUpgrader, Upgrader, waitUntil } from '../helpers.js';
 import { FAST, runArgs } from '../timing.js';
 import { checkInvariant, rootProcesses } from './invariant.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
 const rssMb = (pid: number) => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 

@@ -4,29 +4,20 @@
  * disk, a forbidden file or an over-long name produce. Real archives, real users, real file systems.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, chownSync, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { execa } from 'execa';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { stagedTreeProblem } from '../../src/install.js';
 import { linkEscape } from '../../src/containment.js';
 import { asUpgraderError } from '../../src/errors.js';
-import { CLI, cleanupRoots, FIXTURES, makeRoot, REPO, runCli } from '../helpers.js';
+import { CLI, cleanUpAfterEach, FIXTURES, makeRoot, REPO, runCli, scratchDir } from '../helpers.js';
 
-const scratches: string[] = [];
-afterEach(() => {
-  cleanupRoots();
-  for (const dir of scratches.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+cleanUpAfterEach();
 
 const isRoot = process.getuid?.() === 0;
-const scratch = () => {
-  const dir = mkdtempSync(join(tmpdir(), 'install-attack-'));
-  scratches.push(dir);
-  return dir;
-};
+const scratch = () => scratchDir('install-attack-');
 const leftovers = (root: string) => readdirSync(join(root, 'versions')).filter((name) => name.startsWith('.'));
 const sha256 = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
 const AGENT = '#!/bin/sh\nexit 0\n';

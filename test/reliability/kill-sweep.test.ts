@@ -5,24 +5,18 @@
  * and each N, kills it with SIGKILL as it enters the N-th call of that kind. After each kill a fresh `upgrader run` must bring the root to
  * the invariant. UPGRADER_LONG_TESTS=1 also repeats the sweep with a sequential handoff.
  */
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, cleanupRoots, makeRoot, savedState, startUpgrader, stopAllUpgraders, Upgrader, waitForSavedState } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, cleanUpAfterEach, cleanupRoots, makeRoot, savedState, scratchDir, startUpgrader, Upgrader, waitForSavedState } from '../helpers.js';
 import { runArgs } from '../timing.js';
-import { countCalls, hasStrace, killTraced, killTracee, startTraced, STATE_SYSCALLS } from './strace.js';
+import { countCalls, hasStrace, killTracee, startTraced, STATE_SYSCALLS } from './strace.js';
 import { checkInvariant } from './invariant.js';
 
 // Under strace the upgrader is slower: its candidate gets more time to say ready.
 const FAST = runArgs({ ready: '5s' });
 const LONG = process.env.UPGRADER_LONG_TESTS === '1';
 
-afterEach(async () => {
-  killTraced();
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
 /** Runs start-up and one handoff; resolves once it completed or the upgrader died on the way. */
 async function handoff(up: Upgrader, root: string, mode: 'live' | 'sequential'): Promise<void> {
@@ -47,7 +41,7 @@ async function handoff(up: Upgrader, root: string, mode: 'live' | 'sequential'):
 describe.skipIf(!hasStrace)('kill -9 at every state-changing system call', () => {
   for (const mode of LONG ? (['live', 'sequential'] as const) : (['live'] as const)) {
     it(`${mode} handoff: every kill point recovers to the invariant`, async () => {
-      const dir = mkdtempSync(join(tmpdir(), 'sweep-'));
+      const dir = scratchDir('sweep-');
       // A clean run first, to count the calls there are to kill at.
       const baselineRoot = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
       const baseline = startTraced(baselineRoot, join(dir, 'baseline.trace'), STATE_SYSCALLS, FAST);

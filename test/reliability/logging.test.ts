@@ -4,22 +4,15 @@
  * grow the upgrader, stall a handoff, or multiply into the log.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, makeRoot, readLines, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil, workSpans, type LogLine } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, CLI, cleanUpAfterEach, makeRoot, onCleanup, readLines, scratchDir, startReady, startUpgrader, Upgrader, waitUntil, workSpans, type LogLine } from '../helpers.js';
 import { runArgs } from '../timing.js';
 
-const cleanups: (() => void)[] = [];
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0)) cleanup();
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
 // A candidate writes 4 MiB to a stderr nobody reads before it is ready: it gets 10 s. The SIGTERM test bounds
 // the exit by the stop timeout (1 s) plus half a second for stderr.
@@ -92,7 +85,7 @@ type StderrKind = 'socket pair' | 'FIFO';
 /** An upgrader whose stderr is a socket pair (as journald's stream) or a FIFO; the test reads it, and can stop. */
 function startWithStderr(root: string, kind: StderrKind): { up: Upgrader; fifoWriter: number | null } {
   if (kind === 'socket pair') return { up: startUpgrader(root, FAST), fifoWriter: null };
-  const dir = mkdtempSync(join(tmpdir(), 'stderr-fifo-'));
+  const dir = scratchDir('stderr-fifo-');
   const path = join(dir, 'stderr');
   execFileSync('mkfifo', [path]);
   const readFd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
@@ -101,11 +94,10 @@ function startWithStderr(root: string, kind: StderrKind): { up: Upgrader; fifoWr
   const child = spawn(process.execPath, [CLI, 'run', '--root', root, ...FAST], { stdio: ['ignore', 'ignore', fifoWriter] });
   const reader = new Socket({ fd: readFd, readable: true, writable: false });
   (child as { stderr: Readable | null }).stderr = reader;
-  cleanups.push(() => {
+  onCleanup(() => {
     child.kill('SIGKILL');
     reader.destroy();
     closeSync(fifoWriter);
-    rmSync(dir, { recursive: true, force: true });
   });
   return { up: new Upgrader(root, child), fifoWriter };
 }

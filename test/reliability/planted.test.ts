@@ -5,22 +5,16 @@
  * never used).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, mkdirSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { identify } from '../../src/proc.js';
 import { emptyState, encodeState } from '../../src/state.js';
-import { askUpgrade, CLI, cleanupRoots, makeRoot, startReady, startUpgrader, stopAllUpgraders, Upgrader } from '../helpers.js';
+import { askUpgrade, CLI, cleanUpAfterEach, makeRoot, scratchDir, startReady, startUpgrader, Upgrader } from '../helpers.js';
 import { FAST } from '../timing.js';
 
-const elsewhere: string[] = [];
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-  for (const dir of elsewhere.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+cleanUpAfterEach();
 
 const hasMkfifo = spawnSync('mkfifo', ['--version']).status === 0;
 const STATUS_DEADLINE_MS = 5000;
@@ -108,8 +102,7 @@ describe.skipIf(!hasMkfifo)('a FIFO planted while the upgrader runs, then an upg
 describe.skipIf(!hasMkfifo)('a FIFO planted in an installed version', () => {
   it('install of the same name compares without opening it: other content (73), at once', async () => {
     const dir = root();
-    const source = mkdtempSync(join(tmpdir(), 'planted-source-'));
-    elsewhere.push(source);
+    const source = scratchDir('planted-source-');
     cpSync(join(dir, 'versions/1.0.0'), source, { recursive: true });
     plantFifo(join(dir, 'versions/1.0.0/data'));
     const result = await execa(process.execPath, [CLI, 'install', '--root', dir, '--version', '1.0.0', source], { reject: false, timeout: STATUS_DEADLINE_MS });
@@ -121,8 +114,7 @@ describe.skipIf(!hasMkfifo)('a FIFO planted in an installed version', () => {
 describe('symbolic links planted at the files the upgrader reads are never followed', () => {
   /** A valid-looking file outside the root, and a link to it at `path` inside the root. */
   function plantLink(dir: string, path: string, content: string): void {
-    const outside = mkdtempSync(join(tmpdir(), 'planted-'));
-    elsewhere.push(outside);
+    const outside = scratchDir('planted-');
     writeFileSync(join(outside, 'file'), content);
     symlinkSync(join(outside, 'file'), join(dir, path));
   }

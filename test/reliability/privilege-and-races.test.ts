@@ -4,29 +4,22 @@
  * purpose, not hoped for.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, lchownSync, mkdirSync, symlinkSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, chownSync, cpSync, existsSync, lchownSync, mkdirSync, symlinkSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
-import { afterEach, describe, expect, it } from 'vitest';
-import { hasStrace, killTraced, startTraced } from './strace.js';
-import { CLI, cleanupRoots, currentTarget, FIXTURES, makeRoot, REPO, rootProcesses, runCli, startReady, startUpgrader, statusJson, stopAllUpgraders, waitUntil } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { hasStrace, startTraced } from './strace.js';
+import { CLI, cleanUpAfterEach, currentTarget, FIXTURES, makeRoot, REPO, rootProcesses, runCli, scratchDir as tempDir, startReady, startUpgrader, statusJson, waitUntil } from '../helpers.js';
 import { FAST } from '../timing.js';
 
 const isRoot = process.getuid?.() === 0;
-const scratch: string[] = [];
 
-afterEach(async () => {
-  killTraced();
-  await stopAllUpgraders();
-  cleanupRoots();
-  for (const dir of scratch.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+cleanUpAfterEach();
 
+/** A directory every user may write to. */
 function scratchDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'upgrader-race-'));
+  const dir = tempDir('upgrader-race-');
   chmodSync(dir, 0o777);
-  scratch.push(dir);
   return dir;
 }
 
@@ -75,8 +68,7 @@ describe('prune and install racing a handoff', () => {
   it('the layout lock stays held for as long as prune works: an install meanwhile waits, then gives up with 75, and installs nothing', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     // Root installs only from a directory nobody else can change.
-    const source = mkdtempSync(join(tmpdir(), 'upgrader-src-'));
-    scratch.push(source);
+    const source = tempDir('upgrader-src-');
     mkdirSync(join(source, 'bin'));
     writeFileSync(join(source, 'bin/agent'), '#!/bin/sh\nexec cat\n', { mode: 0o755 });
     const prune = heldCommand(['prune', '--root', root, '--keep', '0'], '2.0.0');

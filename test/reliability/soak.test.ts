@@ -4,17 +4,14 @@
  * Default: 60 handoffs. UPGRADER_SOAK=1: 1000 (the long mode; about ten minutes).
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { afterEach, expect, it } from 'vitest';
-import { addVersion, askUpgrade, cleanupRoots, makeRoot, startReady, stopAllUpgraders, Upgrader, waitUntil } from '../helpers.js';
+import { expect, it } from 'vitest';
+import { addVersion, askUpgrade, cleanUpAfterEach, makeRoot, startReady, Upgrader, waitUntil } from '../helpers.js';
 import { runArgs } from '../timing.js';
 import { checkInvariant, rootProcesses } from './invariant.js';
 
 const HANDOFFS = process.env.UPGRADER_SOAK === '1' ? 1000 : 60;
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
 type Sample = { rssMb: number; heapMb: number; fds: number; children: number };
 

@@ -2,7 +2,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO, Upgrader } from '../helpers.js';
+import { onCleanup, REPO, Upgrader } from '../helpers.js';
 
 /** The calls that change state on disk. */
 export const STATE_SYSCALLS = 'write,fsync,fdatasync,rename,symlink,unlink,mkdir,rmdir';
@@ -22,6 +22,8 @@ export function startTraced(root: string, traceFile: string, syscalls: string, a
   });
   const up = new Upgrader(root, child);
   traced.push(up);
+  // Before cleanUp stops the upgraders: killing strace alone would only detach it from its tracee.
+  onCleanup(() => killTracee(up));
   return up;
 }
 
