@@ -2,7 +2,7 @@
  * Test harness: real roots in temporary directories, a real `upgrader run` process (the compiled CLI),
  * and waits on its log lines or on observable facts, always with a deadline.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -14,6 +14,35 @@ export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = join(REPO, 'dist/src/cli.js');
 export const FIXTURES = join(REPO, 'test/fixtures');
 export const EXAMPLE_AGENT = join(REPO, 'dist/examples/example-agent.js');
+
+/** What some tests need of the machine, beyond Node.js. */
+export type Need = 'root' | 'strace' | 'mkfifo' | 'useradd' | 'systemd-nspawn' | 'mmdebstrap';
+
+const onPath = (tool: string) => spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0;
+const available: Record<Need, () => boolean> = {
+  root: () => process.getuid?.() === 0,
+  strace: () => spawnSync('strace', ['-V']).status === 0,
+  mkfifo: () => onPath('mkfifo'),
+  useradd: () => onPath('useradd'),
+  'systemd-nspawn': () => onPath('systemd-nspawn'),
+  mmdebstrap: () => onPath('mmdebstrap'),
+};
+
+/** Why tests needing `needs` cannot run here ("needs root, strace"), or null when they can: for skipIf. */
+export function missing(...needs: Need[]): string | null {
+  const lacking = needs.filter((need) => !available[need]());
+  return lacking.length > 0 ? `needs ${lacking.join(', ')}` : null;
+}
+
+/**
+ * The title of a suite or test skipped when `why` is set (from missing()): the reason goes into the title and
+ * onto the console, which the default reporter shows (it counts skipped tests without naming them).
+ */
+export function titled(title: string, why: string | null): string {
+  if (why === null) return title;
+  console.log(`skipped: ${title} (${why})`);
+  return `${title} (skipped: ${why})`;
+}
 
 export type VersionSpec =
   | { fixture?: 'agent.mjs' | 'hostile.mjs'; config?: Record<string, unknown> }

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanUpAfterEach, currentTarget, makeRoot, REPO, runCli, scratchDir, startReady, waitForSavedState, workSpans } from '../helpers.js';
+import { askUpgrade, CLI, cleanUpAfterEach, currentTarget, makeRoot, missing, REPO, runCli, scratchDir, startReady, titled, waitForSavedState, workSpans } from '../helpers.js';
 import { FAST, runArgs } from '../timing.js';
 
 cleanUpAfterEach();
@@ -213,7 +213,7 @@ describe('host-wide status: every root is shown, and the exit status counts the 
   });
 
   const user = 'upgrader-read-test';
-  const canUseradd = process.getuid?.() === 0 && spawnSync('useradd', ['--help']).status === 0;
+  const noUser = missing('root', 'useradd');
   /** The uid and gid of the test user, created (a system user with no home) if it does not exist yet. */
   function testUser(): { uid: number; gid: number } {
     if (spawnSync('id', ['-u', user]).status !== 0) execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user]);
@@ -221,7 +221,7 @@ describe('host-wide status: every root is shown, and the exit status counts the 
     return { uid: id('-u'), gid: id('-g') };
   }
 
-  it.skipIf(!canUseradd)('as another user: a healthy, two malformed and two unreadable roots are all listed; exit 5', async () => {
+  it.skipIf(noUser)(titled('as another user: a healthy, two malformed and two unreadable roots are all listed; exit 5', noUser), async () => {
     const { uid, gid } = testUser();
     const base = scratch();
     chmodSync(base, 0o755);
@@ -425,7 +425,7 @@ describe('upgrade and rollback from the shell', () => {
     expect(result.stderr).toMatch(/No upgrader runs on .* \(its operator channel answers ENOENT\)/);
   });
 
-  it.skipIf(process.getuid?.() !== 0)('refuses another user at the channel', async () => {
+  it.skipIf(missing('root'))(titled('refuses another user at the channel', missing('root')), async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     chmodSync(root, 0o755);
     await startReady(root, FAST);

@@ -7,17 +7,18 @@ import { spawn } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { askUpgrade, cleanUpAfterEach, currentTarget, isAlive, makeRoot, REPO, runCli, scratchDir, startReady, startUpgrader, Upgrader, waitForSavedState, waitUntil } from '../helpers.js';
+import { askUpgrade, cleanUpAfterEach, currentTarget, isAlive, makeRoot, missing, REPO, runCli, scratchDir, startReady, startUpgrader, titled, Upgrader, waitForSavedState, waitUntil } from '../helpers.js';
 import { FAST } from '../timing.js';
 import { checkInvariant } from './invariant.js';
-import { countCalls, hasStrace, killTraced, killTracee, startTraced } from './strace.js';
+import { countCalls, killTraced, killTracee, startTraced } from './strace.js';
 
 cleanUpAfterEach();
 
-const isRoot = process.getuid?.() === 0;
+const noRoot = missing('root');
+const noStrace = missing('strace');
 const leftovers = (dir: string) => readdirSync(dir).filter((name) => name.includes('.tmp-'));
 
-describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
+describe.skipIf(noStrace)(titled('full disk and I/O errors', noStrace), () => {
   /**
    * Starts under strace with `syscall` failing with `error` from its first call after start-up. Start-up
    * reads /proc once per process on the machine, so its count of `openat` can differ between the probe
@@ -95,7 +96,7 @@ describe.skipIf(!hasStrace)('full disk and I/O errors', () => {
   });
 });
 
-describe.skipIf(!hasStrace)('a write failing after the point of no return', () => {
+describe.skipIf(noStrace)(titled('a write failing after the point of no return', noStrace), () => {
   /**
    * Runs an operator's live handoff 1.0.0 -> 2.0.0 under strace and returns the calls `syscalls` made, in
    * order: the run the real test repeats, so that a call can be picked by its position.
@@ -163,7 +164,7 @@ describe.skipIf(!hasStrace)('a write failing after the point of no return', () =
   });
 });
 
-describe.skipIf(!isRoot)('a read-only root', () => {
+describe.skipIf(noRoot)(titled('a read-only root', noRoot), () => {
   it('runs the agent and refuses upgrades with the reason', async () => {
     const root = makeRoot({ '1.0.0': { fixture: 'sh-agent.sh', files: { 'upgrade-to': '2.0.0' } }, '2.0.0': { fixture: 'sh-agent.sh' } }, '1.0.0');
     mkdirSync(join(root, 'state'));
@@ -288,7 +289,7 @@ describe('leftovers and planted links', () => {
   });
 });
 
-describe.skipIf(!isRoot)('running as root: versions another user could change are refused', () => {
+describe.skipIf(noRoot)(titled('running as root: versions another user could change are refused', noRoot), () => {
   it.each([
     ['a version directory writable by others', (root: string) => chmodSync(join(root, 'versions/2.0.0'), 0o777), /versions\/2\.0\.0 is writable by its group and others \(mode 0777\)/],
     ['an entry point writable by its group', (root: string) => chmodSync(join(root, 'versions/2.0.0/bin/agent'), 0o775), /bin\/agent is writable by its group \(mode 0775\)/],

@@ -12,11 +12,11 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { stagedTreeProblem } from '../../src/install.js';
 import { linkEscape } from '../../src/containment.js';
 import { asUpgraderError } from '../../src/errors.js';
-import { CLI, cleanUpAfterEach, FIXTURES, makeRoot, REPO, runCli, scratchDir } from '../helpers.js';
+import { CLI, cleanUpAfterEach, FIXTURES, makeRoot, missing, REPO, runCli, scratchDir, titled } from '../helpers.js';
 
 cleanUpAfterEach();
 
-const isRoot = process.getuid?.() === 0;
+const noRoot = missing('root');
 const scratch = () => scratchDir('install-attack-');
 const leftovers = (root: string) => readdirSync(join(root, 'versions')).filter((name) => name.startsWith('.'));
 const sha256 = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
@@ -88,7 +88,7 @@ const asUser = (user: { uid: number; gid: number }, command: string[]) =>
 
 const modeOf = (path: string) => lstatSync(path).mode & 0o7777;
 
-describe.skipIf(!isRoot)('setuid and writable files, installed by root', () => {
+describe.skipIf(noRoot)(titled('setuid and writable files, installed by root', noRoot), () => {
   let user: { uid: number; gid: number };
   beforeAll(async () => {
     user = await attacker();
@@ -283,10 +283,10 @@ describe('links, judged by where they really lead', () => {
 });
 
 describe('errors of the file system reach the operator with their documented status', () => {
-  it.skipIf(!isRoot).each([
+  it.skipIf(noRoot).each([
     ['while the archive is read', randomBytes(1 << 20)],
     ['while it is unpacked', Buffer.alloc(4 << 20)],
-  ])('a full disk %s: 74, naming the file', async (_, content) => {
+  ])(titled('a full disk %s: 74, naming the file', noRoot), async (_, content) => {
     const big = join(scratch(), 'big');
     writeFileSync(big, content);
     const source = await archive([agentEntry, { name: 'big', type: 'file', from: big }]);
@@ -298,7 +298,7 @@ describe('errors of the file system reach the operator with their documented sta
     expect(result.stdout.split('\n')).toEqual(['exit=74']);
   });
 
-  describe.skipIf(!isRoot)('as another user', () => {
+  describe.skipIf(noRoot)(titled('as another user', noRoot), () => {
     let user: { uid: number; gid: number };
     beforeAll(async () => {
       user = await attacker();

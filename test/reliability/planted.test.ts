@@ -4,19 +4,19 @@
  * thread leaves the process deaf to SIGTERM), and a link must never be followed (what it points at is
  * never used).
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { cpSync, mkdirSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { identify } from '../../src/proc.js';
 import { emptyState, encodeState } from '../../src/state.js';
-import { askUpgrade, CLI, cleanUpAfterEach, makeRoot, scratchDir, startReady, startUpgrader, Upgrader } from '../helpers.js';
+import { askUpgrade, CLI, cleanUpAfterEach, makeRoot, missing, scratchDir, startReady, startUpgrader, titled, Upgrader } from '../helpers.js';
 import { FAST } from '../timing.js';
 
 cleanUpAfterEach();
 
-const hasMkfifo = spawnSync('mkfifo', ['--version']).status === 0;
+const noMkfifo = missing('mkfifo');
 const STATUS_DEADLINE_MS = 5000;
 
 /** A root running nothing yet: 1.0.0 current, 2.0.0 installed, and the state directories in place. */
@@ -40,7 +40,7 @@ async function stopsOnSigterm(up: Upgrader): Promise<void> {
   expect((await up.waitForExit(10_000)).code).toBe(0);
 }
 
-describe.skipIf(!hasMkfifo)('a FIFO planted before the upgrader starts', () => {
+describe.skipIf(noMkfifo)(titled('a FIFO planted before the upgrader starts', noMkfifo), () => {
   it.each([
     ['state/state.json', { stateProblem: 'the state file is a FIFO, not a regular file' }],
     ['state/owner.json', { running: false, ownerProblem: expect.stringMatching(/state\/owner\.json is a FIFO, not a regular file$/) }],
@@ -68,7 +68,7 @@ describe.skipIf(!hasMkfifo)('a FIFO planted before the upgrader starts', () => {
   });
 });
 
-describe.skipIf(!hasMkfifo)('a FIFO planted while the upgrader runs, then an upgrade that reads it', () => {
+describe.skipIf(noMkfifo)(titled('a FIFO planted while the upgrader runs, then an upgrade that reads it', noMkfifo), () => {
   it('at state/owner.json: the record no longer names the upgrader, which lets the root go (75)', async () => {
     const dir = root();
     const { up, pid } = await startReady(dir, FAST);
@@ -99,7 +99,7 @@ describe.skipIf(!hasMkfifo)('a FIFO planted while the upgrader runs, then an upg
   });
 });
 
-describe.skipIf(!hasMkfifo)('a FIFO planted in an installed version', () => {
+describe.skipIf(noMkfifo)(titled('a FIFO planted in an installed version', noMkfifo), () => {
   it('install of the same name compares without opening it: other content (73), at once', async () => {
     const dir = root();
     const source = scratchDir('planted-source-');

@@ -8,11 +8,12 @@ import { chmodSync, chownSync, cpSync, existsSync, lchownSync, mkdirSync, symlin
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { hasStrace, startTraced } from './strace.js';
-import { CLI, cleanUpAfterEach, currentTarget, FIXTURES, makeRoot, REPO, rootProcesses, runCli, scratchDir as tempDir, startReady, startUpgrader, statusJson, waitUntil } from '../helpers.js';
+import { startTraced } from './strace.js';
+import { CLI, cleanUpAfterEach, currentTarget, FIXTURES, makeRoot, REPO, missing, rootProcesses, runCli, scratchDir as tempDir, startReady, startUpgrader, statusJson, titled, waitUntil } from '../helpers.js';
 import { FAST } from '../timing.js';
 
-const isRoot = process.getuid?.() === 0;
+const noRoot = missing('root');
+const noStrace = missing('strace');
 
 cleanUpAfterEach();
 
@@ -120,7 +121,7 @@ function userRoot(owner: { uid: number; gid: number }, versions: string[], curre
   return root;
 }
 
-describe.skipIf(!isRoot)("root on a root that another user owns", () => {
+describe.skipIf(noRoot)(titled("root on a root that another user owns", noRoot), () => {
   it("prune run by root works with the owner's rights, never root's", async () => {
     const owner = ensureUser();
     const root = userRoot(owner, ['1.0.0', '2.0.0'], '1.0.0');
@@ -229,7 +230,7 @@ describe.skipIf(!isRoot)("root on a root that another user owns", () => {
   });
 });
 
-describe.skipIf(!isRoot)('exit statuses that say what happened', () => {
+describe.skipIf(noRoot)(titled('exit statuses that say what happened', noRoot), () => {
   /** The bundle where another user can run it. */
   function bundleForOthers(): string {
     const dir = scratchDir();
@@ -258,7 +259,7 @@ describe.skipIf(!isRoot)('exit statuses that say what happened', () => {
 });
 
 describe('run: signals and bugs during its life', () => {
-  it.skipIf(!hasStrace)('SIGTERM while it takes ownership of the root, before any agent runs: exit 0, no agent left', async () => {
+  it.skipIf(noStrace)(titled('SIGTERM while it takes ownership of the root, before any agent runs: exit 0, no agent left', noStrace), async () => {
     const root = makeRoot({ '1.0.0': {} }, '1.0.0');
     // strace delivers SIGTERM at the first mkdir: the state directory, as ownership is claimed.
     const up = startTraced(root, join(scratchDir(), 'mkdir.trace'), 'mkdir', FAST, 'signal=SIGTERM:when=1');

@@ -1,13 +1,11 @@
 /** Fault injection from outside the product: the upgrader run under strace, which fails or kills chosen system calls. */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { onCleanup, REPO, Upgrader } from '../helpers.js';
 
 /** The calls that change state on disk. */
 export const STATE_SYSCALLS = 'write,fsync,fdatasync,rename,symlink,unlink,mkdir,rmdir';
-
-export const hasStrace = spawnSync('strace', ['-V']).status === 0;
 
 const traced: Upgrader[] = [];
 
