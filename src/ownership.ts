@@ -59,12 +59,15 @@ export function liveOwner(stateDir: string): OwnerRecord | null {
   return owner && isSameProcessAlive(owner) ? owner : null;
 }
 
+/** A warning for the log: its text, and the fields that say what happened. */
+type Warn = (message: string, fields: Record<string, unknown>) => void;
+
 /**
  * The take-over lock is always a directory (proper-lockfile makes it with mkdir). Anything else at its name,
  * a symlink or a file, is nobody's lock: left there, it would keep every upgrader out of the root for good.
  * It is unlinked, which never follows a link, so whatever a planted link points at is left untouched.
  */
-function removeForeignLock(lockPath: string, warn: (message: string) => void): void {
+function removeForeignLock(lockPath: string, warn: Warn): void {
   let kind: string;
   try {
     const stat = lstatSync(lockPath);
@@ -74,7 +77,7 @@ function removeForeignLock(lockPath: string, warn: (message: string) => void): v
     return;
   }
   unlinkSync(lockPath);
-  warn(`removed ${lockPath}: ${kind}, not the directory the upgrader locks with`);
+  warn(`removed ${lockPath}: ${kind}, not the directory the upgrader locks with`, { removed: lockPath, found: kind });
 }
 
 export class Ownership {
@@ -90,7 +93,7 @@ export class Ownership {
    * run its agent (it refuses upgrades, which need writes), but only a live owner recorded earlier can keep a
    * second instance out; `readOnly` says so.
    */
-  static async acquire(stateDir: string, warn: (message: string) => void): Promise<Ownership> {
+  static async acquire(stateDir: string, warn: Warn): Promise<Ownership> {
     let release: () => Promise<void>;
     const lockPath = join(stateDir, 'takeover.lock');
     try {
