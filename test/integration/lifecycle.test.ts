@@ -2,7 +2,7 @@ import { chmodSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
-  agentPidsOf, askUpgrade, startReady, waitForSavedState, cleanUpAfterEach, currentTarget, isAlive, makeRoot, readLines, runCli, startUpgrader, statusJson, waitUntil,
+  agentPidsOf, askUpgrade, cleanUpAfterEach, currentTarget, isAlive, logged, makeRoot, readLines, runCli, startReady, startUpgrader, statusJson, waitForSavedState, waitUntil,
 } from '../helpers.js';
 import { FAST, runArgs } from '../timing.js';
 
@@ -27,13 +27,13 @@ describe('refused upgrade requests', () => {
     for (const [version, reason] of cases) {
       askUpgrade(root, pid, version);
       const sent = await up.waitForLog(
-        (l) => l.msg === 'sent upgrade-failed' && (l.message as { version: string }).version === version,
+        (l) => logged.sent('upgrade-failed')(l) && (l.message as { version: string }).version === version,
         5000,
         `refusal of ${JSON.stringify(version)}`,
       );
       expect((sent.message as { reason: string }).reason).toMatch(reason);
     }
-    expect(up.logs.some((l) => l.msg.startsWith('spawned candidate'))).toBe(false);
+    expect(up.logs.some(logged.spawned('candidate'))).toBe(false);
     expect(currentTarget(root)).toBe('versions/1.0.0');
     expect(isAlive(pid)).toBe(true);
   });
@@ -181,7 +181,7 @@ describe('kill -9 of the upgrader, then restart', () => {
     const second = startUpgrader(root, runArgs({ probation: '10s' }));
     await second.agentPid('2.0.0');
     // The fixture exits 1.5 s after it starts working; as an active agent it works at once.
-    await second.waitForLog((l) => l.msg === 'spawned active 1.0.0', 10_000, 'the rollback to 1.0.0');
+    await second.waitForLog(logged.spawned('active', '1.0.0'), 10_000, 'the rollback to 1.0.0');
     expect(currentTarget(root)).toBe('versions/1.0.0');
     const { report } = await statusJson(root);
     expect(report.lastUpgrade).toMatchObject({ from: '1.0.0', to: '2.0.0', result: 'rolled-back' });
@@ -197,7 +197,7 @@ describe('kill -9 of the upgrader, then restart', () => {
     const second = startUpgrader(root, FAST);
     await second.agentPid('2.0.0');
     expect(currentTarget(root)).toBe('versions/2.0.0');
-    expect(second.logs.some((l) => l.repaired === true && l.version === '2.0.0')).toBe(true);
+    expect(second.logs.some((l) => logged.repaired()(l) && l.version === '2.0.0')).toBe(true);
   });
 
   it('never bricks while a good version is on disk: current naming a deleted version falls back to the previous one, loudly and on record', async () => {
@@ -214,7 +214,7 @@ describe('kill -9 of the upgrader, then restart', () => {
     await second.agentPid('1.0.0');
     await second.waitForTransition('ready', 'running');
     expect(currentTarget(root)).toBe('versions/1.0.0');
-    expect(second.logs.find((l) => l.repaired === true)).toMatchObject({ level: 'error', version: '1.0.0' });
+    expect(second.logs.find(logged.repaired())).toMatchObject({ level: 'error', version: '1.0.0' });
     const { code, report } = await statusJson(root);
     expect(code).toBe(0);
     expect(report.repair).toMatchObject({ version: '1.0.0', problem: expect.stringContaining('2.0.0') });
@@ -237,7 +237,7 @@ describe('kill -9 of the upgrader, then restart', () => {
     writeFileSync(join(root, 'state/state.json'), '{"format":"upgrader-state","schema":1,"sha256":"00","body":{}}');
     const second = startUpgrader(root, FAST);
     await second.waitForTransition('ready', 'running');
-    expect(second.logs.some((l) => l.msg.startsWith('ignoring the state file') && /checksum/.test(l.problem as string))).toBe(true);
+    expect(second.logs.some((l) => logged.ignoredStateFile()(l) && /checksum/.test(l.problem as string))).toBe(true);
   });
 });
 
@@ -335,8 +335,8 @@ describe('ownership', () => {
     askUpgrade(root, pid, '2.0.0');
     const { code } = await up.waitForExit();
     expect(code).toBe(75);
-    expect(up.logs.some((l) => /no longer owns the root/.test(l.msg))).toBe(true);
-    expect(up.logs.some((l) => l.msg === 'spawned candidate 2.0.0')).toBe(false);
+    expect(up.logs.some(logged.ownershipLost())).toBe(true);
+    expect(up.logs.some(logged.spawned('candidate', '2.0.0'))).toBe(false);
     expect(currentTarget(root)).toBe('versions/1.0.0');
     await waitUntil(() => !isAlive(pid), 'its agent is gone');
   });

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanUpAfterEach, currentTarget, makeRoot, missing, REPO, runCli, scratchDir, startReady, titled, waitForSavedState, workSpans } from '../helpers.js';
+import { askUpgrade, cleanUpAfterEach, CLI, currentTarget, logged, makeRoot, missing, REPO, runCli, scratchDir, startReady, titled, waitForSavedState, workSpans } from '../helpers.js';
 import { FAST, runArgs } from '../timing.js';
 
 cleanUpAfterEach();
@@ -129,7 +129,7 @@ describe('upgrader install', () => {
     mkdirSync(join(root, 'versions/.4.0.0.tmp-999998-dead'));
     const { up } = await startReady(root, FAST);
     expect(staging(root)).toEqual([]);
-    expect(up.logs.some((l) => l.msg === 'removed a temporary file left by a crash')).toBe(true);
+    expect(up.logs.some(logged.removedLeftover(join(root, 'versions/.4.0.0.tmp-999998-dead')))).toBe(true);
   });
 });
 
@@ -303,7 +303,7 @@ describe('manifests: which jumps are allowed', () => {
     manifest(root, '2.0.0', { sequential: true, entry: 'start.sh' });
     const { up, pid } = await startReady(root, FAST);
     askUpgrade(root, pid, '2.0.0');
-    const outcome = await up.waitForLog((l) => l.msg === 'upgrade 1.0.0 -> 2.0.0 succeeded');
+    const outcome = await up.waitForLog(logged.outcome({ from: '1.0.0', to: '2.0.0', result: 'succeeded' }));
     expect(outcome.mode).toBe('sequential');
   });
 
@@ -324,9 +324,9 @@ describe('quarantine', () => {
     askUpgrade(root, pid, '2.0.0');
     await up.waitForSent('upgrade-failed', '1.0.0');
     askUpgrade(root, pid, '2.0.0');
-    const refused = await up.waitForLog((l) => l.msg === 'sent upgrade-failed' && /is quarantined/.test((l.message as { reason: string }).reason));
+    const refused = await up.waitForLog((l) => logged.sent('upgrade-failed')(l) && /is quarantined/.test((l.message as { reason: string }).reason));
     expect((refused.message as { reason: string }).reason).toMatch(/2\.0\.0 is quarantined since .* \(the candidate 2\.0\.0 exited with code 4 before reporting ready\); re-install it/);
-    expect(up.logs.filter((l) => l.msg === 'spawned candidate 2.0.0')).toHaveLength(1);
+    expect(up.logs.filter(logged.spawned('candidate', '2.0.0'))).toHaveLength(1);
     const report = JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout);
     expect(report.quarantined.map((q: { version: string }) => q.version)).toEqual(['2.0.0']);
     const listed = JSON.parse((await runCli(['versions', '--root', root, '--json'])).stdout);
@@ -335,14 +335,14 @@ describe('quarantine', () => {
     const reinstall = await runCli(['install', '--root', root, '--version', '2.0.0', '--json', join(root, 'versions/2.0.0')]);
     expect(JSON.parse(reinstall.stdout)).toMatchObject({ identical: true, liftedQuarantine: true });
     askUpgrade(root, pid, '2.0.0');
-    await up.waitForLog((l) => l.msg === 'spawned candidate 2.0.0' && up.logs.filter((x) => x.msg === 'spawned candidate 2.0.0').length === 2);
+    await up.waitForLog(() => up.logs.filter(logged.spawned('candidate', '2.0.0')).length === 2);
   });
 
   it('a version rolled back in probation is quarantined', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 100 } } }, '1.0.0');
     const { up, pid } = await startReady(root, runArgs({ probation: '5s' }));
     askUpgrade(root, pid, '2.0.0');
-    await up.waitForLog((l) => l.msg === 'quarantined 2.0.0: agents\' requests for it are refused until it is re-installed');
+    await up.waitForLog(logged.quarantined('2.0.0'));
     const status = JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout);
     expect(status.quarantined[0]).toMatchObject({ version: '2.0.0', reason: expect.stringMatching(/during its probation/) });
   });
@@ -370,7 +370,7 @@ describe('upgrade and rollback from the shell', () => {
     expect(currentTarget(root)).toBe('versions/1.0.0');
     const spans = workSpans(root);
     for (let i = 1; i < spans.length; i++) expect(spans[i]!.first).toBeGreaterThan(spans[i - 1]!.last);
-    expect(up.logs.filter((l) => /^upgrade .* succeeded$/.test(l.msg))).toHaveLength(2);
+    expect(up.logs.filter(logged.outcome({ result: 'succeeded' }))).toHaveLength(2);
   });
 
   it('a failed candidate: exit 1 with the reason; --no-wait returns once accepted', async () => {
@@ -394,7 +394,7 @@ describe('upgrade and rollback from the shell', () => {
     writeFileSync(join(root, 'versions/2.0.0/fixture.json'), '{}');
     const forced = await runCli(['upgrade', '--root', root, '--to', '2.0.0', '--force']);
     expect(forced.code).toBe(0);
-    expect(up.logs.some((l) => l.msg === 'lifted the quarantine of 2.0.0 (--force)')).toBe(true);
+    expect(up.logs.some(logged.quarantineLifted('2.0.0'))).toBe(true);
     expect(JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout).quarantined).toEqual([]);
   });
 

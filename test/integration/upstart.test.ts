@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DEFAULTS } from '../../src/config.js';
 import { parseDuration } from '../../src/duration.js';
-import { cleanUpAfterEach, makeRoot, REPO, scratchDir, statusJson, Upgrader } from '../helpers.js';
+import { cleanUpAfterEach, logged, makeRoot, REPO, scratchDir, statusJson, Upgrader } from '../helpers.js';
 
 const job = readFileSync(join(REPO, 'upstart/upgrader.conf'), 'utf8');
 const script = /^script\n([\s\S]*?)^end script$/m.exec(job)![1]!;
@@ -61,7 +61,7 @@ describe('upstart job', () => {
     const { base, etc } = baseWith('envd');
     writeFileSync(join(etc, 'envd.env'), 'UPGRADER_ARGS="--probation 0s --ready-timeout 7s"\n');
     const up = startJob('envd', base, etc);
-    const line = await up.waitForLog((l) => l.msg === 'upgrader starting');
+    const line = await up.waitForLog(logged.starting());
     expect(line.config).toMatchObject({ probationMs: 0, readyMs: 7000 });
   });
 

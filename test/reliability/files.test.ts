@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { askUpgrade, cleanUpAfterEach, currentTarget, FIXTURES, isAlive, makeRoot, missing, REPO, runCli, savedState, scratchDir, startReady, startUpgrader, titled, Upgrader, waitForSavedState, waitUntil } from '../helpers.js';
+import { askUpgrade, cleanUpAfterEach, currentTarget, FIXTURES, isAlive, logged, makeRoot, missing, REPO, runCli, savedState, scratchDir, startReady, startUpgrader, titled, Upgrader, waitForSavedState, waitUntil } from '../helpers.js';
 import { FAST, runArgs } from '../timing.js';
 import { checkInvariant } from './invariant.js';
 import { countCalls, killTraced, killTracee, startTraced } from './strace.js';
@@ -42,7 +42,7 @@ describe.skipIf(noStrace)(titled('full disk and I/O errors', noStrace), () => {
       if (started) await waitUntil(() => calls() >= startup, 'the start-up calls traced', 3000).catch(() => undefined);
       const sameStart = started && calls() === startup;
       if (sameStart || attempt === 5) {
-        const pid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
+        const pid = up.logs.find(logged.spawned('active', '1.0.0'))!.agentPid as number;
         return { up, root, pid };
       }
       killTraced();
@@ -62,7 +62,7 @@ describe.skipIf(noStrace)(titled('full disk and I/O errors', noStrace), () => {
     // An open that fails may hit the candidate's files (as root, all of them are checked) before the state file: refused either way.
     const reason = syscall === 'openat' ? `(could not be recorded durably|upgrader\\.json cannot be read|cannot be checked) \\(${error}` : `could not be recorded durably \\(${error}`;
     expect((refused.message as { reason: string }).reason).toMatch(new RegExp(reason));
-    expect(up.logs.some((l) => l.msg === 'spawned candidate 2.0.0')).toBe(false);
+    expect(up.logs.some(logged.spawned('candidate', '2.0.0'))).toBe(false);
     expect(currentTarget(root)).toBe('versions/1.0.0');
     expect(isAlive(pid)).toBe(true);
     expect(leftovers(join(root, 'state'))).toEqual([]);
@@ -85,14 +85,14 @@ describe.skipIf(noStrace)(titled('full disk and I/O errors', noStrace), () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     const up = startTraced(root, join(dir, 'symlink.trace'), 'symlink', FAST, 'error=ENOSPC');
     await up.waitForTransition('ready', 'running');
-    const pid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
+    const pid = up.logs.find(logged.spawned('active', '1.0.0'))!.agentPid as number;
     askUpgrade(root, pid, '2.0.0');
     const failed = await up.waitForSent('upgrade-failed', '1.0.0');
     expect((failed.message as { reason: string }).reason).toMatch(/current could not be pointed at 2\.0\.0 \(ENOSPC/);
     expect(currentTarget(root)).toBe('versions/1.0.0');
     expect(isAlive(pid)).toBe(true);
     expect(leftovers(root)).toEqual([]);
-    expect(up.logs.some((l) => l.msg === 'sent stop')).toBe(false);
+    expect(up.logs.some(logged.sent('stop'))).toBe(false);
   });
 });
 
@@ -118,7 +118,7 @@ describe.skipIf(noStrace)(titled('a write failing after the point of no return',
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     const up = startTraced(root, join(scratchDir('inject-'), 'fsync.trace'), 'fsync', FAST, `error=EIO:when=${dirFsync}`);
     await up.waitForTransition('ready', 'running');
-    const pid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
+    const pid = up.logs.find(logged.spawned('active', '1.0.0'))!.agentPid as number;
     const answer = await runCli(['upgrade', '--root', root, '--to', '2.0.0']);
     expect(answer.code).toBe(1);
     expect(answer.stdout).toMatch(/current could not be pointed at 2\.0\.0 \(EIO.*it still names 1\.0\.0/);
@@ -151,9 +151,9 @@ describe.skipIf(noStrace)(titled('a write failing after the point of no return',
     // is recorded), or by the record timer.
     await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded' && s.history[0]?.to === '2.0.0' && s.handoff === null, 'the success recorded by a later write', 15_000);
     // Not claimed before it was durable: the log says "succeeded" only after the failed write was reported.
-    const claimed = () => up.logs.findIndex((l) => l.msg === 'upgrade 1.0.0 -> 2.0.0 succeeded');
+    const claimed = () => up.logs.findIndex(logged.outcome({ from: '1.0.0', to: '2.0.0', result: 'succeeded' }));
     await waitUntil(() => claimed() !== -1, 'the success logged once recorded');
-    const failedWrite = up.logs.findIndex((l) => l.msg === 'the state could not be written; it is kept and written again');
+    const failedWrite = up.logs.findIndex(logged.stateWriteFailed());
     expect(failedWrite).toBeGreaterThan(-1);
     expect(claimed()).toBeGreaterThan(failedWrite);
     killTracee(up);
@@ -195,7 +195,7 @@ describe('broken state files', () => {
     mkdirSync(join(root, 'state'));
     writeFileSync(join(root, 'state/state.json'), content);
     const { up } = await startReady(root, FAST);
-    expect(up.logs.some((l) => l.msg.startsWith('ignoring the state file'))).toBe(true);
+    expect(up.logs.some(logged.ignoredStateFile())).toBe(true);
     await checkInvariant(root, up.pid, { allowed: ['1.0.0'] });
   });
 });
@@ -234,7 +234,7 @@ describe('broken current', () => {
     });
     await up.waitForTransition('ready', 'running');
     expect(readFileSync(join(root, 'current/precious'), 'utf8')).toBe('keep');
-    expect(up.logs.some((l) => l.msg === 'current could not be pointed at 1.0.0; running it anyway')).toBe(true);
+    expect(up.logs.some(logged.currentNotRepointed('1.0.0'))).toBe(true);
   });
 
   it('broken with no state file to repair it from: refused with exit 78', async () => {
@@ -255,7 +255,8 @@ describe('leftovers and planted links', () => {
     const { up } = await startReady(root, FAST);
     expect(leftovers(root)).toEqual([]);
     expect(leftovers(join(root, 'state'))).toEqual([]);
-    expect(up.logs.filter((l) => l.msg === 'removed a temporary file left by a crash')).toHaveLength(2);
+    expect(up.logs.filter(logged.removedLeftover()).map((l) => l.path)).toEqual(expect.arrayContaining([join(root, '.current.tmp-999999-dead'), join(root, 'state/.state.json.tmp-999999-dead')]));
+    expect(up.logs.filter(logged.removedLeftover())).toHaveLength(2);
   });
 
   it('symlinks planted at the state and owner files are replaced, never written through', async () => {
@@ -282,7 +283,7 @@ describe('leftovers and planted links', () => {
     mkdirSync(join(root, 'state'));
     plant(join(root, 'state/takeover.lock'), victim);
     const { up } = await startReady(root, FAST);
-    expect(up.logs.some((l) => l.level === 'warn' && l.msg.startsWith(`removed ${join(root, 'state/takeover.lock')}`))).toBe(true);
+    expect(up.logs.some((l) => l.level === 'warn' && logged.removedForeignLock(join(root, 'state/takeover.lock'))(l))).toBe(true);
     expect(readdirSync(victim)).toEqual(['a']);
     expect(readFileSync(join(victim, 'a'), 'utf8')).toBe('untouched');
     expect(() => lstatSync(join(root, 'state/takeover.lock'))).toThrow(/ENOENT/);
@@ -323,7 +324,7 @@ describe.skipIf(noRoot)(titled('running as root: versions another user could cha
     askUpgrade(root, pid, '2.0.0');
     const refused = await up.waitForSent('upgrade-failed', '1.0.0');
     expect((refused.message as { reason: string }).reason).toMatch(reason);
-    expect(up.logs.some((l) => l.msg === 'spawned candidate 2.0.0')).toBe(false);
+    expect(up.logs.some(logged.spawned('candidate', '2.0.0'))).toBe(false);
   });
 });
 

@@ -7,7 +7,7 @@
  */
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { askUpgrade, cleanUpAfterEach, cleanupRoots, makeRoot, missing, savedState, scratchDir, startUpgrader, titled, Upgrader, waitForSavedState } from '../helpers.js';
+import { askUpgrade, cleanUpAfterEach, cleanupRoots, logged, makeRoot, missing, savedState, scratchDir, startUpgrader, titled, Upgrader, waitForSavedState } from '../helpers.js';
 import { runArgs } from '../timing.js';
 import { countCalls, killTracee, startTraced, STATE_SYSCALLS } from './strace.js';
 import { checkInvariant } from './invariant.js';
@@ -27,7 +27,7 @@ async function handoff(up: Upgrader, root: string, mode: 'live' | 'sequential'):
     () => 'died' as const,
   );
   if ((await Promise.race([died, ready])) === 'died') return;
-  const agentPid = up.logs.find((l) => l.msg === 'spawned active 1.0.0')!.agentPid as number;
+  const agentPid = up.logs.find(logged.spawned('active', '1.0.0'))!.agentPid as number;
   askUpgrade(root, agentPid, '2.0.0', mode);
   // Done means quiet: the success recorded, and then the old agent's exit (the last write of a handoff).
   const quiet = (s: any) => s.history[0]?.result === 'succeeded' && s.agents.length === 1 && s.agents[0].version === '2.0.0';

@@ -11,7 +11,7 @@ import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { identify } from '../../src/proc.js';
 import { emptyState, encodeState } from '../../src/state.js';
-import { askUpgrade, CLI, cleanUpAfterEach, makeRoot, missing, scratchDir, startReady, startUpgrader, titled, Upgrader } from '../helpers.js';
+import { askUpgrade, cleanUpAfterEach, CLI, logged, makeRoot, missing, scratchDir, startReady, startUpgrader, titled, Upgrader } from '../helpers.js';
 import { FAST } from '../timing.js';
 
 cleanUpAfterEach();
@@ -75,7 +75,7 @@ describe.skipIf(noMkfifo)(titled('a FIFO planted while the upgrader runs, then a
     unlinkSync(join(dir, 'state/owner.json'));
     plantFifo(join(dir, 'state/owner.json'));
     askUpgrade(dir, pid, '2.0.0');
-    await up.waitForLog((l) => l.msg.startsWith('this upgrader no longer owns the root'), 10_000, 'the root given up');
+    await up.waitForLog(logged.ownershipLost(), 10_000, 'the root given up');
     expect((await up.waitForExit(10_000)).code).toBe(75);
   });
 
@@ -126,7 +126,7 @@ describe('symbolic links planted at the files the upgrader reads are never follo
     const { report } = await statusWithin(dir);
     expect(report).toMatchObject({ previous: null, stateProblem: `the state file ${LINK}` });
     const { up } = await startReady(dir, FAST);
-    expect(up.logs.some((l) => l.msg.startsWith('ignoring the state file') && l.problem === `the state file ${LINK}`)).toBe(true);
+    expect(up.logs.some((l) => logged.ignoredStateFile()(l) && l.problem === `the state file ${LINK}`)).toBe(true);
   });
 
   it('owner.json: a linked record naming a live process does not make the root owned', async () => {

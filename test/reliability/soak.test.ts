@@ -5,7 +5,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { expect, it } from 'vitest';
-import { addVersion, askUpgrade, cleanUpAfterEach, makeRoot, startReady, Upgrader, waitUntil } from '../helpers.js';
+import { addVersion, askUpgrade, cleanUpAfterEach, logged, makeRoot, startReady, Upgrader, waitUntil } from '../helpers.js';
 import { runArgs } from '../timing.js';
 import { checkInvariant, rootProcesses } from './invariant.js';
 
@@ -53,7 +53,7 @@ it(`${HANDOFFS} consecutive handoffs, every tenth candidate failing: nothing gro
     if (i % 10 === 0) addVersion(root, target, { config: { exitBeforeReady: 3 } });
     const before = up.logs.length;
     askUpgrade(root, active.pid, target);
-    const outcome = await up.waitForLog((l) => up.logs.indexOf(l) >= before && /^upgrade .* (succeeded|failed)$/.test(l.msg), 15_000, `handoff ${i} to ${target}`);
+    const outcome = await up.waitForLog((l) => up.logs.indexOf(l) >= before && logged.outcome({ to: target })(l), 15_000, `handoff ${i} to ${target}`);
     if (outcome.result === 'succeeded') {
       outcomes.succeeded += 1;
       version = target;
