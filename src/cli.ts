@@ -205,7 +205,7 @@ async function run(args: string[]): Promise<number> {
   if (stopSignal) return EXIT.ok;
   const log = createLogger();
   if (inherited.length > 0) log.info({ fds: inherited }, 'closed descriptors inherited from the parent, so that agents do not get them');
-  const ownership = await Ownership.acquire(layout.stateDir, (message) => log.warn(message));
+  const ownership = await Ownership.acquire(layout.stateDir, (message, fields) => log.warn(fields, message));
   const notifier = new SystemdNotifier(log);
   log.info({ root: layout.root, config, upgrader: UPGRADER_VERSION, systemd: notifier.enabled }, 'upgrader starting');
   // A bug must not leave agents running unsupervised, nor exit with a status an agent could have chosen.

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { UpgraderError } from './errors.js';
 import { isSameProcessAlive, ProcessIdentity } from './proc.js';
-import { claim, ClaimLockError, selfIdentity, type ClaimSpec } from './process-claim.js';
+import { claim, ClaimLockError, selfIdentity, type ClaimSpec, type Warn } from './process-claim.js';
 import { readSmallFile } from './safe-file.js';
 
 const OwnerRecord = ProcessIdentity.extend({ startedAt: z.string() });
@@ -79,7 +79,7 @@ export class Ownership {
    * run its agent (it refuses upgrades, which need writes), but only a live owner recorded earlier can keep a
    * second instance out; `readOnly` says so.
    */
-  static async acquire(stateDir: string, warn: (message: string) => void): Promise<Ownership> {
+  static async acquire(stateDir: string, warn: Warn): Promise<Ownership> {
     let holder: OwnerRecord | null;
     try {
       holder = await claim(ownerSpec(stateDir), { startedAt: new Date().toISOString() }, warn);

@@ -15,6 +15,9 @@ import { UpgraderError } from './errors.js';
 import { identify, isSameProcessAlive, type ProcessIdentity } from './proc.js';
 import { readRecord } from './safe-file.js';
 
+/** A warning for the log: its text, and the fields that say what happened. */
+export type Warn = (message: string, fields: Record<string, unknown>) => void;
+
 export type ClaimSpec<R extends ProcessIdentity> = {
   stateDir: string;
   /** The record's file name in stateDir. */
@@ -55,7 +58,7 @@ export function readClaim<R extends ProcessIdentity>(spec: ClaimSpec<R>): R | nu
  * instead, or null once it is ours. A lock that cannot be taken is a ClaimLockError; a record that cannot
  * be written throws as it failed.
  */
-export async function claim<R extends ProcessIdentity>(spec: ClaimSpec<R>, extra: Omit<R, keyof ProcessIdentity>, warn: (message: string) => void = () => undefined): Promise<R | null> {
+export async function claim<R extends ProcessIdentity>(spec: ClaimSpec<R>, extra: Omit<R, keyof ProcessIdentity>, warn: Warn = () => undefined): Promise<R | null> {
   let unlock: () => Promise<void>;
   try {
     mkdirSync(spec.stateDir, { recursive: true, mode: 0o755 });
@@ -97,7 +100,7 @@ export function releaseClaim<R extends ProcessIdentity>(spec: ClaimSpec<R>): voi
  * symlink or a file, is nobody's lock: left there, it would keep every claimant out for good. It is
  * unlinked, which never follows a link, so whatever a planted link points at is left untouched.
  */
-function removeForeignLock(lockPath: string, warn: (message: string) => void): void {
+function removeForeignLock(lockPath: string, warn: Warn): void {
   let kind: string;
   try {
     const stat = lstatSync(lockPath);
@@ -107,5 +110,5 @@ function removeForeignLock(lockPath: string, warn: (message: string) => void): v
     return;
   }
   unlinkSync(lockPath);
-  warn(`removed ${lockPath}: ${kind}, not the directory the upgrader locks with`);
+  warn(`removed ${lockPath}: ${kind}, not the directory the upgrader locks with`, { removed: lockPath, found: kind });
 }

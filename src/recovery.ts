@@ -28,10 +28,10 @@ export type StartOptions = {
 
 export async function startSupervisor(options: StartOptions): Promise<Supervisor> {
   const { layout, stateFile, log } = options;
-  for (const path of layout.removeStaleTemporaries()) log.warn({ path }, 'removed a temporary file left by a crash');
+  for (const path of layout.removeStaleTemporaries()) log.warn({ path, removedLeftover: true }, 'removed a temporary file left by a crash');
 
   const read = stateFile.read();
-  if (!read.ok && !read.missing) log.error({ problem: read.problem, path: stateFile.path }, 'ignoring the state file; falling back to what current says');
+  if (!read.ok && !read.missing) log.error({ problem: read.problem, path: stateFile.path, stateFileIgnored: true }, 'ignoring the state file; falling back to what current says');
   const saved = read.ok ? read.state : null;
 
   await reapOrphans(layout.root, saved?.agents ?? [], log);
@@ -93,6 +93,6 @@ function tryCommit(layout: Layout, version: string, log: Logger): void {
   try {
     layout.commitCurrent(version);
   } catch (error) {
-    log.error({ version, err: describeError(error) }, `current could not be pointed at ${version}; running it anyway`);
+    log.error({ version, err: describeError(error), repointed: false }, `current could not be pointed at ${version}; running it anyway`);
   }
 }

@@ -2,17 +2,47 @@
  * Test harness: real roots in temporary directories, a real `upgrader run` process (the compiled CLI),
  * and waits on its log lines or on observable facts, always with a deadline.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { afterEach } from 'vitest';
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = join(REPO, 'dist/src/cli.js');
 export const FIXTURES = join(REPO, 'test/fixtures');
 export const EXAMPLE_AGENT = join(REPO, 'dist/examples/example-agent.js');
+
+/** What some tests need of the machine, beyond Node.js. */
+export type Need = 'root' | 'strace' | 'mkfifo' | 'useradd' | 'systemd-nspawn' | 'mmdebstrap';
+
+const onPath = (tool: string) => spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0;
+const available: Record<Need, () => boolean> = {
+  root: () => process.getuid?.() === 0,
+  strace: () => spawnSync('strace', ['-V']).status === 0,
+  mkfifo: () => onPath('mkfifo'),
+  useradd: () => onPath('useradd'),
+  'systemd-nspawn': () => onPath('systemd-nspawn'),
+  mmdebstrap: () => onPath('mmdebstrap'),
+};
+
+/** Why tests needing `needs` cannot run here ("needs root, strace"), or null when they can: for skipIf. */
+export function missing(...needs: Need[]): string | null {
+  const lacking = needs.filter((need) => !available[need]());
+  return lacking.length > 0 ? `needs ${lacking.join(', ')}` : null;
+}
+
+/**
+ * The title of a suite or test skipped when `why` is set (from missing()): the reason goes into the title and
+ * onto the console, which the default reporter shows (it counts skipped tests without naming them).
+ */
+export function titled(title: string, why: string | null): string {
+  if (why === null) return title;
+  console.log(`skipped: ${title} (${why})`);
+  return `${title} (skipped: ${why})`;
+}
 
 export type VersionSpec =
   | { fixture?: 'agent.mjs' | 'hostile.mjs'; config?: Record<string, unknown> }
@@ -67,8 +97,102 @@ export function cleanupRoots(): void {
   }
 }
 
-export type LogLine = Record<string, unknown> & { msg: string };
+const scratches: string[] = [];
 
+/** A temporary directory for one test (an archive, a base of roots, a trace), removed after it. */
+export function scratchDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratches.push(dir);
+  return dir;
+}
+
+const cleanups: (() => void)[] = [];
+
+/** Something to undo after the current test (a process, a descriptor), before its upgraders and files go. */
+export function onCleanup(undo: () => void): void {
+  cleanups.push(undo);
+}
+
+/**
+ * After each test, pass or fail: what it registered with onCleanup (newest first), every upgrader it
+ * started and whatever agents are left on its roots, its roots, its scratch directories. One call at the
+ * top of a test file: `cleanUpAfterEach()`.
+ */
+export async function cleanUp(): Promise<void> {
+  for (const undo of cleanups.splice(0).reverse()) {
+    try {
+      undo();
+    } catch {
+      // already undone
+    }
+  }
+  await stopAllUpgraders();
+  cleanupRoots();
+  for (const dir of scratches.splice(0)) rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
+}
+
+export function cleanUpAfterEach(): void {
+  afterEach(cleanUp);
+}
+
+export type LogLine = Record<string, unknown> & { msg: string };
+type Match = (line: LogLine) => boolean;
+
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null;
+
+/**
+ * Which log line is which, told by the fields the upgrader logs with it (pino JSON lines), never by its
+ * message text, which is for people and may be reworded.
+ */
+export const logged = {
+  /** A transition of the state machine on `event` (its `from` and `to` states when given). */
+  transition: (event: string, states: { from?: string; to?: string } = {}): Match => (l) =>
+    l.event === event && typeof l.to === 'string' && (states.from === undefined || l.from === states.from) && (states.to === undefined || l.to === states.to),
+  /** A message sent to an agent (of `version`, when given): the line carries the message. */
+  sent: (type: string, version?: string): Match => (l) => isObject(l.message) && l.message.type === type && (version === undefined || l.version === version),
+  /** An agent spawned in `role` (of `version`, when given). */
+  spawned: (role: 'active' | 'candidate', version?: string): Match => (l) => l.agentEvent === 'spawned' && l.role === role && (version === undefined || l.version === version),
+  /** An agent's exit: the line with its exit code and signal. */
+  exited: (version: string): Match => (l) => l.agentEvent === 'exited' && l.version === version,
+  /** The outcome of an upgrade (its history record): from, to, mode, result, reason. */
+  outcome: (record: { from?: string; to?: string; result?: string } = {}): Match => (l) =>
+    typeof l.result === 'string' && typeof l.durationMs === 'number' && Object.entries(record).every(([key, value]) => l[key] === value),
+  /** The summary of what an agent repeated, of this kind. */
+  repeated: (kind: string): Match => (l) => l.repeated === kind,
+  /** The first upgrade-failed reply dropped because the agent does not read its stdin. */
+  unreadStdin: (): Match => (l) => typeof l.unreadLimit === 'number',
+  /** The count of lines dropped while stderr was blocked. */
+  droppedLines: (): Match => (l) => typeof l.droppedLines === 'number',
+  /** The descriptors inherited from the parent that were closed at start. */
+  closedInheritedFds: (): Match => (l) => Array.isArray(l.fds),
+  /** The start-up line with the configuration. */
+  starting: (): Match => (l) => isObject(l.config),
+  /** A state write failed; what it had to record is kept and written again. */
+  stateWriteFailed: (): Match => (l) => typeof l.unrecorded === 'number',
+  /** Start-up ran another version than current named, and pointed current at it. */
+  repaired: (): Match => (l) => l.repaired === true,
+  /** Something that was not the take-over lock's directory, removed from where it belongs (at `path`). */
+  removedForeignLock: (path: string): Match => (l) => l.removed === path,
+
+  /** A line from an agent that was ignored or refused, by what was wrong with it. */
+  agentLine: (kind: 'garbage' | 'unknown' | 'invalid' | 'overlong' | 'bad-utf8'): Match => (l) => l.lineKind === kind,
+  /** A temporary file or directory of a crashed writer removed at start (at `path`, when given). */
+  removedLeftover: (path?: string): Match => (l) => l.removedLeftover === true && (path === undefined || l.path === path),
+  /** The state file could not be used; start-up falls back to current. */
+  ignoredStateFile: (): Match => (l) => l.stateFileIgnored === true,
+  /** current could not be pointed at the version start-up runs anyway. */
+  currentNotRepointed: (version: string): Match => (l) => l.repointed === false && l.version === version,
+  /** A version quarantined. */
+  quarantined: (version: string): Match => (l) => l.quarantined === true && l.version === version,
+  /** A quarantine lifted by --force. */
+  quarantineLifted: (version: string): Match => (l) => l.quarantined === false && l.version === version,
+  /** Another process took the root's owner record; this upgrader stops. */
+  ownershipLost: (): Match => (l) => l.lostOwnership === true,
+};
+
+const running: Upgrader[] = [];
+
+/** An `upgrader run` (or what wraps it: strace, sh, unshare) and its log; stopped after the test (cleanUp). */
 export class Upgrader {
   readonly logs: LogLine[] = [];
   readonly stderrText: string[] = [];
@@ -79,6 +203,7 @@ export class Upgrader {
     readonly root: string,
     readonly child: ChildProcess,
   ) {
+    running.push(this);
     let partial = '';
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (chunk: string) => {
@@ -129,20 +254,16 @@ export class Upgrader {
   }
 
   waitForTransition(event: string, to: string, ms?: number): Promise<LogLine> {
-    return this.waitForLog((l) => l.event === event && l.to === to, ms, `transition to ${to} on ${event}`);
+    return this.waitForLog(logged.transition(event, { to }), ms, `transition to ${to} on ${event}`);
   }
 
   waitForSent(type: string, version?: string, ms?: number): Promise<LogLine> {
-    return this.waitForLog(
-      (l) => l.msg === `sent ${type}` && (version === undefined || l.version === version),
-      ms,
-      `sent ${type}${version ? ` to ${version}` : ''}`,
-    );
+    return this.waitForLog(logged.sent(type, version), ms, `sent ${type}${version ? ` to ${version}` : ''}`);
   }
 
   /** The PID of the agent of `version` spawned in `role`, from the upgrader's own log. */
-  async agentPid(version: string, role = 'active', ms?: number): Promise<number> {
-    const line = await this.waitForLog((l) => l.msg === `spawned ${role} ${version}`, ms, `spawn of ${role} ${version}`);
+  async agentPid(version: string, role: 'active' | 'candidate' = 'active', ms?: number): Promise<number> {
+    const line = await this.waitForLog(logged.spawned(role, version), ms, `spawn of ${role} ${version}`);
     return line.agentPid as number;
   }
 
@@ -163,16 +284,12 @@ export class Upgrader {
   }
 }
 
-const running: Upgrader[] = [];
-
 export function startUpgrader(root: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Upgrader {
   const child = spawn(process.execPath, [CLI, 'run', '--root', root, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });
-  const upgrader = new Upgrader(root, child);
-  running.push(upgrader);
-  return upgrader;
+  return new Upgrader(root, child);
 }
 
 /** Starts an upgrader and waits until its first agent (of `version`) has reported ready. */

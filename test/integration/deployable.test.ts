@@ -1,19 +1,16 @@
 /** The single-file bundle is a complete install: copied alone, with no node_modules, it runs and supervises. */
-import { copyFileSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { execa } from 'execa';
-import { afterEach, expect, it } from 'vitest';
-import { askUpgrade, cleanupRoots, currentTarget, makeRoot, REPO, statusJson, stopAllUpgraders, Upgrader } from '../helpers.js';
+import { expect, it } from 'vitest';
+import { askUpgrade, cleanUpAfterEach, currentTarget, makeRoot, REPO, scratchDir, statusJson, Upgrader } from '../helpers.js';
+import { FAST } from '../timing.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
 it('dist/upgrader.cjs copied alone into an empty directory runs a handoff', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'lonely-'));
+  const dir = scratchDir('lonely-');
   const bundle = join(dir, 'upgrader.cjs');
   copyFileSync(join(REPO, 'dist/upgrader.cjs'), bundle);
   // Executable by its shebang, the way the units start it; cwd and NODE_PATH give it nothing to find.
@@ -21,7 +18,7 @@ it('dist/upgrader.cjs copied alone into an empty directory runs a handoff', asyn
   expect(version.stdout).toMatch(/^\d+\.\d+\.\d+$/);
 
   const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-  const child = spawn(bundle, ['run', '--root', root, '--probation', '0s'], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(bundle, ['run', '--root', root, ...FAST], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
   const up = new Upgrader(root, child);
   const pid = await up.agentPid('1.0.0');
   await up.waitForTransition('ready', 'running');

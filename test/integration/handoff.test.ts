@@ -1,12 +1,8 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, startReady, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, startUpgrader, statusJson, stopAllUpgraders, waitUntil, workSpans } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, cleanUpAfterEach, currentTarget, isAlive, logged, makeRoot, readLines, startReady, startUpgrader, statusJson, waitUntil, workSpans } from '../helpers.js';
+import { FAST, runArgs } from '../timing.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
-
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '2s', '--kill-timeout', '1s', '--probation', '0s'];
+cleanUpAfterEach();
 
 describe('live handoff', () => {
   it('hands the work from the old agent to the new one with no overlap, and moves current', async () => {
@@ -58,7 +54,7 @@ describe('live handoff', () => {
 
   it('kills a candidate that hangs past the ready timeout, with its children', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { neverReady: true, children: 2, setsidChild: true } } }, '1.0.0');
-    const { up, pid: oldPid } = await startReady(root, ['--ready-timeout', '2s', '--probation', '0s']);
+    const { up, pid: oldPid } = await startReady(root, runArgs({ ready: '2s' }));
     askUpgrade(root, oldPid, '2.0.0');
     const candidatePid = await up.agentPid('2.0.0', 'candidate');
     await waitUntil(() => readLines(root, 'children.log').length > 0, 'the candidate started its children');
@@ -76,14 +72,14 @@ describe('live handoff', () => {
     const { up, pid: oldPid } = await startReady(root, FAST);
     askUpgrade(root, oldPid, '2.0.0');
     await up.waitForSent('go', '2.0.0');
-    expect(up.logs.some((l) => l.msg === 'ignored a line that is not a protocol message' && l.line === 'this is not json')).toBe(true);
-    expect(up.logs.some((l) => l.msg === 'ignored a message of unknown type' && l.type === 'no-such-type')).toBe(true);
+    expect(up.logs.some((l) => logged.agentLine('garbage')(l) && l.line === 'this is not json')).toBe(true);
+    expect(up.logs.some((l) => logged.agentLine('unknown')(l) && l.type === 'no-such-type')).toBe(true);
     expect(currentTarget(root)).toBe('versions/2.0.0');
   });
 
   it('gives an old agent that ignores stop and SIGTERM its timeouts, then kills its tree, then says go', async () => {
     const root = makeRoot({ '1.0.0': { config: { ignoreStop: true, ignoreSigterm: true, children: 1 } }, '2.0.0': {} }, '1.0.0');
-    const { up, pid: oldPid } = await startReady(root, ['--stop-timeout', '500ms', '--kill-timeout', '500ms', '--probation', '0s']);
+    const { up, pid: oldPid } = await startReady(root, runArgs({ stop: '500ms', kill: '500ms' }));
     await waitUntil(() => readLines(root, 'children.log').length > 0, 'the old agent started its children');
     const children = readLines(root, 'children.log')[0]!.split(' ').slice(1).map(Number);
     askUpgrade(root, oldPid, '2.0.0');
@@ -95,17 +91,17 @@ describe('live handoff', () => {
     expect(currentTarget(root)).toBe('versions/2.0.0');
     // The new agent began only after the old one was dead.
     const goAt = Date.parse((await up.waitForSent('go', '2.0.0')).time as string);
-    const killedAt = Date.parse((await up.waitForLog((l) => l.msg === 'agent 1.0.0 exited')).time as string);
+    const killedAt = Date.parse((await up.waitForLog(logged.exited('1.0.0'))).time as string);
     expect(goAt).toBeGreaterThanOrEqual(killedAt);
   });
 
   it('rolls back a new version that exits during its probation', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 200, exitCode: 9 } } }, '1.0.0');
-    const { up, pid: oldPid } = await startReady(root, ['--probation', '5s']);
+    const { up, pid: oldPid } = await startReady(root, runArgs({ probation: '5s' }));
     askUpgrade(root, oldPid, '2.0.0');
     await up.waitForSent('go', '2.0.0');
     await up.waitForLog((l) => l.event === 'exited' && (l.active as { version: string } | null)?.version === '1.0.0', 10_000, 'the rollback');
-    const restarted = (await up.waitForLog((l) => l.msg === 'spawned active 1.0.0' && l.agentPid !== oldPid)).agentPid as number;
+    const restarted = (await up.waitForLog((l) => logged.spawned('active', '1.0.0')(l) && l.agentPid !== oldPid)).agentPid as number;
     expect(currentTarget(root)).toBe('versions/1.0.0');
     await up.waitForLog((l) => l.event === 'ready' && (l.active as { agentPid: number } | null)?.agentPid === restarted);
     const { code, report } = await statusJson(root);
@@ -131,9 +127,9 @@ describe('live handoff', () => {
   it('a probation rollback starts the old version again only once its previous instance, which said stopped, has exited', async () => {
     // The old agent says stopped at once but takes 1.5 s more to exit; the new one dies 100 ms after go.
     const root = makeRoot({ '1.0.0': { config: { lingerAfterStoppedMs: 1500 } }, '2.0.0': { config: { exitAfterGoMs: 100, exitCode: 9 } } }, '1.0.0');
-    const { up, pid: oldPid } = await startReady(root, ['--probation', '5s', '--stop-timeout', '5s']);
+    const { up, pid: oldPid } = await startReady(root, runArgs({ probation: '5s', stop: '5s' }));
     askUpgrade(root, oldPid, '2.0.0');
-    const restarted = (await up.waitForLog((l) => l.msg === 'spawned active 1.0.0' && l.agentPid !== oldPid, 10_000, 'the restart of 1.0.0')).agentPid as number;
+    const restarted = (await up.waitForLog((l) => logged.spawned('active', '1.0.0')(l) && l.agentPid !== oldPid, 10_000, 'the restart of 1.0.0')).agentPid as number;
     await waitUntil(() => lifetimes(root).some((s) => s.pid === restarted), 'the restarted agent recorded its start');
     const [old, , again] = lifetimes(root);
     expect(old).toMatchObject({ pid: oldPid, version: '1.0.0' });
@@ -167,8 +163,8 @@ describe('sequential handoff', () => {
     askUpgrade(root, oldPid, '2.0.0', 'sequential');
     const newPid = await up.agentPid('2.0.0', 'candidate');
     // The candidate was spawned only after the old agent had exited.
-    const oldExit = up.logs.findIndex((l) => l.msg === 'agent 1.0.0 exited');
-    const spawn = up.logs.findIndex((l) => l.msg === 'spawned candidate 2.0.0');
+    const oldExit = up.logs.findIndex(logged.exited('1.0.0'));
+    const spawn = up.logs.findIndex(logged.spawned('candidate', '2.0.0'));
     expect(oldExit).toBeGreaterThanOrEqual(0);
     expect(spawn).toBeGreaterThan(oldExit);
     await up.waitForSent('go', '2.0.0');
@@ -182,7 +178,7 @@ describe('sequential handoff', () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitBeforeReady: 1 } } }, '1.0.0');
     const { up, pid: oldPid } = await startReady(root, FAST);
     askUpgrade(root, oldPid, '2.0.0', 'sequential');
-    await up.waitForLog((l) => l.msg === 'spawned active 1.0.0' && l.agentPid !== oldPid, 10_000, 'the old version restarted');
+    await up.waitForLog((l) => logged.spawned('active', '1.0.0')(l) && l.agentPid !== oldPid, 10_000, 'the old version restarted');
     expect(currentTarget(root)).toBe('versions/1.0.0');
     await waitUntil(() => !isAlive(oldPid), 'the first old agent is gone');
     const { report } = await statusJson(root);

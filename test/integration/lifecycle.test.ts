@@ -1,16 +1,12 @@
 import { chmodSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
-  agentPidsOf, askUpgrade, startReady, waitForSavedState, cleanupRoots, currentTarget, isAlive, makeRoot, readLines, runCli, startUpgrader, statusJson, stopAllUpgraders, waitUntil,
+  agentPidsOf, askUpgrade, cleanUpAfterEach, currentTarget, isAlive, logged, makeRoot, readLines, runCli, startReady, startUpgrader, statusJson, waitForSavedState, waitUntil,
 } from '../helpers.js';
+import { FAST, runArgs } from '../timing.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
-
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '2s', '--kill-timeout', '1s', '--probation', '0s'];
+cleanUpAfterEach();
 
 describe('refused upgrade requests', () => {
   const cases: [string, RegExp][] = [
@@ -31,13 +27,13 @@ describe('refused upgrade requests', () => {
     for (const [version, reason] of cases) {
       askUpgrade(root, pid, version);
       const sent = await up.waitForLog(
-        (l) => l.msg === 'sent upgrade-failed' && (l.message as { version: string }).version === version,
+        (l) => logged.sent('upgrade-failed')(l) && (l.message as { version: string }).version === version,
         5000,
         `refusal of ${JSON.stringify(version)}`,
       );
       expect((sent.message as { reason: string }).reason).toMatch(reason);
     }
-    expect(up.logs.some((l) => l.msg.startsWith('spawned candidate'))).toBe(false);
+    expect(up.logs.some(logged.spawned('candidate'))).toBe(false);
     expect(currentTarget(root)).toBe('versions/1.0.0');
     expect(isAlive(pid)).toBe(true);
   });
@@ -123,7 +119,7 @@ describe('SIGTERM to the upgrader', () => {
 
   it('an agent that ignores stop and SIGTERM: SIGTERM after --stop-timeout, its tree killed after --kill-timeout', async () => {
     const root = makeRoot({ '1.0.0': { config: { ignoreStop: true, ignoreSigterm: true } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--stop-timeout', '500ms', '--kill-timeout', '500ms']);
+    const { up, pid } = await startReady(root, runArgs({ stop: '500ms', kill: '500ms' }));
     up.kill('SIGTERM');
     expect((await up.waitForExit()).code).toBe(0);
     expect(isAlive(pid)).toBe(false);
@@ -160,7 +156,7 @@ describe('kill -9 of the upgrader, then restart', () => {
 
   it('after go: the new version stays', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-    const { up: first, pid } = await startReady(root, ['--probation', '0s']);
+    const { up: first, pid } = await startReady(root, FAST);
     askUpgrade(root, pid, '2.0.0');
     await first.waitForSent('go', '2.0.0');
     await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded', 'the upgrade succeeded');
@@ -177,16 +173,16 @@ describe('kill -9 of the upgrader, then restart', () => {
 
   it('during probation: the new version restarts on probation and is rolled back if it dies', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 1500, exitCode: 4 } } }, '1.0.0');
-    const { up: first, pid } = await startReady(root, ['--probation', '10s']);
+    const { up: first, pid } = await startReady(root, runArgs({ probation: '10s' }));
     askUpgrade(root, pid, '2.0.0');
     await first.waitForSent('go', '2.0.0');
     await waitForSavedState(root, (s) => s.history[0]?.result === 'succeeded' && s.probation?.version === '2.0.0', 'the upgrade on probation');
     first.kill('SIGKILL');
     await first.exit;
-    const second = startUpgrader(root, ['--probation', '10s']);
+    const second = startUpgrader(root, runArgs({ probation: '10s' }));
     await second.agentPid('2.0.0');
     // The fixture exits 1.5 s after it starts working; as an active agent it works at once.
-    await second.waitForLog((l) => l.msg === 'spawned active 1.0.0', 10_000, 'the rollback to 1.0.0');
+    await second.waitForLog(logged.spawned('active', '1.0.0'), 10_000, 'the rollback to 1.0.0');
     expect(currentTarget(root)).toBe('versions/1.0.0');
     const { report } = await statusJson(root);
     expect(report.lastUpgrade).toMatchObject({ from: '1.0.0', to: '2.0.0', result: 'rolled-back' });
@@ -202,7 +198,7 @@ describe('kill -9 of the upgrader, then restart', () => {
     const second = startUpgrader(root, FAST);
     await second.agentPid('2.0.0');
     expect(currentTarget(root)).toBe('versions/2.0.0');
-    expect(second.logs.some((l) => l.repaired === true && l.version === '2.0.0')).toBe(true);
+    expect(second.logs.some((l) => logged.repaired()(l) && l.version === '2.0.0')).toBe(true);
   });
 
   it('never bricks while a good version is on disk: current naming a deleted version falls back to the previous one, loudly and on record', async () => {
@@ -219,7 +215,7 @@ describe('kill -9 of the upgrader, then restart', () => {
     await second.agentPid('1.0.0');
     await second.waitForTransition('ready', 'running');
     expect(currentTarget(root)).toBe('versions/1.0.0');
-    expect(second.logs.find((l) => l.repaired === true)).toMatchObject({ level: 'error', version: '1.0.0' });
+    expect(second.logs.find(logged.repaired())).toMatchObject({ level: 'error', version: '1.0.0' });
     const { code, report } = await statusJson(root);
     expect(code).toBe(0);
     expect(report.repair).toMatchObject({ version: '1.0.0', problem: expect.stringContaining('2.0.0') });
@@ -242,7 +238,7 @@ describe('kill -9 of the upgrader, then restart', () => {
     writeFileSync(join(root, 'state/state.json'), '{"format":"upgrader-state","schema":1,"sha256":"00","body":{}}');
     const second = startUpgrader(root, FAST);
     await second.waitForTransition('ready', 'running');
-    expect(second.logs.some((l) => l.msg.startsWith('ignoring the state file') && /checksum/.test(l.problem as string))).toBe(true);
+    expect(second.logs.some((l) => logged.ignoredStateFile()(l) && /checksum/.test(l.problem as string))).toBe(true);
   });
 });
 
@@ -266,7 +262,8 @@ describe('status', () => {
 
   it('shows an upgrade in progress, and answers while the upgrader is stopped with SIGSTOP', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { neverReady: true } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--ready-timeout', '20s']);
+    // The candidate must still be there while the upgrader is stopped and status is read.
+    const { up, pid } = await startReady(root, runArgs({ ready: '20s' }));
     askUpgrade(root, pid, '2.0.0');
     const candidate = await up.agentPid('2.0.0', 'candidate');
     await waitForSavedState(root, (s) => s.agents.some((a: { role: string }) => a.role === 'candidate'), 'the candidate');
@@ -339,8 +336,8 @@ describe('ownership', () => {
     askUpgrade(root, pid, '2.0.0');
     const { code } = await up.waitForExit();
     expect(code).toBe(75);
-    expect(up.logs.some((l) => /no longer owns the root/.test(l.msg))).toBe(true);
-    expect(up.logs.some((l) => l.msg === 'spawned candidate 2.0.0')).toBe(false);
+    expect(up.logs.some(logged.ownershipLost())).toBe(true);
+    expect(up.logs.some(logged.spawned('candidate', '2.0.0'))).toBe(false);
     expect(currentTarget(root)).toBe('versions/1.0.0');
     await waitUntil(() => !isAlive(pid), 'its agent is gone');
   });

@@ -2,19 +2,15 @@
 import { execa } from 'execa';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, currentTarget, makeRoot, REPO, runCli, startReady, stopAllUpgraders, waitForSavedState, workSpans } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, cleanUpAfterEach, CLI, currentTarget, logged, makeRoot, missing, REPO, runCli, scratchDir, startReady, titled, waitForSavedState, workSpans } from '../helpers.js';
+import { FAST, runArgs } from '../timing.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
-const FAST = ['--ready-timeout', '3s', '--probation', '0s'];
-const scratch = () => mkdtempSync(join(tmpdir(), 'operator-'));
+const scratch = () => scratchDir('operator-');
 const staging = (root: string) => readdirSync(join(root, 'versions')).filter((n) => n.startsWith('.'));
 
 /** A version's source tree: bin/agent as the fixture agent, plus a data file. */
@@ -133,7 +129,7 @@ describe('upgrader install', () => {
     mkdirSync(join(root, 'versions/.4.0.0.tmp-999998-dead'));
     const { up } = await startReady(root, FAST);
     expect(staging(root)).toEqual([]);
-    expect(up.logs.some((l) => l.msg === 'removed a temporary file left by a crash')).toBe(true);
+    expect(up.logs.some(logged.removedLeftover(join(root, 'versions/.4.0.0.tmp-999998-dead')))).toBe(true);
   });
 });
 
@@ -250,7 +246,7 @@ describe('host-wide status: every root is shown, and the exit status counts the 
   });
 
   const user = 'upgrader-read-test';
-  const canUseradd = process.getuid?.() === 0 && spawnSync('useradd', ['--help']).status === 0;
+  const noUser = missing('root', 'useradd');
   /** The uid and gid of the test user, created (a system user with no home) if it does not exist yet. */
   function testUser(): { uid: number; gid: number } {
     if (spawnSync('id', ['-u', user]).status !== 0) execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user]);
@@ -258,7 +254,7 @@ describe('host-wide status: every root is shown, and the exit status counts the 
     return { uid: id('-u'), gid: id('-g') };
   }
 
-  it.skipIf(!canUseradd)('as another user: a healthy, two malformed and two unreadable roots are all listed; exit 5', async () => {
+  it.skipIf(noUser)(titled('as another user: a healthy, two malformed and two unreadable roots are all listed; exit 5', noUser), async () => {
     const { uid, gid } = testUser();
     const base = scratch();
     chmodSync(base, 0o755);
@@ -340,7 +336,7 @@ describe('manifests: which jumps are allowed', () => {
     manifest(root, '2.0.0', { sequential: true, entry: 'start.sh' });
     const { up, pid } = await startReady(root, FAST);
     askUpgrade(root, pid, '2.0.0');
-    const outcome = await up.waitForLog((l) => l.msg === 'upgrade 1.0.0 -> 2.0.0 succeeded');
+    const outcome = await up.waitForLog(logged.outcome({ from: '1.0.0', to: '2.0.0', result: 'succeeded' }));
     expect(outcome.mode).toBe('sequential');
   });
 
@@ -361,9 +357,9 @@ describe('quarantine', () => {
     askUpgrade(root, pid, '2.0.0');
     await up.waitForSent('upgrade-failed', '1.0.0');
     askUpgrade(root, pid, '2.0.0');
-    const refused = await up.waitForLog((l) => l.msg === 'sent upgrade-failed' && /is quarantined/.test((l.message as { reason: string }).reason));
+    const refused = await up.waitForLog((l) => logged.sent('upgrade-failed')(l) && /is quarantined/.test((l.message as { reason: string }).reason));
     expect((refused.message as { reason: string }).reason).toMatch(/2\.0\.0 is quarantined since .* \(the candidate 2\.0\.0 exited with code 4 before reporting ready\); re-install it/);
-    expect(up.logs.filter((l) => l.msg === 'spawned candidate 2.0.0')).toHaveLength(1);
+    expect(up.logs.filter(logged.spawned('candidate', '2.0.0'))).toHaveLength(1);
     const report = JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout);
     expect(report.quarantined.map((q: { version: string }) => q.version)).toEqual(['2.0.0']);
     const listed = JSON.parse((await runCli(['versions', '--root', root, '--json'])).stdout);
@@ -372,7 +368,7 @@ describe('quarantine', () => {
     const reinstall = await runCli(['install', '--root', root, '--version', '2.0.0', '--json', join(root, 'versions/2.0.0')]);
     expect(JSON.parse(reinstall.stdout)).toMatchObject({ identical: true, liftedQuarantine: true });
     askUpgrade(root, pid, '2.0.0');
-    await up.waitForLog((l) => l.msg === 'spawned candidate 2.0.0' && up.logs.filter((x) => x.msg === 'spawned candidate 2.0.0').length === 2);
+    await up.waitForLog(() => up.logs.filter(logged.spawned('candidate', '2.0.0')).length === 2);
   });
 
   it('a re-install that lifts a quarantine says so, identical or not', async () => {
@@ -398,9 +394,9 @@ describe('quarantine', () => {
 
   it('a version rolled back in probation is quarantined', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 100 } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--probation', '5s']);
+    const { up, pid } = await startReady(root, runArgs({ probation: '5s' }));
     askUpgrade(root, pid, '2.0.0');
-    await up.waitForLog((l) => l.msg === 'quarantined 2.0.0: agents\' requests for it are refused until it is re-installed');
+    await up.waitForLog(logged.quarantined('2.0.0'));
     const status = JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout);
     expect(status.quarantined[0]).toMatchObject({ version: '2.0.0', reason: expect.stringMatching(/during its probation/) });
   });
@@ -428,7 +424,7 @@ describe('upgrade and rollback from the shell', () => {
     expect(currentTarget(root)).toBe('versions/1.0.0');
     const spans = workSpans(root);
     for (let i = 1; i < spans.length; i++) expect(spans[i]!.first).toBeGreaterThan(spans[i - 1]!.last);
-    expect(up.logs.filter((l) => /^upgrade .* succeeded$/.test(l.msg))).toHaveLength(2);
+    expect(up.logs.filter(logged.outcome({ result: 'succeeded' }))).toHaveLength(2);
   });
 
   it('a failed candidate: exit 1 with the reason; --no-wait returns once accepted', async () => {
@@ -452,7 +448,7 @@ describe('upgrade and rollback from the shell', () => {
     writeFileSync(join(root, 'versions/2.0.0/fixture.json'), '{}');
     const forced = await runCli(['upgrade', '--root', root, '--to', '2.0.0', '--force']);
     expect(forced.code).toBe(0);
-    expect(up.logs.some((l) => l.msg === 'lifted the quarantine of 2.0.0 (--force)')).toBe(true);
+    expect(up.logs.some(logged.quarantineLifted('2.0.0'))).toBe(true);
     expect(JSON.parse((await runCli(['status', '--root', root, '--json'])).stdout).quarantined).toEqual([]);
   });
 
@@ -483,7 +479,7 @@ describe('upgrade and rollback from the shell', () => {
     expect(result.stderr).toMatch(/No upgrader runs on .* \(its operator channel answers ENOENT\)/);
   });
 
-  it.skipIf(process.getuid?.() !== 0)('refuses another user at the channel', async () => {
+  it.skipIf(missing('root'))(titled('refuses another user at the channel', missing('root')), async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     chmodSync(root, 0o755);
     await startReady(root, FAST);

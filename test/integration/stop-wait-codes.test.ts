@@ -2,46 +2,42 @@
  * Three behaviours the fleet layer builds on, with real upgraders and agents: a service stop that runs the
  * agent's stop handler, `--wait probation`, and refusals that carry a code.
  */
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, cleanupRoots, currentTarget, makeRoot, readLines, runCli, savedState, startReady, statusJson, stopAllUpgraders, waitForSavedState, waitUntil } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, cleanUpAfterEach, currentTarget, logged, makeRoot, readLines, runCli, savedState, startReady, statusJson, waitForSavedState, waitUntil } from '../helpers.js';
+import { runArgs } from '../timing.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
-
-const FAST = ['--ready-timeout', '10s', '--stop-timeout', '1s', '--kill-timeout', '500ms'];
+cleanUpAfterEach();
 
 describe('service stop', () => {
   it.each(['SIGTERM', 'SIGINT', 'SIGHUP'] as const)('on %s the active agent is told stop, runs its stop handler, says stopped and exits by itself; exit 0', async (signal) => {
     const root = makeRoot({ '1.0.0': { config: { stopDelayMs: 200 } } }, '1.0.0');
-    const { up, pid } = await startReady(root, [...FAST, '--stop-timeout', '10s', '--probation', '0s']);
+    const { up, pid } = await startReady(root, runArgs({ stop: '10s' }));
     up.kill(signal);
     expect((await up.waitForExit()).code).toBe(0);
     expect(readLines(root, 'events.log')).toContain(`${pid} 1.0.0 got {"type":"stop"}`);
     // It left on its own, after `stopped`: nobody had to signal or kill it.
-    const exit = up.logs.find((l) => l.agentEvent === 'exited' && l.agentPid === pid);
+    const exit = up.logs.find((l) => logged.exited('1.0.0')(l) && l.agentPid === pid);
     expect(exit).toMatchObject({ code: 0, signal: null });
-    expect(up.logs.some((l) => l.event === 'stopped' && l.from === 'stopping')).toBe(true);
+    expect(up.logs.some(logged.transition('stopped', { from: 'stopping' }))).toBe(true);
     expect(up.logs.some((l) => l.agentEvent === 'killing')).toBe(false);
   });
 
   it('an agent that ignores stop gets SIGTERM after --stop-timeout, and its tree SIGKILL after --kill-timeout', async () => {
     const root = makeRoot({ '1.0.0': { config: { ignoreStop: true, ignoreSigterm: true } } }, '1.0.0');
-    const { up, pid } = await startReady(root, [...FAST, '--probation', '0s']);
+    const { up, pid } = await startReady(root, runArgs());
     up.kill('SIGTERM');
     expect((await up.waitForExit()).code).toBe(0);
     const events = readLines(root, 'events.log');
     expect(events).toContain(`${pid} 1.0.0 got {"type":"stop"}`);
     expect(events).toContain(`${pid} 1.0.0 ignored SIGTERM`);
-    expect(up.logs.find((l) => l.agentEvent === 'exited' && l.agentPid === pid)).toMatchObject({ signal: 'SIGKILL' });
+    expect(up.logs.find((l) => logged.exited('1.0.0')(l) && l.agentPid === pid)).toMatchObject({ signal: 'SIGKILL' });
   });
 });
 
 describe('--wait probation', () => {
   it('exits 0 only once the new version has passed probation, 1 with rolled-back when it is rolled back; a second operator meanwhile is refused busy', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {}, '3.0.0': { config: { exitAfterGoMs: 300 } } }, '1.0.0');
-    await startReady(root, [...FAST, '--probation', '2s']);
+    await startReady(root, runArgs({ probation: '2s' }));
     const waiting = runCli(['upgrade', '--root', root, '--to', '2.0.0', '--wait', 'probation']);
     await waitForSavedState(root, (s) => s.probation?.version === '2.0.0', '2.0.0 is on probation');
     const busy = await runCli(['rollback', '--root', root, '--json']);
@@ -64,7 +60,7 @@ describe('--wait probation', () => {
 
   it('with no probation configured, --wait probation returns at once with passed', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
-    await startReady(root, [...FAST, '--probation', '0s']);
+    await startReady(root, runArgs());
     const done = await runCli(['upgrade', '--root', root, '--to', '2.0.0', '--wait', 'probation', '--json']);
     expect(done.code).toBe(0);
     expect(done.stdout.trim().split('\n').map((l) => JSON.parse(l)).slice(-2)).toEqual([
@@ -83,7 +79,7 @@ describe('--wait probation', () => {
 describe('refusal codes', () => {
   it('reach the agent in upgrade-failed and the operator in failed, and are recorded with the failure', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { config: { exitAfterGoMs: 100 } } }, '1.0.0');
-    const { up, pid } = await startReady(root, [...FAST, '--probation', '5s']);
+    const { up, pid } = await startReady(root, runArgs({ probation: '5s' }));
     const refusalTo = async (version: string) => {
       await waitUntil(() => readLines(root, 'events.log').some((l) => l.startsWith(`${pid} 1.0.0 got {"type":"upgrade-failed","version":"${version}"`)), `the refusal of ${version}`);
       const line = readLines(root, 'events.log').find((l) => l.startsWith(`${pid} 1.0.0 got {"type":"upgrade-failed","version":"${version}"`))!;
@@ -103,7 +99,7 @@ describe('refusal codes', () => {
     await waitForSavedState(root, (s) => s.history.some((h: { to: string; result: string }) => h.to === '2.0.0' && h.result === 'rolled-back'), '2.0.0 rolled back');
     expect(savedState(root).history[0]).toMatchObject({ to: '2.0.0', result: 'rolled-back', code: 'rolled-back' });
     expect((await statusJson(root)).report.lastUpgrade).toMatchObject({ to: '2.0.0', result: 'rolled-back', code: 'rolled-back' });
-    const respawned = await up.waitForLog((l) => l.agentEvent === 'spawned' && l.role === 'active' && l.version === '1.0.0' && l.agentPid !== pid, 10_000, 'the old version started again');
+    const respawned = await up.waitForLog((l) => logged.spawned('active', '1.0.0')(l) && l.agentPid !== pid, 10_000, 'the old version started again');
     const again = respawned.agentPid as number;
     await up.waitForLog((l) => l.event === 'ready' && (l.active as { agentPid: number } | null)?.agentPid === again, 10_000, 'the restarted agent is ready');
     askUpgrade(root, again, '2.0.0');

@@ -5,13 +5,12 @@
  * what `respawn` and `normal exit` expect.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DEFAULTS } from '../../src/config.js';
 import { parseDuration } from '../../src/duration.js';
-import { cleanupRoots, makeRoot, REPO, statusJson, stopAllUpgraders, Upgrader } from '../helpers.js';
+import { cleanUpAfterEach, logged, makeRoot, REPO, scratchDir, statusJson, Upgrader } from '../helpers.js';
 
 const job = readFileSync(join(REPO, 'upstart/upgrader.conf'), 'utf8');
 const script = /^script\n([\s\S]*?)^end script$/m.exec(job)![1]!;
@@ -28,19 +27,14 @@ function startJob(agent: string, base: string, etc: string): Upgrader {
 
 function baseWith(agent: string, config: Record<string, unknown> = {}): { base: string; etc: string } {
   const root = makeRoot({ '1.0.0': { config } }, '1.0.0');
-  const base = mkdtempSync(join(tmpdir(), 'upstart-base-'));
-  const etc = mkdtempSync(join(tmpdir(), 'upstart-etc-'));
+  const base = scratchDir('upstart-base-');
+  const etc = scratchDir('upstart-etc-');
   // the job derives the root from $AGENT: put a link to the test root where it will look
   symlinkSync(root, join(base, agent));
   return { base, etc };
 }
 
-const started: Upgrader[] = [];
-afterEach(async () => {
-  for (const up of started.splice(0)) if (up.child.exitCode === null) up.kill('SIGKILL');
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
 describe('upstart job', () => {
   it('has respawn, a respawn limit, no expect stanza, and a kill timeout longer than the stop timeout', () => {
@@ -55,7 +49,6 @@ describe('upstart job', () => {
   it('its script, run as written, starts a working upgrader in the job PID; TERM stops it with status 0', async () => {
     const { base, etc } = baseWith('demo');
     const up = startJob('demo', base, etc);
-    started.push(up);
     await up.waitForTransition('ready', 'running');
     const { code, report } = await statusJson(join(base, 'demo'));
     expect(code).toBe(0);
@@ -68,23 +61,21 @@ describe('upstart job', () => {
     const { base, etc } = baseWith('envd');
     writeFileSync(join(etc, 'envd.env'), 'UPGRADER_ARGS="--probation 0s --ready-timeout 7s"\n');
     const up = startJob('envd', base, etc);
-    started.push(up);
-    const line = await up.waitForLog((l) => l.msg === 'upgrader starting');
+    const line = await up.waitForLog(logged.starting());
     expect(line.config).toMatchObject({ probationMs: 0, readyMs: 7000 });
   });
 
   it('exits with the agent status when the agent exits on its own (respawn restarts it)', async () => {
     const { base, etc } = baseWith('crash', { exitAfterGoMs: 100, exitCode: 5 });
     const up = startJob('crash', base, etc);
-    started.push(up);
     const { code } = await up.waitForExit();
     expect(code).toBe(5);
     expect(stanza('normal exit')!.split(' ')).not.toContain('5');
   });
 
   it('exits 78 on a broken root, which `normal exit` keeps from respawning', async () => {
-    const base = mkdtempSync(join(tmpdir(), 'upstart-base-'));
-    const etc = mkdtempSync(join(tmpdir(), 'upstart-etc-'));
+    const base = scratchDir('upstart-base-');
+    const etc = scratchDir('upstart-etc-');
     const up = startJob('missing', base, etc);
     const { code } = await up.waitForExit();
     expect(code).toBe(78);

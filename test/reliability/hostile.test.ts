@@ -4,31 +4,26 @@
  */
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, currentTarget, isAlive, makeRoot, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, cleanUpAfterEach, CLI, currentTarget, isAlive, logged, makeRoot, startReady, startUpgrader, Upgrader, waitUntil } from '../helpers.js';
+import { FAST, runArgs } from '../timing.js';
 import { checkInvariant, rootProcesses } from './invariant.js';
 
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-});
+cleanUpAfterEach();
 
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
 const rssMb = (pid: number) => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 
 describe('hostile candidates', () => {
   it('megabytes of output and every malformed line before ready: ignored, then the handoff completes', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { fixture: 'hostile.mjs', config: { mode: 'noise' } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--ready-timeout', '20s', '--probation', '0s']);
+    // Megabytes to wade through before its ready.
+    const { up, pid } = await startReady(root, runArgs({ ready: '20s' }));
     askUpgrade(root, pid, '2.0.0');
     await up.waitForSent('go', '2.0.0', 30_000);
     expect(currentTarget(root)).toBe('versions/2.0.0');
-    const messages = up.logs.map((l) => l.msg);
-    expect(messages).toContain('discarded a line longer than the 64 KiB limit');
-    expect(messages).toContain('ignored a line that is not valid UTF-8');
-    expect(messages).toContain('ignored a line that is not a protocol message');
+    for (const kind of ['overlong', 'bad-utf8', 'garbage'] as const) expect(up.logs.some(logged.agentLine(kind)), kind).toBe(true);
     // The second ready changed nothing: one go, one promotion.
-    expect(up.logs.filter((l) => l.msg === 'sent go')).toHaveLength(1);
+    expect(up.logs.filter(logged.sent('go'))).toHaveLength(1);
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     expect(rssMb(up.pid)).toBeLessThan(150);
     await checkInvariant(root, up.pid, { allowed: ['2.0.0'] });
@@ -36,7 +31,8 @@ describe('hostile candidates', () => {
 
   it('a million lines of garbage: the upgrader keeps up and stays bounded', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': { fixture: 'hostile.mjs', config: { mode: 'flood' } } }, '1.0.0');
-    const { up, pid } = await startReady(root, ['--ready-timeout', '60s', '--probation', '0s'], '1.0.0');
+    // A million lines before its ready.
+    const { up, pid } = await startReady(root, runArgs({ ready: '60s' }), '1.0.0');
     // The peak, sampled throughout: garbage is classified without a parser exception per line, so a flood
     // makes little garbage for the collector (it peaked between 130 and 280 MB before).
     let peak = 0;
@@ -130,7 +126,7 @@ describe('what an agent inherits', () => {
       await up.waitForTransition('ready', 'running');
       const fds = readdirSync(`/proc/${pid}/fd`).map(Number).sort((a, b) => a - b);
       expect(fds).toEqual([0, 1, 2]);
-      const closed = await up.waitForLog((l) => l.msg.startsWith('closed descriptors inherited from the parent'), 1_000, 'the log line naming the descriptors closed');
+      const closed = await up.waitForLog(logged.closedInheritedFds(), 1_000, 'the log line naming the descriptors closed');
       expect(closed.fds).toContain(40);
     } finally {
       up.kill('SIGTERM');

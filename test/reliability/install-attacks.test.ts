@@ -4,29 +4,20 @@
  * disk, a forbidden file or an over-long name produce. Real archives, real users, real file systems.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, chownSync, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { execa } from 'execa';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { stagedTreeProblem } from '../../src/install.js';
 import { linkEscape } from '../../src/containment.js';
 import { asUpgraderError } from '../../src/errors.js';
-import { CLI, cleanupRoots, FIXTURES, makeRoot, REPO, runCli } from '../helpers.js';
+import { CLI, cleanUpAfterEach, FIXTURES, makeRoot, missing, REPO, runCli, scratchDir, titled } from '../helpers.js';
 
-const scratches: string[] = [];
-afterEach(() => {
-  cleanupRoots();
-  for (const dir of scratches.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+cleanUpAfterEach();
 
-const isRoot = process.getuid?.() === 0;
-const scratch = () => {
-  const dir = mkdtempSync(join(tmpdir(), 'install-attack-'));
-  scratches.push(dir);
-  return dir;
-};
+const noRoot = missing('root');
+const scratch = () => scratchDir('install-attack-');
 const leftovers = (root: string) => readdirSync(join(root, 'versions')).filter((name) => name.startsWith('.'));
 const sha256 = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
 const AGENT = '#!/bin/sh\nexit 0\n';
@@ -97,7 +88,7 @@ const asUser = (user: { uid: number; gid: number }, command: string[]) =>
 
 const modeOf = (path: string) => lstatSync(path).mode & 0o7777;
 
-describe.skipIf(!isRoot)('setuid and writable files, installed by root', () => {
+describe.skipIf(noRoot)(titled('setuid and writable files, installed by root', noRoot), () => {
   let user: { uid: number; gid: number };
   beforeAll(async () => {
     user = await attacker();
@@ -292,10 +283,10 @@ describe('links, judged by where they really lead', () => {
 });
 
 describe('errors of the file system reach the operator with their documented status', () => {
-  it.skipIf(!isRoot).each([
+  it.skipIf(noRoot).each([
     ['while the archive is read', randomBytes(1 << 20)],
     ['while it is unpacked', Buffer.alloc(4 << 20)],
-  ])('a full disk %s: 74, naming the file', async (_, content) => {
+  ])(titled('a full disk %s: 74, naming the file', noRoot), async (_, content) => {
     const big = join(scratch(), 'big');
     writeFileSync(big, content);
     const source = await archive([agentEntry, { name: 'big', type: 'file', from: big }]);
@@ -307,7 +298,7 @@ describe('errors of the file system reach the operator with their documented sta
     expect(result.stdout.split('\n')).toEqual(['exit=74']);
   });
 
-  describe.skipIf(!isRoot)('as another user', () => {
+  describe.skipIf(noRoot)(titled('as another user', noRoot), () => {
     let user: { uid: number; gid: number };
     beforeAll(async () => {
       user = await attacker();

@@ -4,23 +4,19 @@
  * grow the upgrader, stall a handoff, or multiply into the log.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { afterEach, describe, expect, it } from 'vitest';
-import { askUpgrade, CLI, cleanupRoots, makeRoot, readLines, startReady, startUpgrader, stopAllUpgraders, Upgrader, waitUntil, workSpans, type LogLine } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { askUpgrade, cleanUpAfterEach, CLI, logged, makeRoot, onCleanup, readLines, scratchDir, startReady, startUpgrader, Upgrader, waitUntil, workSpans, type LogLine } from '../helpers.js';
+import { runArgs } from '../timing.js';
 
-const cleanups: (() => void)[] = [];
+cleanUpAfterEach();
 
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0)) cleanup();
-  await stopAllUpgraders();
-  cleanupRoots();
-});
-
-const FAST = ['--ready-timeout', '10s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
+// A candidate writes 4 MiB to a stderr nobody reads before it is ready: it gets 10 s. The SIGTERM test bounds
+// the exit by the stop timeout (1 s) plus half a second for stderr.
+const FAST = runArgs({ ready: '10s', stop: '1s' });
 const rssMb = (pid: number) => Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 const summed = (up: Upgrader, kind: string) => up.logs.filter((l) => l.repeated === kind).reduce((n, l) => n + (l.count as number), 0);
 
@@ -34,17 +30,17 @@ describe('an agent that never reads its stdin', () => {
     let refused: LogLine;
     try {
       // The refused requests are summarised at the end of their first window (10 s).
-      refused = await up.waitForLog((l) => l.repeated === 'upgrade live 9.9.9', 20_000, 'the summary of the refused requests');
+      refused = await up.waitForLog(logged.repeated('upgrade live 9.9.9'), 20_000, 'the summary of the refused requests');
     } finally {
       clearInterval(sampler);
     }
     expect(refused.count as number).toBeGreaterThan(10_000);
     expect(peak - baseline).toBeLessThan(40);
-    const dropped = await up.waitForLog((l) => l.repeated === 'dropped-reply', 1_000, 'the summary of the dropped replies');
+    const dropped = await up.waitForLog(logged.repeated('dropped-reply'), 1_000, 'the summary of the dropped replies');
     expect(dropped.count as number).toBeGreaterThan(10_000);
-    expect(up.logs.filter((l) => l.msg.includes('does not read its stdin: an upgrade-failed reply to it was dropped'))).toHaveLength(1);
+    expect(up.logs.filter(logged.unreadStdin())).toHaveLength(1);
     // The first refusal in full, then summaries only.
-    expect(up.logs.filter((l) => l.msg === 'sent upgrade-failed')).toHaveLength(1);
+    expect(up.logs.filter(logged.sent('upgrade-failed'))).toHaveLength(1);
     expect(up.logs.length).toBeLessThan(40);
   }, 40_000);
 });
@@ -65,22 +61,22 @@ describe('an agent that repeats itself', () => {
     // The agent's exit reports what is still counted.
     up.kill('SIGTERM');
     expect((await up.waitForExit()).code).toBe(0);
-    const first = (msg: string) => up.logs.filter((l) => l.msg === msg).length;
+    const first = (match: (line: LogLine) => boolean) => up.logs.filter(match).length;
     // The first of each kind (after the ready that made the agent ready) in full, the rest counted.
-    expect(first('transition running -> running on ready')).toBe(2);
+    expect(first(logged.transition('ready', { from: 'running', to: 'running' }))).toBe(2);
     expect(summed(up, 'ready')).toBe(99_999);
-    expect(first('transition running -> running on stopped')).toBe(1);
+    expect(first(logged.transition('stopped', { from: 'running', to: 'running' }))).toBe(1);
     // 9,999 repeats, and its answer to the `stop` that SIGTERM made the upgrader send: ignored alike while stopping.
     expect(summed(up, 'stopped')).toBe(10_000);
-    expect(first('ignored a line that is not a protocol message')).toBe(1);
+    expect(first(logged.agentLine('garbage'))).toBe(1);
     expect(summed(up, 'garbage')).toBe(9_999);
-    expect(first('ignored a message of unknown type')).toBe(1);
+    expect(first(logged.agentLine('unknown'))).toBe(1);
     expect(summed(up, 'unknown')).toBe(9_999);
-    expect(first('protocol error: a message breaks its schema')).toBe(1);
+    expect(first(logged.agentLine('invalid'))).toBe(1);
     expect(summed(up, 'invalid')).toBe(9_999);
-    expect(first('sent upgrade-failed')).toBe(1);
+    expect(first(logged.sent('upgrade-failed'))).toBe(1);
     expect(summed(up, 'upgrade live 9.9.9')).toBe(9_999);
-    expect(up.logs.find((l) => l.repeated === 'ready')!.msg).toMatch(/^ready \(changing nothing\) repeated [\d,]+ times in the last \d+ s$/);
+    expect(up.logs.find(logged.repeated('ready'))!.msg).toMatch(/^ready \(changing nothing\) repeated [\d,]+ times in the last \d+ s$/);
     expect(up.logs.length).toBeLessThan(60);
   }, 90_000);
 });
@@ -90,7 +86,7 @@ type StderrKind = 'socket pair' | 'FIFO';
 /** An upgrader whose stderr is a socket pair (as journald's stream) or a FIFO; the test reads it, and can stop. */
 function startWithStderr(root: string, kind: StderrKind): { up: Upgrader; fifoWriter: number | null } {
   if (kind === 'socket pair') return { up: startUpgrader(root, FAST), fifoWriter: null };
-  const dir = mkdtempSync(join(tmpdir(), 'stderr-fifo-'));
+  const dir = scratchDir('stderr-fifo-');
   const path = join(dir, 'stderr');
   execFileSync('mkfifo', [path]);
   const readFd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
@@ -99,11 +95,10 @@ function startWithStderr(root: string, kind: StderrKind): { up: Upgrader; fifoWr
   const child = spawn(process.execPath, [CLI, 'run', '--root', root, ...FAST], { stdio: ['ignore', 'ignore', fifoWriter] });
   const reader = new Socket({ fd: readFd, readable: true, writable: false });
   (child as { stderr: Readable | null }).stderr = reader;
-  cleanups.push(() => {
+  onCleanup(() => {
     child.kill('SIGKILL');
     reader.destroy();
     closeSync(fifoWriter);
-    rmSync(dir, { recursive: true, force: true });
   });
   return { up: new Upgrader(root, child), fifoWriter };
 }
@@ -129,7 +124,7 @@ describe('a stderr that nobody reads', () => {
     expect(next!.first - old!.last).toBeLessThan(1_000);
 
     up.child.stderr!.resume();
-    const report = await up.waitForLog((l) => typeof l.droppedLines === 'number', 10_000, 'the count of dropped lines');
+    const report = await up.waitForLog(logged.droppedLines(), 10_000, 'the count of dropped lines');
     expect(report.msg).toMatch(/^\d+ lines were dropped while stderr was blocked/);
     expect(report.droppedLines as number).toBeGreaterThan(0);
     // Lines are dropped whole: none is cut, none cuts into another.

@@ -4,25 +4,19 @@
  * thread leaves the process deaf to SIGTERM), and a link must never be followed (what it points at is
  * never used).
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
+import { cpSync, mkdirSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { identify } from '../../src/proc.js';
 import { emptyState, encodeState } from '../../src/state.js';
-import { askUpgrade, CLI, cleanupRoots, makeRoot, startReady, startUpgrader, stopAllUpgraders, Upgrader } from '../helpers.js';
+import { askUpgrade, cleanUpAfterEach, CLI, logged, makeRoot, missing, scratchDir, startReady, startUpgrader, titled, Upgrader } from '../helpers.js';
+import { FAST } from '../timing.js';
 
-const elsewhere: string[] = [];
-afterEach(async () => {
-  await stopAllUpgraders();
-  cleanupRoots();
-  for (const dir of elsewhere.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+cleanUpAfterEach();
 
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '1s', '--kill-timeout', '500ms', '--probation', '0s'];
-const hasMkfifo = spawnSync('mkfifo', ['--version']).status === 0;
+const noMkfifo = missing('mkfifo');
 const STATUS_DEADLINE_MS = 5000;
 
 /** A root running nothing yet: 1.0.0 current, 2.0.0 installed, and the state directories in place. */
@@ -46,7 +40,7 @@ async function stopsOnSigterm(up: Upgrader): Promise<void> {
   expect((await up.waitForExit(10_000)).code).toBe(0);
 }
 
-describe.skipIf(!hasMkfifo)('a FIFO planted before the upgrader starts', () => {
+describe.skipIf(noMkfifo)(titled('a FIFO planted before the upgrader starts', noMkfifo), () => {
   it.each([
     ['state/state.json', { stateProblem: 'the state file is a FIFO, not a regular file' }],
     ['state/owner.json', { running: false, ownerProblem: expect.stringMatching(/state\/owner\.json is a FIFO, not a regular file$/) }],
@@ -74,14 +68,14 @@ describe.skipIf(!hasMkfifo)('a FIFO planted before the upgrader starts', () => {
   });
 });
 
-describe.skipIf(!hasMkfifo)('a FIFO planted while the upgrader runs, then an upgrade that reads it', () => {
+describe.skipIf(noMkfifo)(titled('a FIFO planted while the upgrader runs, then an upgrade that reads it', noMkfifo), () => {
   it('at state/owner.json: the record no longer names the upgrader, which lets the root go (75)', async () => {
     const dir = root();
     const { up, pid } = await startReady(dir, FAST);
     unlinkSync(join(dir, 'state/owner.json'));
     plantFifo(join(dir, 'state/owner.json'));
     askUpgrade(dir, pid, '2.0.0');
-    await up.waitForLog((l) => l.msg.startsWith('this upgrader no longer owns the root'), 10_000, 'the root given up');
+    await up.waitForLog(logged.ownershipLost(), 10_000, 'the root given up');
     expect((await up.waitForExit(10_000)).code).toBe(75);
   });
 
@@ -105,11 +99,10 @@ describe.skipIf(!hasMkfifo)('a FIFO planted while the upgrader runs, then an upg
   });
 });
 
-describe.skipIf(!hasMkfifo)('a FIFO planted in an installed version', () => {
+describe.skipIf(noMkfifo)(titled('a FIFO planted in an installed version', noMkfifo), () => {
   it('install of the same name compares without opening it: other content (73), at once', async () => {
     const dir = root();
-    const source = mkdtempSync(join(tmpdir(), 'planted-source-'));
-    elsewhere.push(source);
+    const source = scratchDir('planted-source-');
     cpSync(join(dir, 'versions/1.0.0'), source, { recursive: true });
     plantFifo(join(dir, 'versions/1.0.0/data'));
     const result = await execa(process.execPath, [CLI, 'install', '--root', dir, '--version', '1.0.0', source], { reject: false, timeout: STATUS_DEADLINE_MS });
@@ -121,8 +114,7 @@ describe.skipIf(!hasMkfifo)('a FIFO planted in an installed version', () => {
 describe('symbolic links planted at the files the upgrader reads are never followed', () => {
   /** A valid-looking file outside the root, and a link to it at `path` inside the root. */
   function plantLink(dir: string, path: string, content: string): void {
-    const outside = mkdtempSync(join(tmpdir(), 'planted-'));
-    elsewhere.push(outside);
+    const outside = scratchDir('planted-');
     writeFileSync(join(outside, 'file'), content);
     symlinkSync(join(outside, 'file'), join(dir, path));
   }
@@ -134,7 +126,7 @@ describe('symbolic links planted at the files the upgrader reads are never follo
     const { report } = await statusWithin(dir);
     expect(report).toMatchObject({ previous: null, stateProblem: `the state file ${LINK}` });
     const { up } = await startReady(dir, FAST);
-    expect(up.logs.some((l) => l.msg.startsWith('ignoring the state file') && l.problem === `the state file ${LINK}`)).toBe(true);
+    expect(up.logs.some((l) => logged.ignoredStateFile()(l) && l.problem === `the state file ${LINK}`)).toBe(true);
   });
 
   it('owner.json: a linked record naming a live process does not make the root owned', async () => {

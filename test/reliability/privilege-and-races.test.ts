@@ -4,29 +4,23 @@
  * purpose, not hoped for.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, lchownSync, mkdirSync, symlinkSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, chownSync, cpSync, existsSync, lchownSync, mkdirSync, symlinkSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
-import { afterEach, describe, expect, it } from 'vitest';
-import { hasStrace, killTraced, startTraced } from './strace.js';
-import { CLI, cleanupRoots, currentTarget, FIXTURES, makeRoot, REPO, rootProcesses, runCli, startReady, startUpgrader, statusJson, stopAllUpgraders, waitUntil } from '../helpers.js';
+import { describe, expect, it } from 'vitest';
+import { startTraced } from './strace.js';
+import { CLI, cleanUpAfterEach, currentTarget, FIXTURES, makeRoot, REPO, missing, rootProcesses, runCli, scratchDir as tempDir, startReady, startUpgrader, statusJson, titled, waitUntil } from '../helpers.js';
+import { FAST } from '../timing.js';
 
-const FAST = ['--ready-timeout', '3s', '--stop-timeout', '2s', '--kill-timeout', '1s', '--probation', '0s'];
-const isRoot = process.getuid?.() === 0;
-const scratch: string[] = [];
+const noRoot = missing('root');
+const noStrace = missing('strace');
 
-afterEach(async () => {
-  killTraced();
-  await stopAllUpgraders();
-  cleanupRoots();
-  for (const dir of scratch.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+cleanUpAfterEach();
 
+/** A directory every user may write to. */
 function scratchDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'upgrader-race-'));
+  const dir = tempDir('upgrader-race-');
   chmodSync(dir, 0o777);
-  scratch.push(dir);
   return dir;
 }
 
@@ -75,8 +69,7 @@ describe('prune and install racing a handoff', () => {
   it('the layout lock stays held for as long as prune works: an install meanwhile waits, then gives up with 75, and installs nothing', async () => {
     const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
     // Root installs only from a directory nobody else can change.
-    const source = mkdtempSync(join(tmpdir(), 'upgrader-src-'));
-    scratch.push(source);
+    const source = tempDir('upgrader-src-');
     mkdirSync(join(source, 'bin'));
     writeFileSync(join(source, 'bin/agent'), '#!/bin/sh\nexec cat\n', { mode: 0o755 });
     const prune = heldCommand(['prune', '--root', root, '--keep', '0'], '2.0.0');
@@ -128,7 +121,7 @@ function userRoot(owner: { uid: number; gid: number }, versions: string[], curre
   return root;
 }
 
-describe.skipIf(!isRoot)("root on a root that another user owns", () => {
+describe.skipIf(noRoot)(titled("root on a root that another user owns", noRoot), () => {
   it("prune run by root works with the owner's rights, never root's", async () => {
     const owner = ensureUser();
     const root = userRoot(owner, ['1.0.0', '2.0.0'], '1.0.0');
@@ -237,7 +230,7 @@ describe.skipIf(!isRoot)("root on a root that another user owns", () => {
   });
 });
 
-describe.skipIf(!isRoot)('exit statuses that say what happened', () => {
+describe.skipIf(noRoot)(titled('exit statuses that say what happened', noRoot), () => {
   /** The bundle where another user can run it. */
   function bundleForOthers(): string {
     const dir = scratchDir();
@@ -266,7 +259,7 @@ describe.skipIf(!isRoot)('exit statuses that say what happened', () => {
 });
 
 describe('run: signals and bugs during its life', () => {
-  it.skipIf(!hasStrace)('SIGTERM while it takes ownership of the root, before any agent runs: exit 0, no agent left', async () => {
+  it.skipIf(noStrace)(titled('SIGTERM while it takes ownership of the root, before any agent runs: exit 0, no agent left', noStrace), async () => {
     const root = makeRoot({ '1.0.0': {} }, '1.0.0');
     // strace delivers SIGTERM at the first mkdir: the state directory, as ownership is claimed.
     const up = startTraced(root, join(scratchDir(), 'mkdir.trace'), 'mkdir', FAST, 'signal=SIGTERM:when=1');

@@ -1,13 +1,11 @@
 /** Fault injection from outside the product: the upgrader run under strace, which fails or kills chosen system calls. */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO, Upgrader } from '../helpers.js';
+import { onCleanup, REPO, Upgrader } from '../helpers.js';
 
 /** The calls that change state on disk. */
 export const STATE_SYSCALLS = 'write,fsync,fdatasync,rename,symlink,unlink,mkdir,rmdir';
-
-export const hasStrace = spawnSync('strace', ['-V']).status === 0;
 
 const traced: Upgrader[] = [];
 
@@ -22,6 +20,8 @@ export function startTraced(root: string, traceFile: string, syscalls: string, a
   });
   const up = new Upgrader(root, child);
   traced.push(up);
+  // Before cleanUp stops the upgraders: killing strace alone would only detach it from its tracee.
+  onCleanup(() => killTracee(up));
   return up;
 }
 

@@ -32,6 +32,7 @@ for h in systemd unified; do
 done
 if [ ${#HIERARCHIES[@]} -eq 0 ]; then mkdir "/sys/fs/cgroup/$CG"; echo $$ > "/sys/fs/cgroup/$CG/cgroup.procs"; fi
 NS=
+LOG=
 cleanup() {
   if [ -n "$NS" ] && kill -0 "$NS" 2>/dev/null; then kill -TERM "$NS"; wait "$NS" || true; fi
   if [ ${#HIERARCHIES[@]} -eq 0 ]; then
@@ -39,9 +40,10 @@ cleanup() {
   fi
   for h in "${HIERARCHIES[@]}"; do echo $$ > "/sys/fs/cgroup/$h/cgroup.procs"
     find "/sys/fs/cgroup/$h/$CG" -depth -type d -exec rmdir {} + 2>/dev/null || true; done
+  if [ -n "$LOG" ]; then rm -f "$LOG"; fi
 }
 trap cleanup EXIT
-LOG=$(mktemp)
+LOG=$(mktemp -t upgrader-nspawn-log.XXXXXX)
 # --volatile=overlay keeps the cached root file system pristine
 systemd-nspawn -q -D "$ROOT" --volatile=overlay -b -M "u$$" --register=no --keep-unit --console=pipe \
   --bind-ro="$NODE":/usr/local/bin/node --bind-ro="$APP":/opt/app \

@@ -6,7 +6,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 [ -f "$REPO/dist/upgrader.cjs" ] || { echo "build first: npm run build" >&2; exit 1; }
 # Host-only settings must not leak into the container through nsenter.
 unset NODE_EXTRA_CA_CERTS NODE_OPTIONS
-WORK=$(mktemp -d)
+WORK=$(mktemp -d -t upgrader-systemd-unit.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 sed 's#/usr/local/lib/upgrader/upgrader.cjs#/opt/app/dist/upgrader.cjs#' "$REPO/systemd/upgrader@.service" > "$WORK/upgrader@.service"
-exec "$HERE/container.sh" "$WORK/upgrader@.service" "$REPO" -- "$HERE/scenarios.sh"
+# Not exec: the trap must run once the container is gone.
+"$HERE/container.sh" "$WORK/upgrader@.service" "$REPO" -- "$HERE/scenarios.sh"

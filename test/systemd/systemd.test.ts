@@ -3,17 +3,16 @@
  * Needs root and systemd-nspawn with mmdebstrap (.ci/run installs them); elsewhere it is skipped,
  * and says why.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { REPO } from '../helpers.js';
+import { missing, REPO, titled } from '../helpers.js';
 
-const has = (tool: string) => spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0;
-const missing = [process.getuid?.() === 0 ? null : 'root', has('systemd-nspawn') ? null : 'systemd-nspawn', has('mmdebstrap') ? null : 'mmdebstrap'].filter(Boolean);
+const why = missing('root', 'systemd-nspawn', 'mmdebstrap');
 const scenarios = [...readFileSync(join(REPO, 'test/systemd/scenarios.sh'), 'utf8').matchAll(/^scenario "([^"]+)"/gm)].map((m) => m[1]!);
 
-describe.skipIf(missing.length > 0)(`under a real systemd${missing.length ? ` (skipped: needs ${missing.join(', ')})` : ''}`, () => {
+describe.skipIf(why)(titled('under a real systemd', why), () => {
   let tap = '';
   beforeAll(async () => {
     // Asynchronously: a worker blocked for a minute loses touch with vitest.

@@ -1,13 +1,14 @@
-import { mkdirSync, mkdtempSync, readlinkSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
+import { mkdirSync, readlinkSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
 import { readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseDuration } from '../../src/duration.js';
 import { Layout, versionNameProblem } from '../../src/layout.js';
 import { decodeState, emptyState, encodeState, withUpgrade, HISTORY_LIMIT, type UpgradeRecord } from '../../src/state.js';
 import { UPGRADER_VERSION } from '../../src/upgrader-version.js';
-import { REPO } from '../helpers.js';
+import { cleanUpAfterEach, REPO, scratchDir } from '../helpers.js';
+
+cleanUpAfterEach();
 
 describe('parseDuration', () => {
   it.each([
@@ -33,7 +34,7 @@ describe('version names', () => {
 
 describe('Layout', () => {
   function root(): string {
-    const dir = mkdtempSync(join(tmpdir(), 'layout-'));
+    const dir = scratchDir('layout-');
     mkdirSync(join(dir, 'versions/1.0/bin'), { recursive: true });
     writeFileSync(join(dir, 'versions/1.0/bin/agent'), '#!/bin/sh\n');
     chmodSync(join(dir, 'versions/1.0/bin/agent'), 0o755);

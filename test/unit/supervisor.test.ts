@@ -3,7 +3,7 @@
  * are stand-ins, so that what the interpreter does when a write fails, a spawn fails or the root is lost
  * is tested without strace or real processes. The machine's decisions are handoff.test.ts's.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AgentCallbacks, AgentHandle, AgentSpec } from '../../src/agent-process.js';
 import type { Config } from '../../src/handoff.js';
 import { Layout } from '../../src/layout.js';
@@ -12,9 +12,9 @@ import { parseAgentLine, type UpgraderMessage } from '../../src/protocol.js';
 import { LostOwnershipError } from '../../src/records.js';
 import { Supervisor, type RootRecords, type SupervisorEnv, type Timer } from '../../src/supervisor.js';
 import type { SystemdStatus } from '../../src/systemd-status.js';
-import { cleanupRoots, makeRoot } from '../helpers.js';
+import { cleanUpAfterEach, makeRoot } from '../helpers.js';
 
-afterEach(cleanupRoots);
+cleanUpAfterEach();
 
 const config: Config = { readyMs: 1000, stopMs: 2000, killMs: 500, probationMs: 0 };
 
