@@ -9,7 +9,7 @@
  *   npx tsx bench/run.ts --redraw   redraws docs/bench/gaps.svg from the saved results.json
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,15 +42,32 @@ function tempDir(prefix: string): string {
 
 type Mark = { what: 'first' | 'last' | 'req'; at: bigint; pid: number; version: string };
 
+/**
+ * The marks so far. A log is only ever appended to: each read continues where the last one stopped, so
+ * that polling stays cheap over a long log.
+ */
+const seenLogs = new Map<string, { bytes: number; marks: Mark[] }>();
 function readMarks(log: string): Mark[] {
   if (!existsSync(log)) return [];
-  return readFileSync(log, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => {
-      const [what, at, pid, version] = line.split(' ');
-      return { what: what as Mark['what'], at: BigInt(at!), pid: Number(pid), version: version! };
-    });
+  let seen = seenLogs.get(log);
+  if (!seen) seenLogs.set(log, (seen = { bytes: 0, marks: [] }));
+  const fd = openSync(log, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    if (size > seen.bytes) {
+      const chunk = Buffer.alloc(size - seen.bytes);
+      readSync(fd, chunk, 0, chunk.length, seen.bytes);
+      const complete = chunk.lastIndexOf(0x0a) + 1; // a line being written is read next time
+      seen.bytes += complete;
+      for (const line of chunk.subarray(0, complete).toString('utf8').split('\n').filter(Boolean)) {
+        const [what, at, pid, version] = line.split(' ');
+        seen.marks.push({ what: what as Mark['what'], at: BigInt(at!), pid: Number(pid), version: version! });
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return seen.marks;
 }
 
 async function waitFor<T>(what: string, probe: () => T | undefined, ms = 15_000): Promise<T> {
@@ -65,10 +82,18 @@ async function waitFor<T>(what: string, probe: () => T | undefined, ms = 15_000)
 
 type Handoff = { gapMs: number; latencyMs: number | null };
 
-/** The agent that works now: the newest "first" with no "last" after it. */
+/**
+ * The agent that works now: the newest "first" with no "last" of the same process after it. Over a long
+ * log, PIDs come round again: a mark counts only for the process that wrote it after its own "first".
+ */
 function activeAgent(marks: Mark[]): Mark | undefined {
-  const ended = new Set(marks.filter((m) => m.what === 'last').map((m) => m.pid));
-  return marks.filter((m) => m.what === 'first' && !ended.has(m.pid)).at(-1);
+  const working = new Map<number, Mark>();
+  for (const m of marks) {
+    if (m.what === 'req') continue;
+    working.delete(m.pid);
+    if (m.what === 'first') working.set(m.pid, m);
+  }
+  return [...working.values()].at(-1);
 }
 
 /** Drives `count` handoffs and measures each from the work log. */
@@ -80,11 +105,11 @@ async function driveHandoffs(log: string, count: number, trigger: (activePid: nu
     await trigger(old.pid);
     const { first, last } = await waitFor(`handoff ${i + 1} from pid ${old.pid}`, () => {
       const marks = readMarks(log);
-      const last = marks.find((m) => m.what === 'last' && m.pid === old.pid);
+      const last = marks.find((m) => m.what === 'last' && m.pid === old.pid && m.at > old.at);
       const first = marks.find((m) => m.what === 'first' && m.pid !== old.pid && m.at > old.at);
       return last && first ? { first, last } : undefined;
     });
-    const req = readMarks(log).find((m) => m.what === 'req' && m.pid === old.pid);
+    const req = readMarks(log).find((m) => m.what === 'req' && m.pid === old.pid && m.at > old.at);
     results.push({
       gapMs: Number(first.at - last.at) / 1e6,
       latencyMs: req ? Number(first.at - req.at) / 1e6 : null,
