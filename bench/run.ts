@@ -2,14 +2,17 @@
  * `npm run bench`: the handoff gap of the upgrader, side by side with pm2 (fork and cluster mode) and
  * with the floor (the bare handshake), on the same reference agent, in one invocation, alternating the
  * systems round by round so that a noisy machine affects them alike. Also: handoff latency, start-up
- * of the compiled package and of the single-file bundle, and the idle footprint.
+ * and idle footprint of the compiled package (the npm bin) and of the single-file bundle, and the RSS
+ * of an idle upgrader after 10 and after 1,000 handoffs. The upgrader is started as deployed: its file
+ * executed, so that the node options of its first line apply.
  *
- *   npm run bench              full run (200 handoffs per system, 30 s idle window); writes docs/bench/
- *   npm run bench -- --smoke   a few handoffs of each, for CI; writes bench/out/
+ *   npm run bench              full run (200 handoffs per system, 30 s idle window, 1,000 handoffs for
+ *                              the memory figure); writes docs/bench/
+ *   npm run bench -- --smoke   a few handoffs of each (25 for the memory figure), for CI; writes bench/out/
  *   npx tsx bench/run.ts --redraw   redraws docs/bench/gaps.svg from the saved results.json
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +26,9 @@ const ROUNDS = SMOKE ? 1 : 10;
 const PER_ROUND = SMOKE ? 5 : 20;
 const IDLE_SECONDS = SMOKE ? 3 : 30;
 const STARTUP_RUNS = SMOKE ? 3 : 15;
+// RSS at idle after the first and after the last of these handoffs (a smoke run has no time for 1,000).
+const MEMORY_HANDOFFS = SMOKE ? [5, 25] : [10, 1000];
+const MEMORY_IDLE_SECONDS = SMOKE ? 3 : 20;
 const OUT = join(REPO, SMOKE ? 'bench/out' : 'docs/bench');
 const AGENT = join(REPO, 'bench/agent.mjs');
 const BUNDLE = join(REPO, 'dist/upgrader.cjs');
@@ -42,15 +48,32 @@ function tempDir(prefix: string): string {
 
 type Mark = { what: 'first' | 'last' | 'req'; at: bigint; pid: number; version: string };
 
+/**
+ * The marks so far. A log is only ever appended to: each read continues where the last one stopped, so
+ * that polling stays cheap over a long log.
+ */
+const seenLogs = new Map<string, { bytes: number; marks: Mark[] }>();
 function readMarks(log: string): Mark[] {
   if (!existsSync(log)) return [];
-  return readFileSync(log, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => {
-      const [what, at, pid, version] = line.split(' ');
-      return { what: what as Mark['what'], at: BigInt(at!), pid: Number(pid), version: version! };
-    });
+  let seen = seenLogs.get(log);
+  if (!seen) seenLogs.set(log, (seen = { bytes: 0, marks: [] }));
+  const fd = openSync(log, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    if (size > seen.bytes) {
+      const chunk = Buffer.alloc(size - seen.bytes);
+      readSync(fd, chunk, 0, chunk.length, seen.bytes);
+      const complete = chunk.lastIndexOf(0x0a) + 1; // a line being written is read next time
+      seen.bytes += complete;
+      for (const line of chunk.subarray(0, complete).toString('utf8').split('\n').filter(Boolean)) {
+        const [what, at, pid, version] = line.split(' ');
+        seen.marks.push({ what: what as Mark['what'], at: BigInt(at!), pid: Number(pid), version: version! });
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return seen.marks;
 }
 
 async function waitFor<T>(what: string, probe: () => T | undefined, ms = 15_000): Promise<T> {
@@ -65,10 +88,18 @@ async function waitFor<T>(what: string, probe: () => T | undefined, ms = 15_000)
 
 type Handoff = { gapMs: number; latencyMs: number | null };
 
-/** The agent that works now: the newest "first" with no "last" after it. */
+/**
+ * The agent that works now: the newest "first" with no "last" of the same process after it. Over a long
+ * log, PIDs come round again: a mark counts only for the process that wrote it after its own "first".
+ */
 function activeAgent(marks: Mark[]): Mark | undefined {
-  const ended = new Set(marks.filter((m) => m.what === 'last').map((m) => m.pid));
-  return marks.filter((m) => m.what === 'first' && !ended.has(m.pid)).at(-1);
+  const working = new Map<number, Mark>();
+  for (const m of marks) {
+    if (m.what === 'req') continue;
+    working.delete(m.pid);
+    if (m.what === 'first') working.set(m.pid, m);
+  }
+  return [...working.values()].at(-1);
 }
 
 /** Drives `count` handoffs and measures each from the work log. */
@@ -80,11 +111,11 @@ async function driveHandoffs(log: string, count: number, trigger: (activePid: nu
     await trigger(old.pid);
     const { first, last } = await waitFor(`handoff ${i + 1} from pid ${old.pid}`, () => {
       const marks = readMarks(log);
-      const last = marks.find((m) => m.what === 'last' && m.pid === old.pid);
+      const last = marks.find((m) => m.what === 'last' && m.pid === old.pid && m.at > old.at);
       const first = marks.find((m) => m.what === 'first' && m.pid !== old.pid && m.at > old.at);
       return last && first ? { first, last } : undefined;
     });
-    const req = readMarks(log).find((m) => m.what === 'req' && m.pid === old.pid);
+    const req = readMarks(log).find((m) => m.what === 'req' && m.pid === old.pid && m.at > old.at);
     results.push({
       gapMs: Number(first.at - last.at) / 1e6,
       latencyMs: req ? Number(first.at - req.at) / 1e6 : null,
@@ -109,6 +140,17 @@ function makeRoot(): string {
   return root;
 }
 
+/**
+ * Starts `upgrader run` the way the init system and the npm bin do: the file itself is executed, so the
+ * node options of its first line apply (see src/cli.ts). The bench's own node comes first on the PATH.
+ */
+function launch(entry: string, root: string, env: NodeJS.ProcessEnv, stdio: 'ignore' | 'pipe' = 'ignore'): ChildProcess {
+  return spawn(entry, ['run', '--root', root], {
+    stdio: ['ignore', 'ignore', stdio],
+    env: { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}`, ...env },
+  });
+}
+
 function stopChild(child: ChildProcess): Promise<void> {
   return new Promise((resolvePromise) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolvePromise();
@@ -121,11 +163,7 @@ const upgrader: System = {
   name: 'upgrader',
   note: 'live handoff, bundle (dist/upgrader.cjs)',
   async start(log) {
-    const root = makeRoot();
-    const child = spawn(process.execPath, [BUNDLE, 'run', '--root', root], {
-      stdio: ['ignore', 'ignore', 'ignore'],
-      env: { ...process.env, BENCH_LOG: log, BENCH_VERIFY_MS: String(VERIFY_MS) },
-    });
+    const child = launch(BUNDLE, makeRoot(), { BENCH_LOG: log, BENCH_VERIFY_MS: String(VERIFY_MS) });
     return { trigger: (pid) => void process.kill(pid, 'SIGUSR1'), stop: () => stopChild(child) };
   },
 };
@@ -230,9 +268,9 @@ async function measureStartup(entry: string): Promise<{ spawnedMs: number; ready
     chmodSync(join(root, 'versions/a/bin/agent'), 0o755);
     symlinkSync('versions/a', join(root, 'current'));
     const started = Date.now();
-    const child = spawn(process.execPath, [entry, 'run', '--root', root], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = launch(entry, root, {}, 'pipe');
     let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     await waitFor('the agent ready', () => (logTime(stderr, (e) => e.event === 'ready') === null ? undefined : true));
     spawned.push(logTime(stderr, (e) => e.msg.startsWith('spawned active'))! - started);
     ready.push(logTime(stderr, (e) => e.event === 'ready')! - started);
@@ -259,10 +297,15 @@ function contextSwitches(pid: number): number {
   return total;
 }
 
-async function measureIdle(): Promise<{ rssMb: number; cpuMs: number; wakeups: number; seconds: number }> {
-  const root = makeRoot();
+function rssMb(pid: number): number {
+  return Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
+}
+
+type Idle = { rssMb: number; cpuMs: number; wakeups: number; seconds: number };
+
+async function measureIdle(entry: string): Promise<Idle> {
   const log = join(tempDir('bench-idle-'), 'work.log');
-  const child = spawn(process.execPath, [BUNDLE, 'run', '--root', root], { stdio: ['ignore', 'ignore', 'ignore'], env: { ...process.env, BENCH_LOG: log } });
+  const child = launch(entry, makeRoot(), { BENCH_LOG: log });
   await waitFor('the idle agent', () => activeAgent(readMarks(log)));
   // V8's memory reducer runs a few GCs in the first seconds after start; idle means after that.
   await sleep(SMOKE ? 2000 : 15_000);
@@ -273,9 +316,35 @@ async function measureIdle(): Promise<{ rssMb: number; cpuMs: number; wakeups: n
   await sleep(IDLE_SECONDS * 1000);
   const cpuMs = ((cpuTicks(pid) - cpuBefore) * 1000) / ticksPerSecond;
   const wakeups = contextSwitches(pid) - switchesBefore;
-  const rssKb = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+  const rss = rssMb(pid);
   await stopChild(child);
-  return { rssMb: rssKb / 1024, cpuMs, wakeups, seconds: IDLE_SECONDS };
+  return { rssMb: rss, cpuMs, wakeups, seconds: IDLE_SECONDS };
+}
+
+type Memory = { handoffs: number[]; rssMb: number[]; idleSeconds: number };
+
+/**
+ * What the upgrader keeps once its work is done: one upgrader (the bundle, as deployed), the RSS after
+ * a few handoffs and then after many, each read once it has been idle for a while. Work that leaves
+ * memory behind (a young generation grown to its maximum, fragmented allocator arenas) shows as the
+ * difference; a leak would too.
+ */
+async function measureMemory(): Promise<Memory> {
+  const log = join(tempDir('bench-memory-'), 'work.log');
+  const child = launch(BUNDLE, makeRoot(), { BENCH_LOG: log, BENCH_VERIFY_MS: String(VERIFY_MS) });
+  const rss: number[] = [];
+  try {
+    let done = 0;
+    for (const handoffs of MEMORY_HANDOFFS) {
+      await driveHandoffs(log, handoffs - done, (pid) => void process.kill(pid, 'SIGUSR1'));
+      done = handoffs;
+      await sleep(MEMORY_IDLE_SECONDS * 1000);
+      rss.push(rssMb(child.pid!));
+    }
+  } finally {
+    await stopChild(child);
+  }
+  return { handoffs: MEMORY_HANDOFFS, rssMb: rss, idleSeconds: MEMORY_IDLE_SECONDS };
 }
 
 // ---------------------------------------------------------------- the picture
@@ -360,7 +429,10 @@ async function main(): Promise<void> {
   const summaries = systems.map((s) => summarize(s, results.get(s.name)!));
   const [up, fl] = summaries as [Summary, Summary];
   const startup = { compiled: await measureStartup(COMPILED), bundle: await measureStartup(BUNDLE) };
-  const idle = await measureIdle();
+  const idle = { compiled: await measureIdle(COMPILED), bundle: await measureIdle(BUNDLE) };
+  const memory = await measureMemory();
+  const [fewHandoffs, manyHandoffs] = memory.handoffs as [number, number];
+  const [fewRss, manyRss] = memory.rssMb as [number, number];
 
   const rows = summaries.map((s) =>
     `| ${s.name} | ${s.handoffs} | ${fmt(s.p50)} | ${fmt(s.p99)} | ${fmt(s.max)} | ${s.overlaps}${s.overlaps ? ' (not exclusive!)' : ''} | ${fmt(s.latencyP50, 1)} |`,
@@ -376,15 +448,19 @@ async function main(): Promise<void> {
     '',
     '| start-up (median) | to agent spawned | to agent ready |',
     '| --- | ---: | ---: |',
-    `| compiled (node dist/src/cli.js) | ${startup.compiled.spawnedMs} ms | ${startup.compiled.readyMs} ms |`,
-    `| bundle (node dist/upgrader.cjs) | ${startup.bundle.spawnedMs} ms | ${startup.bundle.readyMs} ms |`,
+    `| compiled, the npm bin (dist/src/cli.js) | ${startup.compiled.spawnedMs} ms | ${startup.compiled.readyMs} ms |`,
+    `| bundle (dist/upgrader.cjs) | ${startup.bundle.spawnedMs} ms | ${startup.bundle.readyMs} ms |`,
     '',
-    `Idle with one agent, over ${idle.seconds} s: RSS ${fmt(idle.rssMb, 1)} MB, CPU ${fmt(idle.cpuMs, 0)} ms, ${idle.wakeups} context switches (all threads).`,
+    `| idle with one agent, over ${idle.bundle.seconds} s | RSS | CPU | context switches (all threads) |`,
+    '| --- | ---: | ---: | ---: |',
+    ...(['compiled', 'bundle'] as const).map((k) => `| ${k === 'compiled' ? 'compiled (dist/src/cli.js)' : 'bundle (dist/upgrader.cjs)'} | ${fmt(idle[k].rssMb, 1)} MB | ${fmt(idle[k].cpuMs, 0)} ms | ${idle[k].wakeups} |`),
+    '',
+    `RSS of the bundle idle ${memory.idleSeconds} s after ${fewHandoffs} handoffs: ${fmt(fewRss, 1)} MB; after ${manyHandoffs}: ${fmt(manyRss, 1)} MB (${manyRss >= fewRss ? '+' : ''}${fmt(manyRss - fewRss, 1)} MB)${SMOKE ? ' (smoke: the full run does 10 and 1,000 handoffs, 20 s idle)' : ''}.`,
   ].join('\n');
   process.stdout.write(`${report}\n`);
 
   mkdirSync(OUT, { recursive: true });
-  writeFileSync(join(OUT, 'results.json'), `${JSON.stringify({ date: new Date().toISOString(), smoke: SMOKE, node: process.version, summaries, startup, idle }, null, 2)}\n`);
+  writeFileSync(join(OUT, 'results.json'), `${JSON.stringify({ date: new Date().toISOString(), smoke: SMOKE, node: process.version, summaries, startup, idle, memory }, null, 2)}\n`);
   writeFileSync(join(OUT, 'gaps.svg'), cdfSvg(summaries));
   writeFileSync(join(OUT, 'report.md'), `${report}\n`);
   process.stderr.write(`wrote ${join(OUT, 'results.json')}, gaps.svg and report.md\n`);

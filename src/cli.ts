@@ -1,8 +1,18 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=1 --no-turbofan --no-sparkplug
 /**
  * The command line: `upgrader run` (the supervisor, started by the init system) and the operator's commands
  * (status, install, versions, prune, upgrade, rollback).
  * Errors become one sentence on stderr and a documented exit status (see errors.ts and the README).
+ *
+ * The node options of the first line keep a long-running upgrader's memory flat (issue 10; the figures are
+ * in the README's benchmark section). They apply wherever this file or the bundle built from it is run as a
+ * program: the npm bin, the systemd and upstart units. --max-semi-space-size=1 caps V8's young generation,
+ * which otherwise grows to 32 MB over a few hundred handoffs and is never given back; --no-turbofan and
+ * --no-sparkplug leave functions to the interpreter, whose speed an upgrader that mostly waits does not miss
+ * (same CPU per handoff), while the compilers page in 4 MB of their code and keep more than that in
+ * allocator arenas. A flag cannot be set from here instead: v8.setFlagsFromString comes after the heap is
+ * sized, and has no effect on it (measured). env -S needs GNU coreutils 8.30 or a BSD env; where env has no
+ * -S (busybox), run `node --max-semi-space-size=1 --no-turbofan --no-sparkplug <this file>`.
  */
 import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
