@@ -27,7 +27,7 @@ import { withLayoutLock } from './layout-lock.js';
 import { Quarantine } from './quarantine.js';
 import { openRegularFile } from './safe-file.js';
 import { StateFile } from './state.js';
-import { walkTree } from './tree.js';
+import { exists, walkTree } from './tree.js';
 
 export type InstallOptions = {
   root: string;
@@ -273,14 +273,5 @@ function readRegularFile(path: string): Buffer {
     return readFileSync(file.fd);
   } finally {
     closeSync(file.fd);
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    lstatSync(path);
-    return true;
-  } catch {
-    return false;
   }
 }

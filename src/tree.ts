@@ -32,3 +32,13 @@ export function firstProblem(dir: string, judge: (entry: TreeEntry) => string | 
   }
   return null;
 }
+
+/** Whether anything is at `path` (a dangling link counts): lstat, never following a link. */
+export function exists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

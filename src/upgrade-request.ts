@@ -3,12 +3,12 @@
  * whether the version can be launched, is quarantined, or is a jump its manifest forbids (an operator's
  * `--force` waives the last two, never the first), and whether its manifest makes the handoff sequential.
  */
-import { lstatSync } from 'node:fs';
 import type { Event, Origin, Problem } from './handoff.js';
 import { versionNameProblem, type Layout } from './layout.js';
 import { jumpProblem, readManifest } from './manifest.js';
 import type { HandoffMode } from './protocol.js';
 import { Quarantine } from './quarantine.js';
+import { exists } from './tree.js';
 
 export type UpgradeRequest = { origin: Origin; id: number; version: string; mode: HandoffMode; force: boolean };
 
@@ -33,16 +33,7 @@ export function vetUpgradeRequest(layout: Layout, request: UpgradeRequest, from:
 function launchRefusal(layout: Layout, version: string): Problem | null {
   const name = versionNameProblem(version);
   if (name) return { code: 'invalid-version', reason: name };
-  if (!isPresent(layout.versionDir(version))) return { code: 'missing', reason: `version ${version} is not installed (no ${layout.versionDir(version)})` };
+  if (!exists(layout.versionDir(version))) return { code: 'missing', reason: `version ${version} is not installed (no ${layout.versionDir(version)})` };
   const problem = layout.launchProblem(version);
   return problem ? { code: 'unlaunchable', reason: problem } : null;
-}
-
-function isPresent(path: string): boolean {
-  try {
-    lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
