@@ -551,6 +551,10 @@ function recordFailed(ctx: Context, event: Extract<Event, { type: 'record-failed
 
 // ---------------------------------------------------------------- the table
 
+const stopOnSignal: Cell<'shutdown'> = (ctx, event, config) => shutDown(ctx, event.signal, config);
+/** A state with no timer of its own: retiring agents' deadlines and the record retry, nothing else. */
+const onlyCommonTimers: Cell<'timeout'> = (ctx, event, config) => commonTimeout(ctx, event.timer, config) ?? ignore(ctx, 'a timer of a state already left');
+
 const idle: Row = {
   start: (ctx, event, config) => {
     const started = startNow({ ...ctx, previous: event.previous, probation: event.probation }, { role: 'active', version: event.version, fromVersion: null }, config);
@@ -592,7 +596,7 @@ const running: Row = {
     }
     return ignore(ctx, 'a timer of a state already left');
   },
-  shutdown: (ctx, event, config) => shutDown(ctx, event.signal, config),
+  shutdown: stopOnSignal,
   'io-failed': ioFailed,
   recorded,
   'record-failed': recordFailed,
@@ -620,7 +624,7 @@ const verifying: Row = {
     }
     return ignore(ctx, 'a timer of a state already left');
   },
-  shutdown: (ctx, event, config) => shutDown(ctx, event.signal, config),
+  shutdown: stopOnSignal,
   'io-failed': ioFailed,
   recorded,
   'record-failed': recordFailed,
@@ -647,8 +651,8 @@ const draining: Row = {
     if (isRetiring(ctx, event.id)) return retiredExit(ctx, event.id);
     return ignore(ctx, 'not an agent of this upgrader');
   },
-  timeout: (ctx, event, config) => commonTimeout(ctx, event.timer, config) ?? ignore(ctx, 'a timer of a state already left'),
-  shutdown: (ctx, event, config) => shutDown(ctx, event.signal, config),
+  timeout: onlyCommonTimers,
+  shutdown: stopOnSignal,
   'io-failed': ioFailed,
   recorded,
   'record-failed': recordFailed,
@@ -671,8 +675,8 @@ const waiting: Row = {
     if (ctx.active?.id === event.id) return step({ ...ctx, active: null }, [persist()]);
     return ignore(ctx, 'not an agent of this upgrader');
   },
-  timeout: (ctx, event, config) => commonTimeout(ctx, event.timer, config) ?? ignore(ctx, 'a timer of a state already left'),
-  shutdown: (ctx, event, config) => shutDown(ctx, event.signal, config),
+  timeout: onlyCommonTimers,
+  shutdown: stopOnSignal,
   'io-failed': ioFailed,
   recorded,
   'record-failed': recordFailed,
@@ -689,7 +693,7 @@ const stopping: Row = {
     if (!isRetiring(ctx, event.id)) return ignore(ctx, 'not an agent of this upgrader');
     return ctx.retiring.length > 1 ? retiredExit(ctx, event.id) : then(forget(ctx, event.id), finishIfEmpty);
   },
-  timeout: (ctx, event, config) => commonTimeout(ctx, event.timer, config) ?? ignore(ctx, 'a timer of a state already left'),
+  timeout: onlyCommonTimers,
   shutdown: ignoring('already stopping: the running deadlines bound the stop'),
   'io-failed': ignoring('only an accepted upgrade and a candidate\'s ready write durably first'),
   recorded,
