@@ -15,7 +15,7 @@
  * -S (busybox), run `node --max-semi-space-size=1 --no-turbofan --no-sparkplug <this file>`.
  */
 import { resolve } from 'node:path';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { parse, requireRoot } from './args.js';
 import { DEFAULTS, runConfig } from './config.js';
 import { describeError, EXIT, UpgraderError } from './errors.js';
 import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
@@ -164,24 +164,6 @@ allowed, or root refuses to remove what another user could change; 78 the state 
 Example:
   upgrader prune --root /var/lib/upgrader/myagent --keep 3 --dry-run`,
 };
-
-type Values = Record<string, string | boolean | undefined>;
-
-function parse(args: string[], options: NonNullable<ParseArgsConfig['options']>, positionals: string[] = []): Values {
-  try {
-    const parsed = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: positionals.length > 0, strict: true });
-    if (parsed.positionals.length > positionals.length) throw new Error(`Unexpected argument ${JSON.stringify(parsed.positionals[positionals.length])}`);
-    positionals.forEach((name, i) => ((parsed.values as Values)[name] = parsed.positionals[i]));
-    return parsed.values as Values;
-  } catch (error) {
-    throw new UpgraderError('E_USAGE', `${describeError(error).replace(/^ERR_PARSE_ARGS_\w+: /, '')} (see --help).`);
-  }
-}
-
-function requireRoot(root: unknown): string {
-  if (typeof root !== 'string' || root === '') throw new UpgraderError('E_USAGE', '--root <dir> is required (see --help).');
-  return root;
-}
 
 async function run(args: string[]): Promise<number> {
   const v = parse(args, {
@@ -428,6 +410,12 @@ export async function main(argv: string[]): Promise<number> {
     case 'upgrade':
     case 'rollback':
       return operatorHandoff(command, rest);
+    case 'follow':
+    case 'fleet': {
+      // On demand: the fleet brings the etcd client, which `run` must never load.
+      const { fleetMain } = await import('./fleet/cli.js');
+      return fleetMain(command, rest);
+    }
     case '--version':
     case '-v':
       process.stdout.write(`${UPGRADER_VERSION}\n`);
