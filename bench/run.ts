@@ -412,6 +412,12 @@ async function main(): Promise<void> {
     return;
   }
   if (!existsSync(BUNDLE) || !existsSync(COMPILED)) throw new Error('bench: run `npm run build` first');
+  if (process.argv.includes('--memory')) {
+    // Only the memory figure (a few minutes), for working on it; writes nothing.
+    const { handoffs, rssMb } = await measureMemory();
+    process.stdout.write(`${handoffs.map((h, i) => `after ${h} handoffs: ${fmt(rssMb[i]!, 1)} MB`).join('; ')}\n`);
+    return;
+  }
   const systems = [upgrader, floor, pm2('fork'), pm2('cluster')];
   const results = new Map<string, Handoff[]>(systems.map((s) => [s.name, []]));
   for (let round = 1; round <= ROUNDS; round++) {
