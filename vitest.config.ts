@@ -1,7 +1,7 @@
 import { defineConfig } from 'vitest/config';
 
 /**
- * Four projects, one per folder of test/: `npm test` runs them all, `npm run test:<name>` one of them.
+ * Five projects, one per folder of test/: `npm test` runs them all, `npm run test:<name>` one of them.
  * Inline projects in vitest 3.2 inherit nothing from this file unless they say `extends: true`, which
  * would also run the global set-up once more per project: what they share is spelled out here instead.
  */
@@ -35,6 +35,8 @@ export default defineConfig({
       { test: { ...shared, name: 'unit', include: ['test/unit/**/*.test.ts'], pool: 'threads', sequence: { groupOrder: 0 } } },
       { test: { ...processes, name: 'integration', include: ['test/integration/**/*.test.ts'] } },
       { test: { ...processes, name: 'reliability', include: ['test/reliability/**/*.test.ts'] } },
+      // A real etcd and many hosts, each a real upgrader, agent and follower.
+      { test: { ...processes, name: 'fleet', include: ['test/fleet/**/*.test.ts'], testTimeout: 240_000 } },
       // Root with systemd-nspawn and mmdebstrap only; elsewhere its suite is skipped and says why.
       { test: { ...processes, name: 'systemd', include: ['test/systemd/**/*.test.ts'] } },
     ],

@@ -30,6 +30,8 @@ export const EXIT = {
   refused: 1,
   /** Not allowed to reach the operator channel. */
   permission: 77,
+  /** Fleet commands: etcd cannot be reached. */
+  unavailable: 69,
 } as const;
 
 export type ErrorCode =
@@ -46,6 +48,8 @@ export type ErrorCode =
   | 'E_VERSION_EXISTS'
   | 'E_PERMISSION'
   | 'E_STATE'
+  | 'E_REFUSED'
+  | 'E_ETCD'
   | 'E_INTERNAL';
 
 const exitByCode: Record<ErrorCode, number> = {
@@ -62,6 +66,8 @@ const exitByCode: Record<ErrorCode, number> = {
   E_VERSION_EXISTS: EXIT.exists,
   E_PERMISSION: EXIT.permission,
   E_STATE: EXIT.layout,
+  E_REFUSED: EXIT.refused,
+  E_ETCD: EXIT.unavailable,
   E_INTERNAL: EXIT.internal,
 };
 

@@ -1,0 +1,409 @@
+/**
+ * `upgrader follow` and `upgrader fleet ...`. Loaded only by those commands (cli.ts imports this module on
+ * demand), so `upgrader run` never loads the etcd client, and its start-up and memory stay as measured.
+ */
+import { hostname, tmpdir } from 'node:os';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse, requireRoot, type Values } from '../args.js';
+import { parseDuration } from '../duration.js';
+import { EXIT, UpgraderError } from '../errors.js';
+import { Layout, versionNameProblem } from '../layout.js';
+import { createLogger } from '../log.js';
+import { printable } from '../printable.js';
+import { refuseForeignRootForRun } from '../privilege.js';
+import { FleetError } from './errors.js';
+import { closeEtcd, connectEtcd, describeEtcdError, ETCD_ARG_OPTIONS, etcdSettings, etcdUnreachable } from './etcd.js';
+import { Follower } from './follower.js';
+import { RootUpgrader } from './local.js';
+import { advanceIfWaveEnded, beginRollback, beginRollout, changeRollout } from './rollout.js';
+import { ENDED, fleetPrefix, KEYS, parseRecord, Release, SCHEMA, serialize, type Rollout } from './schema.js';
+import { FleetStore } from './store.js';
+import { fleetExitCode, readFleetView, type FleetView } from './view.js';
+
+const COMMON = { fleet: { type: 'string' }, prefix: { type: 'string', default: '/upgrader/' }, ...ETCD_ARG_OPTIONS } as const;
+const ETCD_HELP = `Connecting to etcd (every fleet command):
+  --etcd <url,...>          etcd endpoints (default $UPGRADER_ETCD, else http://127.0.0.1:2379)
+  --etcd-cacert <file>      CA certificate to verify etcd's (https:// endpoints)
+  --etcd-cert <file>, --etcd-key <file>   client certificate and key
+  --etcd-user <name>        etcd user (default $UPGRADER_ETCD_USER); the password comes from
+                            $UPGRADER_ETCD_PASSWORD or --etcd-password-file <file>, never the command line
+  --prefix <p>              key prefix (default /upgrader/); the fleet's keys are <p><fleet>/...`;
+
+const HELP = {
+  follow: `Usage: upgrader follow --root <dir> --fleet <name> [--host <name>] [--group <name>] [options]
+
+Runs beside "upgrader run" on each host: keeps the host's presence alive in etcd, publishes its record
+(version, phase, last upgrade, last error), and carries out the fleet's rollouts and desired version on
+this root through the upgrader's own operator channel. The agent keeps running whatever etcd does.
+
+Options:
+  --host <name>             this host's name in the fleet (default: the machine's host name)
+  --group <name>            its rollout group (default "default")
+  --lease <time>            presence lease: how soon a dead follower shows as offline (default 10s)
+  --download-timeout <time> a download that stalls this long is retried (default 60s)
+  --max-download <bytes>    largest artifact accepted (default 1073741824)
+  --attempts <n>            download attempts (default 5)
+
+${ETCD_HELP}
+
+Exit status: 0 after SIGTERM or SIGINT; 64 bad arguments; 78 the root is unusable or another user's.`,
+  fleet: `Usage: upgrader fleet <command> --fleet <name> [options]
+
+  publish --version <v> --artifact <path|file://|http(s)://> --sha256 <hex>   record a release
+  rollout --to <v> [--groups a,b] [--canaries <n>] [--batch <n|p%>] [--max-failures <n>]
+          [--pause <time>] [--no-wait] [--json]                                roll it out in waves
+  pause | resume | abort                                                       steer the rollout
+  rollback [--no-wait] [--json]       take the hosts the last rollout moved back where they were
+  status [--json]                     the rollout and one line per host
+
+rollout: groups go in the order of --groups (groups not named follow, by name); each starts with
+--canaries hosts (default 1) alone, then waves of at most --batch hosts (default 1; 25% of the group
+also works), --pause apart (default 0s). Each host stages the release ahead of its wave; a host is done
+once it runs the new version and its probation has passed. More than --max-failures failures (default
+0) halt the rollout: no further host starts, hosts in flight finish. It waits and shows progress unless
+--no-wait; the rollout goes on in etcd whatever happens to this command.
+
+${ETCD_HELP}
+
+Exit status: 0 done (rollout succeeded; status: every known host online and on the desired version);
+1 refused, or the rollout halted or was aborted; 3 status: a rollout is moving; 4 status: hosts are
+behind, failed or offline with no rollout moving; 64 bad arguments; 65 the artifact does not match
+--sha256; 69 etcd is unreachable; 73 the release exists with another digest.`,
+} as const;
+
+export async function fleetMain(command: 'follow' | 'fleet', args: string[]): Promise<number> {
+  try {
+    if (command === 'follow') return await follow(args);
+    return await fleet(args);
+  } catch (error) {
+    throw asCliError(error);
+  }
+}
+
+function asCliError(error: unknown): unknown {
+  if (error instanceof FleetError) return new UpgraderError(FLEET_ERROR_CODES[error.code] ?? 'E_REFUSED', error.message);
+  if (etcdUnreachable(error)) return new UpgraderError('E_ETCD', `etcd is unreachable: ${describeEtcdError(error)}`);
+  return error;
+}
+
+const FLEET_ERROR_CODES: Record<string, 'E_CHECKSUM' | 'E_VERSION_EXISTS' | 'E_REFUSED' | 'E_IO'> = {
+  'digest-mismatch': 'E_CHECKSUM',
+  'release-exists': 'E_VERSION_EXISTS',
+  'disk-full': 'E_IO',
+};
+
+function need(v: Values, name: string): string {
+  const value = v[name];
+  if (typeof value !== 'string' || value === '') throw new UpgraderError('E_USAGE', `--${name} is required (see --help).`);
+  return value;
+}
+
+function name(v: Values, option: string, fallback?: string): string {
+  const value = typeof v[option] === 'string' ? (v[option] as string) : fallback;
+  if (value === undefined) throw new UpgraderError('E_USAGE', `--${option} is required (see --help).`);
+  const problem = versionNameProblem(value);
+  if (problem) throw new UpgraderError('E_USAGE', `--${option} ${JSON.stringify(value)}: ${problem}.`);
+  return value;
+}
+
+function count(v: Values, option: string, fallback: number): number {
+  const raw = v[option];
+  if (raw === undefined) return fallback;
+  if (typeof raw !== 'string' || !/^\d{1,9}$/.test(raw)) throw new UpgraderError('E_USAGE', `--${option} takes a whole number, not ${JSON.stringify(raw)}.`);
+  return Number(raw);
+}
+
+async function openStore(v: Values): Promise<FleetStore> {
+  const settings = etcdSettings(v);
+  const prefix = fleetPrefixOrUsage(v.prefix as string, name(v, 'fleet'));
+  return new FleetStore(await connectEtcd(settings), prefix);
+}
+
+function fleetPrefixOrUsage(prefix: string, fleet: string): string {
+  try {
+    return fleetPrefix(prefix, fleet);
+  } catch (error) {
+    throw new UpgraderError('E_USAGE', `--prefix: ${(error as Error).message}.`);
+  }
+}
+
+// ---------------------------------------------------------------- follow
+
+async function follow(args: string[]): Promise<number> {
+  const v = parse(args, {
+    ...COMMON,
+    root: { type: 'string' },
+    host: { type: 'string' },
+    group: { type: 'string', default: 'default' },
+    lease: { type: 'string', default: '10s' },
+    'download-timeout': { type: 'string', default: '60s' },
+    'max-download': { type: 'string', default: String(1024 ** 3) },
+    attempts: { type: 'string', default: '5' },
+  });
+  if (v.help) return help('follow');
+  const layout = Layout.open(requireRoot(v.root));
+  refuseForeignRootForRun(layout.root);
+  const host = name(v, 'host', hostname().split('.')[0]);
+  const group = name(v, 'group');
+  const leaseSeconds = Math.max(2, Math.ceil(parseDuration(v.lease as string, '--lease') / 1000));
+  const log = createLogger();
+  const store = await openStore(v);
+  const local = new RootUpgrader(layout.root, {
+    maxBytes: count(v, 'max-download', 1024 ** 3),
+    timeoutMs: parseDuration(v['download-timeout'] as string, '--download-timeout'),
+    attempts: Math.max(1, count(v, 'attempts', 5)),
+  });
+  const follower = new Follower({ store, host, group, local, log, leaseSeconds, retryMs: { min: 250, max: 10_000 }, unreachable: etcdUnreachable });
+  const stop = () => void follower.stop();
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  log.info({ root: layout.root, host, group, fleet: store.prefix }, 'follower starting');
+  await follower.run();
+  await closeEtcd(store.client);
+  log.info({ host }, 'follower stopped');
+  return EXIT.ok;
+}
+
+// ---------------------------------------------------------------- fleet ...
+
+async function fleet(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  switch (sub) {
+    case 'publish':
+      return publish(rest);
+    case 'rollout':
+      return rollout(rest);
+    case 'rollback':
+      return rollback(rest);
+    case 'pause':
+    case 'resume':
+    case 'abort':
+      return steer(sub, rest);
+    case 'status':
+      return status(rest);
+    case undefined:
+    case '--help':
+    case '-h':
+    case 'help':
+      return help('fleet');
+    default:
+      throw new UpgraderError('E_USAGE', `Unknown fleet command ${JSON.stringify(sub)}; the commands are publish, rollout, pause, resume, abort, rollback and status (see upgrader fleet --help).`);
+  }
+}
+
+async function withStore<T>(v: Values, fn: (store: FleetStore) => Promise<T>): Promise<T> {
+  const store = await openStore(v);
+  try {
+    return await fn(store);
+  } finally {
+    await closeEtcd(store.client);
+  }
+}
+
+async function publish(args: string[]): Promise<number> {
+  const v = parse(args, { ...COMMON, version: { type: 'string' }, artifact: { type: 'string' }, sha256: { type: 'string' }, json: { type: 'boolean', default: false } });
+  if (v.help) return help('fleet');
+  const version = name(v, 'version');
+  const artifact = need(v, 'artifact');
+  const sha256 = need(v, 'sha256').toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(sha256)) throw new UpgraderError('E_USAGE', `--sha256 takes 64 hex digits, not ${JSON.stringify(sha256)}.`);
+  // The publisher proves the digest first: a typo here would otherwise fail on every host at once.
+  const { fetchArtifact, readReleaseManifest } = await import('./artifact.js');
+  const dir = mkdtempSync(join(tmpdir(), 'upgrader-publish-'));
+  let release: Release;
+  try {
+    const fetched = await fetchArtifact({ source: artifact, sha256, dir, maxBytes: 1024 ** 3, timeoutMs: 60_000, attempts: 3 });
+    const manifest = await readReleaseManifest(fetched.file);
+    release = { schema: SCHEMA, version, artifact, sha256, size: fetched.bytes, upgradeFrom: manifest.upgradeFrom, sequential: manifest.sequential, publishedAt: new Date().toISOString() };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return withStore(v, async (store) => {
+    const key = KEYS.release(version);
+    const result = await store.ns.if(key, 'Create', '==', 0).then(store.ns.put(key).value(serialize(release))).else(store.ns.get(key)).commit();
+    if (!result.succeeded) {
+      const existing = parseRecord(Release, result.responses[0]?.response_range?.kvs[0]?.value.toString()).value;
+      if (existing?.sha256 !== sha256) throw new FleetError('release-exists', `Release ${version} is already published with another digest (${existing?.sha256 ?? 'unreadable'}); a release never changes: publish a new version.`);
+      process.stdout.write(v.json ? `${JSON.stringify({ published: false, release: existing })}\n` : `release ${version} is already published with this digest\n`);
+      return EXIT.ok;
+    }
+    process.stdout.write(v.json ? `${JSON.stringify({ published: true, release })}\n` : `published ${version} (${release.size} bytes, sha256 ${sha256.slice(0, 12)}...)${release.upgradeFrom ? `, upgrades from ${release.upgradeFrom}` : ''}\n`);
+    return EXIT.ok;
+  });
+}
+
+const WAIT_OPTIONS = { 'no-wait': { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } as const;
+const WAVE_OPTIONS = { canaries: { type: 'string' }, batch: { type: 'string' }, 'max-failures': { type: 'string' }, pause: { type: 'string' } } as const;
+
+function batchOption(v: Values, fallback: string): string {
+  const raw = (v.batch as string | undefined) ?? fallback;
+  if (!/^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$/.test(raw)) throw new UpgraderError('E_USAGE', `--batch takes a count (5) or a share of each group (25%), not ${JSON.stringify(raw)}.`);
+  return raw;
+}
+
+async function rollout(args: string[]): Promise<number> {
+  const v = parse(args, { ...COMMON, ...WAIT_OPTIONS, ...WAVE_OPTIONS, to: { type: 'string' }, groups: { type: 'string' } });
+  if (v.help) return help('fleet');
+  const to = name(v, 'to');
+  const groups = typeof v.groups === 'string' ? v.groups.split(',').filter(Boolean) : [];
+  for (const g of groups) if (versionNameProblem(g)) throw new UpgraderError('E_USAGE', `--groups: ${JSON.stringify(g)} is not a group name.`);
+  const options = {
+    to,
+    groups,
+    canaries: count(v, 'canaries', 1),
+    batch: batchOption(v, '1'),
+    maxFailures: count(v, 'max-failures', 0),
+    pauseMs: v.pause === undefined ? 0 : parseDuration(v.pause as string, '--pause'),
+  };
+  return withStore(v, async (store) => {
+    const started = await beginRollout(store, options);
+    say(v, { type: 'started', id: started.id, to, plan: started.plan }, `rollout ${started.id}: ${to} to ${planSummary(started)}`);
+    return v['no-wait'] ? EXIT.ok : watchRollout(store, started.id, v);
+  });
+}
+
+async function rollback(args: string[]): Promise<number> {
+  const v = parse(args, { ...COMMON, ...WAIT_OPTIONS, ...WAVE_OPTIONS });
+  if (v.help) return help('fleet');
+  const overrides = {
+    ...(v.canaries !== undefined && { canaries: count(v, 'canaries', 1) }),
+    ...(v.batch !== undefined && { batch: batchOption(v, '1') }),
+    ...(v['max-failures'] !== undefined && { maxFailures: count(v, 'max-failures', 0) }),
+    ...(v.pause !== undefined && { pauseMs: parseDuration(v.pause as string, '--pause') }),
+  };
+  return withStore(v, async (store) => {
+    const started = await beginRollback(store, overrides);
+    say(v, { type: 'started', id: started.id, undoes: started.undoes, plan: started.plan }, `rollback ${started.id} of ${started.undoes}: ${planSummary(started)} back to their previous versions`);
+    return v['no-wait'] ? EXIT.ok : watchRollout(store, started.id, v);
+  });
+}
+
+function planSummary(r: Rollout): string {
+  const groups = r.plan.map((g) => `${g.name} (${g.waves.flat().length} hosts, ${g.waves.length} waves)`);
+  return `${groups.join(', ')}${r.offline.length ? `; offline, not included: ${r.offline.join(', ')}` : ''}`;
+}
+
+async function steer(action: 'pause' | 'resume' | 'abort', args: string[]): Promise<number> {
+  const v = parse(args, { ...COMMON, json: { type: 'boolean', default: false }, reason: { type: 'string' } });
+  if (v.help) return help('fleet');
+  return withStore(v, async (store) => {
+    const changed = await changeRollout(store, action, typeof v.reason === 'string' ? v.reason : null);
+    if (action === 'resume') await advanceIfWaveEnded(store);
+    say(v, { type: action, id: changed.id, state: changed.state }, `rollout ${changed.id} is ${changed.state}`);
+    return EXIT.ok;
+  });
+}
+
+async function status(args: string[]): Promise<number> {
+  const v = parse(args, { ...COMMON, json: { type: 'boolean', default: false } });
+  if (v.help) return help('fleet');
+  return withStore(v, async (store) => {
+    const view = await readFleetView(store);
+    process.stdout.write(v.json ? `${JSON.stringify(view, null, 2)}\n` : `${formatFleet(view)}\n`);
+    return fleetExitCode(view);
+  });
+}
+
+// ---------------------------------------------------------------- waiting for a rollout
+
+/**
+ * Shows a rollout's progress until it ends. Watch-driven: any change to the control keys or the
+ * rollout's runs redraws; the command also moves the rollout on if the host that ended a wave died
+ * before doing so (any participant may).
+ */
+async function watchRollout(store: FleetStore, id: string, v: Values): Promise<number> {
+  const watcher = await store.ns.watch().prefix(KEYS.ctlPrefix).create();
+  const runs = await store.ns.watch().prefix(KEYS.runPrefix(id)).create();
+  const tty = Boolean(process.stdout.isTTY) && !v.json;
+  let drawn = 0;
+  let last = '';
+  try {
+    for (;;) {
+      const changed = new Promise<void>((resolve) => {
+        for (const w of [watcher, runs]) {
+          w.once('put', () => resolve());
+          w.once('delete', () => resolve());
+          w.once('connected', () => resolve());
+        }
+      });
+      await advanceIfWaveEnded(store).catch(() => undefined);
+      const view = await readFleetView(store);
+      const r = view.rollout;
+      if (!r || r.id !== id) {
+        say(v, { type: 'replaced', id }, `rollout ${id} was replaced by another`);
+        return EXIT.refused;
+      }
+      const text = progressText(view);
+      if (text !== last) {
+        if (tty && drawn) process.stdout.write(`\x1b[${drawn}A\x1b[J`);
+        if (v.json) process.stdout.write(`${JSON.stringify({ type: 'progress', state: r.state, group: r.group, wave: r.wave, groups: r.groups, failed: r.failed })}\n`);
+        else process.stdout.write(`${text}\n`);
+        drawn = tty ? text.split('\n').length : 0;
+        last = text;
+      }
+      if (ENDED.includes(r.state)) {
+        say(v, { type: 'ended', id, state: r.state, reason: r.reason }, `rollout ${id} ${r.state}${r.reason ? `: ${printable(r.reason)}` : ''}`);
+        return r.state === 'succeeded' ? EXIT.ok : EXIT.refused;
+      }
+      await changed;
+    }
+  } finally {
+    await watcher.cancel().catch(() => undefined);
+    await runs.cancel().catch(() => undefined);
+  }
+}
+
+function progressText(view: FleetView): string {
+  const r = view.rollout!;
+  const width = 24;
+  return r.groups
+    .map((g) => {
+      const filled = g.hosts ? Math.round((width * (g.done + g.failed)) / g.hosts) : width;
+      const bar = `${'#'.repeat(filled)}${'.'.repeat(width - filled)}`;
+      return `${g.name.padEnd(12)} [${bar}] ${g.done}/${g.hosts} done, ${g.inFlight} in flight, ${g.failed} failed, ${g.pending} pending`;
+    })
+    .concat(`state ${r.state}, group ${r.group ?? '-'}, wave ${r.wave}`)
+    .join('\n');
+}
+
+function say(v: Values, json: object, text: string): void {
+  process.stdout.write(v.json ? `${JSON.stringify(json)}\n` : `${text}\n`);
+}
+
+function ago(iso: string, now = Date.now()): string {
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
+}
+
+export function formatFleet(view: FleetView, now = Date.now()): string {
+  const out: string[] = [`desired version: ${view.desired ?? '(none yet)'}`];
+  const r = view.rollout;
+  if (r) {
+    out.push(`${r.kind} ${r.id}${r.to ? ` to ${r.to}` : ''}: ${r.state}${r.reason ? ` (${r.reason})` : ''}, ${r.failures} failed, updated ${ago(r.updatedAt, now)}`);
+    for (const g of r.groups) out.push(`  ${g.name}: ${g.done} done, ${g.inFlight} in flight, ${g.failed} failed, ${g.pending} pending of ${g.hosts}`);
+  }
+  const rows = view.hosts.map((h) => [
+    h.host,
+    h.group,
+    h.online ? 'online' : `OFFLINE since ${ago(h.reportedAt, now)}`,
+    h.running ?? '-',
+    h.phase + (h.run && h.run !== 'pending' ? `/${h.run}` : ''),
+    h.lastUpgrade ? `${h.lastUpgrade.from} -> ${h.lastUpgrade.to} ${h.lastUpgrade.result}${h.lastUpgrade.reason ? `: ${h.lastUpgrade.reason}` : ''}` : '-',
+    h.error ? `${h.error.code ? `[${h.error.code}] ` : ''}${h.error.message} (${ago(h.error.at, now)})` : '-',
+  ]);
+  const header = ['HOST', 'GROUP', 'SEEN', 'VERSION', 'PHASE', 'LAST UPGRADE', 'ERROR'];
+  const widths = header.map((head, i) => Math.max(head.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  out.push('', line(header), ...rows.map(line));
+  if (view.problems.length) out.push('', ...view.problems.map((p) => `unreadable record: ${p}`));
+  return printable(out.join('\n'));
+}
+
+function help(topic: keyof typeof HELP): number {
+  process.stdout.write(`${HELP[topic]}\n`);
+  return EXIT.ok;
+}
+
+export const FLEET_HELP = HELP;
+

@@ -1,0 +1,354 @@
+/**
+ * `upgrader follow`: one per root per host, beside `upgrader run`. It keeps the host's presence alive,
+ * publishes the host record, and does what the fleet's shared state asks of this host: its part of the
+ * rollout, or else converging to the desired version.
+ *
+ * It is level-triggered: every pass reads the control keys and this host's run record afresh and acts on
+ * what they say now, so a missed watch event, a compacted history, a restart or an etcd outage costs one
+ * more pass and nothing else. Watch events, a new session and retries only wake the loop. The local
+ * agent never depends on etcd: while etcd is away the follower only retries.
+ */
+import type { Lease, Watcher } from 'etcd3';
+import type { Logger } from '../log.js';
+import { UPGRADER_VERSION } from '../upgrader-version.js';
+import { FleetError } from './errors.js';
+import type { LocalUpgrader, LocalView, Progress } from './local.js';
+import { positionOf, stagesNow, targetOf, type Position } from './plan.js';
+import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readRun, startRun, type RunKey } from './rollout.js';
+import { KEYS, Release, SCHEMA, serialize, type HostPhase, type HostRecord, type Rollout, type Run } from './schema.js';
+import type { FleetStore } from './store.js';
+
+export type FollowerOptions = {
+  store: FleetStore;
+  host: string;
+  group: string;
+  local: LocalUpgrader;
+  log: Logger;
+  /** Presence lease TTL in seconds: how soon a dead follower shows as offline. */
+  leaseSeconds: number;
+  /** Backoff between failed passes and sessions. */
+  retryMs: { min: number; max: number };
+  /** Rate limit of progress writes while downloading. */
+  progressEveryMs?: number;
+  /** Errors of etcd calls that mean "etcd is away" rather than "a bug". */
+  unreachable: (error: unknown) => boolean;
+};
+
+type Problem = { message: string; code: string | null; at: string };
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+  });
+
+export class Follower {
+  private phase: HostPhase = 'idle';
+  private progress: Progress | null = null;
+  private error: Problem | null = null;
+  private asked: HostRecord['asked'] = null;
+  private published = '';
+  private lastProgressAt = 0;
+  private wake: (() => void) | null = null;
+  private kicked = true;
+  private readonly stopping = new AbortController();
+  /** Desired versions that failed here: not tried again until the desired version changes or the follower restarts. */
+  private readonly gaveUp = new Set<string>();
+  /** Whether etcd answered the last call; said in the log once per change. */
+  private reachable = true;
+
+  constructor(private readonly o: FollowerOptions) {}
+
+  /** Runs until stop(). */
+  async run(): Promise<void> {
+    await Promise.all([this.sessions(), this.passes()]);
+  }
+
+  async stop(): Promise<void> {
+    this.stopping.abort();
+    this.kick();
+  }
+
+  private get stopped(): boolean {
+    return this.stopping.signal.aborted;
+  }
+
+  private kick(): void {
+    this.kicked = true;
+    this.wake?.();
+  }
+
+  // ---------------------------------------------------------------- presence and watch
+
+  /** One session: a lease, the presence key on it, one watcher on the control keys. Renewed whenever either dies. */
+  private async sessions(): Promise<void> {
+    let delay = this.o.retryMs.min;
+    while (!this.stopped) {
+      try {
+        await this.session();
+        delay = this.o.retryMs.min;
+      } catch (error) {
+        this.noteEtcd(error, 'session');
+        delay = Math.min(this.o.retryMs.max, delay * 2);
+      }
+      await sleep(delay, this.stopping.signal);
+    }
+  }
+
+  private async session(): Promise<void> {
+    const { store, host } = this.o;
+    const lease: Lease = store.ns.lease(this.o.leaseSeconds);
+    let watcher: Watcher | null = null;
+    const ended = new Promise<string>((resolve) => {
+      lease.on('lost', (e: Error) => resolve(`presence lease lost (${e.message})`));
+      this.stopping.signal.addEventListener('abort', () => resolve('stopping'), { once: true });
+      void (async () => {
+        try {
+          await lease.grant();
+          const presence = { schema: SCHEMA, pid: process.pid, startedAt: new Date().toISOString(), follower: UPGRADER_VERSION };
+          await lease.put(KEYS.presence(host)).value(serialize(presence));
+          watcher = await store.ns.watch().prefix(KEYS.ctlPrefix).create();
+          watcher.on('put', () => this.kick());
+          watcher.on('delete', () => this.kick());
+          watcher.on('connected', () => this.kick());
+          watcher.on('error', (e: Error) => resolve(`watch ended (${e.message})`));
+          this.published = '';
+          this.markReachable();
+          this.kick();
+        } catch (error) {
+          resolve(`could not open a session (${error instanceof Error ? error.message : String(error)})`);
+        }
+      })();
+    });
+    const why = await ended;
+    if (why !== 'stopping') this.o.log.warn({ host, why }, 'fleet session ended; opening a new one');
+    await (watcher as Watcher | null)?.cancel().catch(() => undefined);
+    if (why === 'stopping') await lease.revoke().catch(() => undefined);
+    else lease.release();
+  }
+
+  // ---------------------------------------------------------------- the passes
+
+  private async passes(): Promise<void> {
+    let delay = this.o.retryMs.min;
+    while (!this.stopped) {
+      if (!this.kicked) await new Promise<void>((resolve) => (this.wake = resolve));
+      this.wake = null;
+      if (this.stopped) break;
+      this.kicked = false;
+      try {
+        await this.pass();
+        delay = this.o.retryMs.min;
+      } catch (error) {
+        this.noteEtcd(error, 'pass');
+        await sleep(delay, this.stopping.signal);
+        delay = Math.min(this.o.retryMs.max, delay * 2);
+        this.kicked = true;
+      }
+    }
+  }
+
+  private async pass(): Promise<void> {
+    const control = await this.o.store.control();
+    this.markReachable();
+    const rollout = control.rollout.value;
+    for (const problem of [control.rollout.problem, control.desired.problem, control.pause.problem]) {
+      if (problem) this.o.log.warn({ host: this.o.host, problem }, 'ignoring a malformed fleet record');
+    }
+    const at = rollout ? positionOf(rollout.plan, this.o.host) : null;
+    if (rollout && at && rollout.state !== 'succeeded') {
+      await this.followRollout(rollout, control.rollout.mod!, at, control.pause.value !== null);
+      return;
+    }
+    if (rollout && at && rollout.state === 'succeeded') this.asked = null;
+    const desired = control.desired.value?.version ?? null;
+    await this.converge(desired);
+  }
+
+  /** This host's part in a rollout that names it. */
+  private async followRollout(rollout: Rollout, rolloutMod: string, at: Position, paused: boolean): Promise<void> {
+    const target = targetOf(rollout, this.o.host)!;
+    const k: RunKey = { rolloutId: rollout.id, at, host: this.o.host };
+    this.asked = { version: target, rolloutId: rollout.id };
+    let { run, mod } = await readRun(this.o.store, k);
+    if (run?.state === 'done' || run?.state === 'failed') {
+      await this.publish();
+      if (rollout.group === at.group && rollout.wave === at.wave) await advanceIfWaveEnded(this.o.store);
+      return;
+    }
+    if (run?.state === 'upgrading') return this.carryOut(k, run, true);
+    const local = this.o.local.view();
+    if (!run && stagesNow(rollout, at)) {
+      const staged = await this.stage(target);
+      if (staged !== true) {
+        const failed: Run = { schema: SCHEMA, host: this.o.host, state: 'staged', from: local.running, to: target, reason: null, code: null, startedAt: null, endedAt: null };
+        await endRunFailed(this.o.store, k, failed, staged.message, staged.code);
+        return;
+      }
+      await markStaged(this.o.store, k, local.running, target);
+      ({ run, mod } = await readRun(this.o.store, k));
+    }
+    await this.publish();
+    const ourWave = rollout.group === at.group && rollout.wave === at.wave;
+    if (rollout.state !== 'running' || !ourWave || paused || !run) return;
+    if (!(await startRun(this.o.store, k, rolloutMod, mod, local.running, target))) {
+      this.kick();
+      return;
+    }
+    const started = await readRun(this.o.store, k);
+    await this.carryOut(k, started.run!, false);
+  }
+
+  /** Takes the host to `run.to`, or reads back how a handoff begun before a restart ended. */
+  private async carryOut(k: RunKey, run: Run, resumed: boolean): Promise<void> {
+    const local = this.o.local;
+    if (resumed) await local.settle(this.stopping.signal);
+    for (let delay = this.o.retryMs.min; !this.stopped; delay = Math.min(this.o.retryMs.max, delay * 2)) {
+      const view = local.view();
+      if (view.running === run.to && !view.busy) return this.ended(k, run, null);
+      const earlier = endedSince(view, run);
+      if (earlier) return this.ended(k, run, earlier);
+      const staged = await this.stage(run.to);
+      if (staged !== true) return this.ended(k, run, staged);
+      this.setPhase('upgrading');
+      const outcome = await local.upgrade(run.to, (phase) => this.setPhase(phase));
+      if (outcome.ok) return this.ended(k, run, null);
+      if (!outcome.transient) return this.ended(k, run, { message: outcome.reason, code: outcome.code, at: now() });
+      this.error = { message: outcome.reason, code: outcome.code, at: now() };
+      await this.publish().catch(() => undefined);
+      await sleep(delay, this.stopping.signal);
+      await local.settle(this.stopping.signal);
+    }
+  }
+
+  private async ended(k: RunKey, run: Run, problem: Problem | null): Promise<void> {
+    if (problem === null) {
+      this.setPhase('succeeded');
+      this.error = null;
+      await endRunDone(this.o.store, k, run);
+    } else {
+      this.setPhase(problem.code === 'rolled-back' ? 'rolled-back' : 'failed');
+      this.error = problem;
+      await endRunFailed(this.o.store, k, run, problem.message, problem.code);
+    }
+    await this.publish();
+  }
+
+  /** Outside any rollout: run the fleet's desired version, once a rollout has set one. */
+  private async converge(desired: string | null): Promise<void> {
+    const view = this.o.local.view();
+    if (desired === null || view.running === desired || view.running === null || view.busy || this.gaveUp.has(desired)) {
+      if (desired !== null && view.running === desired && this.phase !== 'idle' && this.asked?.version !== desired) this.setPhase('idle');
+      return this.publish();
+    }
+    this.gaveUp.clear();
+    this.asked = { version: desired, rolloutId: null };
+    const staged = await this.stage(desired);
+    const outcome = staged === true ? await this.o.local.upgrade(desired, (phase) => this.setPhase(phase)) : { ok: false as const, reason: staged.message, code: staged.code, transient: false };
+    if (outcome.ok) {
+      this.setPhase('succeeded');
+      this.error = null;
+    } else if (outcome.transient) {
+      this.error = { message: outcome.reason, code: outcome.code, at: now() };
+      throw new FleetError('retry', outcome.reason);
+    } else {
+      this.gaveUp.add(desired);
+      this.setPhase(outcome.code === 'rolled-back' ? 'rolled-back' : 'failed');
+      this.error = { message: outcome.reason, code: outcome.code, at: now() };
+    }
+    await this.publish();
+  }
+
+  /** Download and install `version` (no switch): true, or the problem. */
+  private async stage(version: string): Promise<true | Problem> {
+    const release = await this.o.store.read(Release, KEYS.release(version));
+    if (!release.value || release.value.version !== version) {
+      return { message: release.problem ?? `no release ${version} is published in this fleet`, code: 'no-release', at: now() };
+    }
+    this.setPhase('downloading');
+    try {
+      await this.o.local.stage(release.value, (p) => this.onProgress(p), this.stopping.signal);
+    } catch (error) {
+      const code = error instanceof FleetError ? error.code : 'install-refused';
+      return { message: error instanceof Error ? error.message : String(error), code, at: now() };
+    } finally {
+      this.progress = null;
+    }
+    this.setPhase('staged');
+    await this.publish();
+    return true;
+  }
+
+  private onProgress(p: Progress): void {
+    this.progress = p;
+    const at = Date.now();
+    if (at - this.lastProgressAt < (this.o.progressEveryMs ?? 1000)) return;
+    this.lastProgressAt = at;
+    void this.publish().catch(() => undefined);
+  }
+
+  private setPhase(phase: HostPhase): void {
+    if (this.phase === phase) return;
+    this.phase = phase;
+    this.o.log.info({ host: this.o.host, phase, asked: this.asked?.version ?? null }, 'fleet phase');
+    void this.publish().catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------- the host record
+
+  private record(view: LocalView): HostRecord {
+    return {
+      schema: SCHEMA,
+      host: this.o.host,
+      group: this.o.group,
+      root: this.o.local.root,
+      upgrader: view.upgrader,
+      running: view.running,
+      current: view.current,
+      previous: view.previous,
+      lastUpgrade: view.lastUpgrade,
+      asked: this.asked,
+      phase: this.phase,
+      progress: this.progress,
+      error: this.error,
+      reportedAt: now(),
+    };
+  }
+
+  /** Writes the host record when something in it changed (not only the time). */
+  private async publish(): Promise<void> {
+    const record = this.record(this.o.local.view());
+    const { reportedAt: _, ...content } = record;
+    const key = JSON.stringify(content);
+    if (key === this.published) return;
+    await this.o.store.ns.put(KEYS.host(this.o.host)).value(serialize(record));
+    this.published = key;
+  }
+
+  private markReachable(): void {
+    if (this.reachable) return;
+    this.reachable = true;
+    this.o.log.info({ host: this.o.host }, 'etcd answers again');
+    this.kick();
+  }
+
+  private noteEtcd(error: unknown, during: string): void {
+    const message = error instanceof Error ? error.message : String(error);
+    if (this.o.unreachable(error)) {
+      if (this.reachable) this.o.log.warn({ host: this.o.host, during, error: message }, 'etcd is unreachable; the agent keeps running, retrying');
+      this.reachable = false;
+      return;
+    }
+    if (error instanceof FleetError && error.code === 'retry') return;
+    this.o.log.error({ host: this.o.host, during, error: message }, 'fleet pass failed; retrying');
+  }
+}
+
+const now = () => new Date().toISOString();
+
+/** How the handoff to `run.to` ended, if the upgrader recorded its end after the run started. */
+function endedSince(view: LocalView, run: Run): Problem | null {
+  const last = view.lastUpgrade;
+  if (!last || last.to !== run.to || last.result === 'succeeded' || !run.startedAt || last.at < run.startedAt) return null;
+  return { message: last.reason ?? `the handoff to ${run.to} ${last.result}`, code: last.code, at: last.at };
+}

@@ -1,0 +1,98 @@
+/**
+ * A rollout's plan, and where a host stands in it. Pure: no etcd, no clock.
+ *
+ * The plan is fixed when the rollout begins: groups in the operator's order, each cut into waves. Wave 0
+ * of a group is its canaries, alone; the others hold at most `batch` hosts. A host upgrades only while the
+ * rollout's position is its wave, and the position moves on only once every host of the wave has ended
+ * (done or failed): so at most `batch` hosts (or `canaries`) are ever in flight, with no counter to race on.
+ */
+import type { PlanGroup, Rollout } from './schema.js';
+
+export type Position = { group: number; wave: number };
+export type HostGroup = { host: string; group: string };
+
+/** `--batch`: a count (`5`) or a share of the group (`25%`, rounded up, at least 1). */
+export function batchSize(batch: string, groupSize: number): number {
+  if (batch.endsWith('%')) return Math.max(1, Math.ceil((groupSize * Number(batch.slice(0, -1))) / 100));
+  return Number(batch);
+}
+
+/**
+ * The groups in `order` first, then any other group that has hosts, in name order; hosts by name within
+ * a group, so that the plan (and which hosts are canaries) does not depend on the order etcd lists them.
+ */
+export function buildPlan(hosts: HostGroup[], order: string[], canaries: number, batch: string): PlanGroup[] {
+  const byGroup = new Map<string, string[]>();
+  for (const { host, group } of hosts) byGroup.set(group, [...(byGroup.get(group) ?? []), host]);
+  const rest = [...byGroup.keys()].filter((g) => !order.includes(g)).sort();
+  return [...order, ...rest].map((name) => {
+    const members = (byGroup.get(name) ?? []).sort();
+    const first = members.slice(0, Math.min(canaries, members.length));
+    const others = members.slice(first.length);
+    const size = batchSize(batch, members.length);
+    const waves = first.length ? [first] : [];
+    for (let i = 0; i < others.length; i += size) waves.push(others.slice(i, i + size));
+    return { name, waves };
+  });
+}
+
+/** The first wave of the plan, or null when the plan holds no host. */
+export function firstPosition(plan: PlanGroup[]): Position | null {
+  return following(plan, { group: 0, wave: -1 });
+}
+
+/** The wave after `at`, across groups; null after the last. */
+export function nextPosition(plan: PlanGroup[], at: Position): Position | null {
+  return following(plan, at);
+}
+
+function following(plan: PlanGroup[], at: Position): Position | null {
+  for (let g = at.group; g < plan.length; g++) {
+    const start = g === at.group ? at.wave + 1 : 0;
+    if (start < plan[g]!.waves.length) return { group: g, wave: start };
+  }
+  return null;
+}
+
+/** Where `host` is in the plan, or null when it is not in it. */
+export function positionOf(plan: PlanGroup[], host: string): Position | null {
+  for (let g = 0; g < plan.length; g++) {
+    const w = plan[g]!.waves.findIndex((wave) => wave.includes(host));
+    if (w >= 0) return { group: g, wave: w };
+  }
+  return null;
+}
+
+export function waveHosts(plan: PlanGroup[], at: Position): string[] {
+  return plan[at.group]?.waves[at.wave] ?? [];
+}
+
+export function hostCount(plan: PlanGroup[]): number {
+  return plan.reduce((n, g) => n + g.waves.reduce((m, w) => m + w.length, 0), 0);
+}
+
+/** The version the rollout takes `host` to. */
+export function targetOf(rollout: Rollout, host: string): string | null {
+  return rollout.to ?? rollout.targets?.[host] ?? null;
+}
+
+export function isCurrent(rollout: Rollout, at: Position): boolean {
+  return rollout.group === at.group && rollout.wave === at.wave;
+}
+
+/** Whether the rollout has reached `at` (its wave now or earlier). */
+export function reached(rollout: Rollout, at: Position): boolean {
+  return rollout.group > at.group || (rollout.group === at.group && rollout.wave >= at.wave);
+}
+
+/**
+ * Whether a host should download and install ahead of its wave. Canaries stage when their group begins;
+ * the rest of the group once its canaries have passed, so a bad release is stopped by the canaries before
+ * the group's other hosts spend a download on it.
+ */
+export function stagesNow(rollout: Rollout, at: Position): boolean {
+  if (rollout.state !== 'running' && rollout.state !== 'paused') return false;
+  if (rollout.group !== at.group) return rollout.group > at.group;
+  const hasCanaries = rollout.canaries > 0;
+  return at.wave === 0 || !hasCanaries || rollout.wave >= 1;
+}

@@ -1,0 +1,255 @@
+/**
+ * A rollout's life in etcd: begin, pause, resume, abort, roll back, and the three steps hosts take inside
+ * it (start their run, end it, move the rollout to the next wave). The whole state is the rollout record
+ * `ctl/rollout` and the hosts' run records `runs/<id>/<group>.<wave>/<host>`; any follower or command may
+ * take any step, and a compare on the rollout record's revision makes sure only one of them does.
+ *
+ * States: running -> paused -> running; running|paused -> halted (failures over --max-failures) ->
+ * aborted; running -> succeeded (the last wave ended); running|paused|halted -> aborted (operator).
+ * A host starts only in `running`, and only while the rollout's position is its wave; a halt, pause or
+ * abort changes the record's revision, so a start decided before it fails its compare.
+ */
+import { randomBytes } from 'node:crypto';
+import { FleetError } from './errors.js';
+import { buildPlan, firstPosition, hostCount, isCurrent, nextPosition, waveHosts, type Position } from './plan.js';
+import { ENDED, KEYS, Presence, Release, Rollout as RolloutSchema, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
+import { parsed, type FleetStore } from './store.js';
+
+export type RolloutOptions = { to: string; groups: string[]; canaries: number; batch: string; maxFailures: number; pauseMs: number };
+
+const now = () => new Date().toISOString();
+
+function newRolloutId(): string {
+  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '');
+  return `${stamp}-${randomBytes(3).toString('hex')}`;
+}
+
+/** Hosts known to the fleet, split by whether their follower is present now. */
+export async function knownHosts(store: FleetStore): Promise<{ online: HostRecord[]; offline: HostRecord[]; problems: string[] }> {
+  const [hosts, presence] = await Promise.all([store.range(KEYS.hostPrefix), store.range(KEYS.presencePrefix)]);
+  const present = new Set(presence.entries.filter((e) => parsed(Presence, e).value).map((e) => e.key.slice(KEYS.presencePrefix.length)));
+  const online: HostRecord[] = [];
+  const offline: HostRecord[] = [];
+  const problems: string[] = [];
+  for (const entry of hosts.entries) {
+    const record = parsed(HostRecord, entry);
+    if (!record.value || `hosts/${record.value.host}` !== entry.key) {
+      problems.push(record.problem ?? `${entry.key}: names another host`);
+      continue;
+    }
+    (present.has(record.value.host) ? online : offline).push(record.value);
+  }
+  return { online, offline, problems };
+}
+
+/** Refuses while another rollout is running or paused, with that rollout's state. */
+function refuseIfActive(current: Rollout | null): void {
+  if (current && !ENDED.includes(current.state)) {
+    const to = current.to ?? 'the previous versions';
+    throw new FleetError('rollout-active', `Rollout ${current.id} (to ${to}) is ${current.state} at group ${current.plan[current.group]?.name ?? current.group}, wave ${current.wave}, ${current.failures} failed: one rollout per fleet runs at a time (pause, resume or abort it first).`);
+  }
+}
+
+function record(base: Omit<Rollout, 'schema' | 'state' | 'group' | 'wave' | 'failures' | 'failed' | 'reason' | 'startedAt' | 'updatedAt'>, start: Position): Rollout {
+  const at = now();
+  return { schema: SCHEMA, ...base, state: 'running', group: start.group, wave: start.wave, failures: 0, failed: [], reason: null, startedAt: at, updatedAt: at };
+}
+
+/** `fleet rollout`: plans the waves from the hosts present now and starts the rollout, if none is active. */
+export async function beginRollout(store: FleetStore, o: RolloutOptions): Promise<Rollout> {
+  const release = await store.read(Release, KEYS.release(o.to));
+  if (!release.value) throw new FleetError('no-release', release.problem ? `The release ${o.to} is unreadable (${release.problem}).` : `No release ${o.to} is published in this fleet: publish it first (upgrader fleet publish).`);
+  const control = await store.control();
+  refuseIfActive(control.rollout.value);
+  const { online, offline } = await knownHosts(store);
+  const plan = buildPlan(online.map((h) => ({ host: h.host, group: h.group })), o.groups, o.canaries, o.batch);
+  const start = firstPosition(plan);
+  if (!start) throw new FleetError('no-hosts', 'No host of this fleet is present (no follower has a live presence key): nothing to roll out to.');
+  const next = record(
+    { id: newRolloutId(), kind: 'rollout', to: o.to, targets: null, undoes: null, plan, offline: offline.map((h) => h.host), canaries: o.canaries, batch: o.batch, maxFailures: o.maxFailures, pauseMs: o.pauseMs, previousDesired: control.desired.value?.version ?? null, desiredAfter: o.to },
+    start,
+  );
+  if (!(await store.swapRollout(control.rollout.mod, next))) return raced(store);
+  return next;
+}
+
+async function raced(store: FleetStore): Promise<never> {
+  const control = await store.control();
+  refuseIfActive(control.rollout.value);
+  throw new FleetError('conflict', 'Another command changed the rollout at the same moment; run the command again.');
+}
+
+/**
+ * `fleet rollback`: a rollout that takes every host the last rollout moved (its run ended `done`) back to
+ * the version it ran before, in the same groups and waves. Refused while that rollout is active or while a
+ * host of it is still in flight.
+ */
+export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOptions, 'canaries' | 'batch' | 'maxFailures' | 'pauseMs'>>): Promise<Rollout> {
+  const control = await store.control();
+  const last = control.rollout.value;
+  if (!last) throw new FleetError('no-rollout', 'This fleet has no rollout to roll back.');
+  refuseIfActive(last);
+  if (last.kind === 'rollback') throw new FleetError('no-rollout', `The last rollout (${last.id}) is itself a rollback; start a rollout to the version you want instead.`);
+  const runs = await runsOf(store, last.id);
+  const inFlight = [...runs.values()].filter((r) => r.state === 'upgrading').map((r) => r.host);
+  if (inFlight.length) throw new FleetError('in-flight', `Hosts of rollout ${last.id} are still upgrading (${inFlight.join(', ')}); roll back once they have ended.`);
+  const targets: Record<string, string> = {};
+  for (const run of runs.values()) if (run.state === 'done' && run.from && run.from !== run.to) targets[run.host] = run.from;
+  const plan: PlanGroup[] = last.plan.map((g) => ({ name: g.name, waves: g.waves.map((w) => w.filter((h) => h in targets)).filter((w) => w.length) }));
+  const start = firstPosition(plan);
+  if (!start) throw new FleetError('nothing-moved', `No host was moved by rollout ${last.id}: there is nothing to roll back.`);
+  const next = record(
+    {
+      id: newRolloutId(), kind: 'rollback', to: null, targets, undoes: last.id, plan, offline: [],
+      canaries: o.canaries ?? last.canaries, batch: o.batch ?? last.batch, maxFailures: o.maxFailures ?? last.maxFailures, pauseMs: o.pauseMs ?? last.pauseMs,
+      previousDesired: control.desired.value?.version ?? null, desiredAfter: last.previousDesired,
+    },
+    start,
+  );
+  if (!(await store.swapRollout(control.rollout.mod, next))) return raced(store);
+  return next;
+}
+
+const TRANSITIONS: Record<'pause' | 'resume' | 'abort', { from: RolloutState[]; to: RolloutState }> = {
+  pause: { from: ['running'], to: 'paused' },
+  resume: { from: ['paused'], to: 'running' },
+  abort: { from: ['running', 'paused', 'halted'], to: 'aborted' },
+};
+
+/** `fleet pause | resume | abort`. Hosts already in flight finish in every case. */
+export async function changeRollout(store: FleetStore, action: keyof typeof TRANSITIONS, reason: string | null = null): Promise<Rollout> {
+  const { from, to } = TRANSITIONS[action];
+  for (;;) {
+    const { rollout } = await store.control();
+    if (!rollout.value) throw new FleetError('no-rollout', 'This fleet has no rollout.');
+    if (!from.includes(rollout.value.state)) throw new FleetError('wrong-state', `Rollout ${rollout.value.id} is ${rollout.value.state}: ${action} applies to a rollout that is ${from.join(' or ')}.`);
+    const next = { ...rollout.value, state: to, reason: reason ?? rollout.value.reason, updatedAt: now() };
+    if (await store.swapRollout(rollout.mod, next)) return next;
+  }
+}
+
+/** Every run record of a rollout, by host; malformed ones are left out. */
+export async function runsOf(store: FleetStore, rolloutId: string, at?: Position): Promise<Map<string, Run>> {
+  const prefix = at ? KEYS.wavePrefix(rolloutId, at.group, at.wave) : KEYS.runPrefix(rolloutId);
+  const { entries } = await store.range(prefix);
+  const runs = new Map<string, Run>();
+  for (const entry of entries) {
+    const run = parsed(RunSchema, entry).value;
+    if (run && entry.key.endsWith(`/${run.host}`)) runs.set(run.host, run);
+  }
+  return runs;
+}
+
+// ---------------------------------------------------------------- a host's steps
+
+export type RunKey = { rolloutId: string; at: Position; host: string };
+const runKey = (k: RunKey) => KEYS.run(k.rolloutId, k.at.group, k.at.wave, k.host);
+
+export async function readRun(store: FleetStore, k: RunKey): Promise<{ run: Run | null; mod: string | null }> {
+  const { value, mod } = await store.read(RunSchema, runKey(k));
+  return { run: value, mod };
+}
+
+/** Staged ahead of its wave: only the host itself writes its run record before it starts. */
+export async function markStaged(store: FleetStore, k: RunKey, from: string | null, to: string): Promise<void> {
+  const run: Run = { schema: SCHEMA, host: k.host, state: 'staged', from, to, reason: null, code: null, startedAt: null, endedAt: null };
+  await store.ns.put(runKey(k)).value(serialize(run));
+}
+
+/**
+ * The admission: the host's run becomes `upgrading` only if the rollout record is still the one read
+ * (running, at this wave), no pause is pending, and the run record is still the one read. A false return
+ * means something moved: read again.
+ */
+export async function startRun(store: FleetStore, k: RunKey, rolloutMod: string, runMod: string | null, from: string | null, to: string): Promise<boolean> {
+  const run: Run = { schema: SCHEMA, host: k.host, state: 'upgrading', from, to, reason: null, code: null, startedAt: now(), endedAt: null };
+  const key = runKey(k);
+  const result = await store.ns
+    .if(KEYS.rollout, 'Mod', '==', rolloutMod)
+    .and(KEYS.pause, 'Create', '==', 0)
+    .and(key, runMod === null ? 'Create' : 'Mod', '==', runMod ?? 0)
+    .then(store.ns.put(key).value(serialize(run)))
+    .commit();
+  return result.succeeded;
+}
+
+/** The host's run ended well: recorded, then the wave is moved on if this was its last host. */
+export async function endRunDone(store: FleetStore, k: RunKey, run: Run): Promise<void> {
+  await store.ns.put(runKey(k)).value(serialize({ ...run, state: 'done', reason: null, code: null, endedAt: now() } satisfies Run));
+  await advanceIfWaveEnded(store);
+}
+
+/**
+ * The host's run failed: recorded together with the rollout's failure count in one transaction, and the
+ * rollout halted when the count passes --max-failures, so that no host starts after the failure that
+ * should have stopped it.
+ */
+export async function endRunFailed(store: FleetStore, k: RunKey, run: Run, reason: string, code: string | null): Promise<void> {
+  const failedRun: Run = { ...run, state: 'failed', reason, code, endedAt: now() };
+  for (;;) {
+    const { rollout } = await store.control();
+    const current = rollout.value;
+    if (!current || current.id !== k.rolloutId) {
+      await store.ns.put(runKey(k)).value(serialize(failedRun));
+      return;
+    }
+    const failures = current.failures + 1;
+    const halts = failures > current.maxFailures && (current.state === 'running' || current.state === 'paused');
+    const next: Rollout = {
+      ...current,
+      failures,
+      failed: [...current.failed, { host: k.host, reason, code }].slice(-100),
+      state: halts ? 'halted' : current.state,
+      reason: halts ? `${k.host} failed: ${reason}` : current.reason,
+      updatedAt: now(),
+    };
+    if (await store.swapRollout(rollout.mod, next, { key: runKey(k), value: serialize(failedRun) })) break;
+  }
+  await advanceIfWaveEnded(store);
+}
+
+/** etcd's shortest lease; a shorter pause is rounded up to it. */
+const MIN_LEASE_SECONDS = 2;
+
+/**
+ * Moves the rollout on when every host of its current wave has ended: to the next wave (behind a pause
+ * timer when --pause is set), or to `succeeded`, which also sets the fleet's desired version. Anyone may
+ * call it any number of times: the compare on the rollout record lets one call through per wave.
+ */
+export async function advanceIfWaveEnded(store: FleetStore): Promise<void> {
+  for (;;) {
+    const { rollout } = await store.control();
+    const current = rollout.value;
+    if (!current || current.state !== 'running') return;
+    const at: Position = { group: current.group, wave: current.wave };
+    const hosts = waveHosts(current.plan, at);
+    const runs = await runsOf(store, current.id, at);
+    if (!hosts.every((h) => runs.get(h)?.state === 'done' || runs.get(h)?.state === 'failed')) return;
+    const next = nextPosition(current.plan, at);
+    if (await store.swapRollout(rollout.mod, ...(next ? await toWave(store, current, next) : finished(current)))) return;
+  }
+}
+
+function finished(current: Rollout): [Rollout, ...Array<{ key: string; value: string }>] {
+  const at = now();
+  const done: Rollout = { ...current, state: 'succeeded', reason: null, updatedAt: at };
+  if (current.desiredAfter === null) return [done];
+  const desired: Desired = { schema: SCHEMA, version: current.desiredAfter, rolloutId: current.id, since: at };
+  return [done, { key: KEYS.desired, value: serialize(desired) }];
+}
+
+async function toWave(store: FleetStore, current: Rollout, next: Position): Promise<[Rollout, ...Array<{ key: string; value: string; lease?: string }>]> {
+  const moved: Rollout = { ...current, group: next.group, wave: next.wave, updatedAt: now() };
+  if (current.pauseMs === 0) return [moved];
+  const seconds = Math.max(MIN_LEASE_SECONDS, Math.ceil(current.pauseMs / 1000));
+  // A lease nobody keeps alive: etcd deletes the pause key when it ends, whichever process granted it.
+  const lease = store.ns.lease(seconds, { autoKeepAlive: false });
+  const id = await lease.grant();
+  lease.release();
+  const until = new Date(Date.now() + seconds * 1000).toISOString();
+  return [moved, { key: KEYS.pause, value: serialize({ schema: SCHEMA, rolloutId: current.id, group: next.group, wave: next.wave, until }), lease: id }];
+}
+
+/** Whether `at` is the wave the rollout is at now (re-exported for the follower's reading). */
+export { isCurrent, hostCount };
+export const parseRollout = (entry: Parameters<typeof parsed>[1]) => parsed(RolloutSchema, entry);

@@ -1,0 +1,190 @@
+/**
+ * The fleet's records in etcd: where each lives (keys) and what it may contain (zod). Everything read back
+ * from etcd is untrusted: a record that does not parse is treated as absent and reported, never obeyed.
+ * Names that reach a key or a path (fleet, host, group, version) pass the same rule as version names, so a
+ * tampered record cannot build a key outside its fleet or a path outside a root. docs/fleet.md documents
+ * every key and field.
+ */
+import { z } from 'zod';
+import { VERSION_NAME } from '../layout.js';
+
+/** Schema version of every record; a reader refuses records of another. */
+export const SCHEMA = 1;
+/** The largest record we write or accept (etcd refuses requests over 1.5 MiB; a plan for 10,000 hosts fits). */
+export const MAX_RECORD_BYTES = 1024 * 1024;
+
+const NAME = VERSION_NAME;
+export const Name = z.string().regex(NAME, 'letters, digits and . _ + - (at most 128, not starting with a sign)');
+const Iso = z.string().datetime();
+const Code = z.string().regex(/^[a-z][a-z-]{0,31}$/);
+const Reason = z.string().max(2048);
+const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, '64 lower-case hex digits');
+
+/** `<prefix><fleet>/`: every key of one fleet. */
+export function fleetPrefix(prefix: string, fleet: string): string {
+  if (!/^\/([A-Za-z0-9._-]+\/)*$/.test(prefix)) throw new Error(`etcd key prefix ${JSON.stringify(prefix)} must start and end with "/" and hold only letters, digits, . _ -`);
+  return `${prefix}${Name.parse(fleet)}/`;
+}
+
+/** Keys relative to the fleet prefix (the client's namespace adds it). */
+export const KEYS = {
+  presence: (host: string) => `presence/${host}`,
+  presencePrefix: 'presence/',
+  host: (host: string) => `hosts/${host}`,
+  hostPrefix: 'hosts/',
+  release: (version: string) => `releases/${version}`,
+  /** Small, rarely-changing keys every follower watches with one watcher. */
+  ctlPrefix: 'ctl/',
+  rollout: 'ctl/rollout',
+  desired: 'ctl/desired',
+  pause: 'ctl/pause',
+  runPrefix: (rolloutId: string) => `runs/${rolloutId}/`,
+  wavePrefix: (rolloutId: string, group: number, wave: number) => `runs/${rolloutId}/${group}.${wave}/`,
+  run: (rolloutId: string, group: number, wave: number, host: string) => `runs/${rolloutId}/${group}.${wave}/${host}`,
+} as const;
+
+// ---------------------------------------------------------------- presence (lease-bound)
+
+export const Presence = z.object({
+  schema: z.literal(SCHEMA),
+  pid: z.number().int().positive(),
+  startedAt: Iso,
+  follower: z.string().max(64),
+});
+export type Presence = z.infer<typeof Presence>;
+
+// ---------------------------------------------------------------- host record (durable)
+
+export const HOST_PHASES = ['idle', 'downloading', 'staged', 'upgrading', 'watching', 'succeeded', 'failed', 'rolled-back'] as const;
+export const HostPhase = z.enum(HOST_PHASES);
+export type HostPhase = z.infer<typeof HostPhase>;
+
+const Problem = z.object({ message: Reason, code: Code.nullable(), at: Iso });
+
+export const HostRecord = z.object({
+  schema: z.literal(SCHEMA),
+  host: Name,
+  group: Name,
+  root: z.string().max(4096),
+  /** The upgrader's state (status.ts): starting, running, upgrading, stopping, stopped, broken, unreadable; or not-running. */
+  upgrader: z.string().max(32),
+  running: Name.nullable(),
+  current: Name.nullable(),
+  previous: Name.nullable(),
+  lastUpgrade: z
+    .object({ from: Name, to: Name, result: z.string().max(32), reason: Reason.nullable(), code: Code.nullable(), at: Iso })
+    .nullable(),
+  asked: z.object({ version: Name, rolloutId: Name.nullable() }).nullable(),
+  phase: HostPhase,
+  progress: z.object({ bytes: z.number().int().nonnegative(), total: z.number().int().nonnegative().nullable() }).nullable(),
+  error: Problem.nullable(),
+  reportedAt: Iso,
+});
+export type HostRecord = z.infer<typeof HostRecord>;
+
+// ---------------------------------------------------------------- release (immutable)
+
+export const Release = z.object({
+  schema: z.literal(SCHEMA),
+  version: Name,
+  artifact: z.string().max(4096),
+  sha256: Sha256,
+  size: z.number().int().nonnegative().nullable(),
+  upgradeFrom: z.string().max(1024).nullable(),
+  sequential: z.boolean().nullable(),
+  publishedAt: Iso,
+});
+export type Release = z.infer<typeof Release>;
+
+// ---------------------------------------------------------------- rollout (one per fleet at a time)
+
+export const ROLLOUT_STATES = ['running', 'paused', 'halted', 'succeeded', 'aborted'] as const;
+export const RolloutState = z.enum(ROLLOUT_STATES);
+export type RolloutState = z.infer<typeof RolloutState>;
+/** No host starts in these; a new rollout may begin. */
+export const ENDED: readonly RolloutState[] = ['halted', 'succeeded', 'aborted'];
+
+export const PlanGroup = z.object({ name: Name, waves: z.array(z.array(Name)) });
+export type PlanGroup = z.infer<typeof PlanGroup>;
+
+export const Rollout = z.object({
+  schema: z.literal(SCHEMA),
+  id: Name,
+  kind: z.enum(['rollout', 'rollback']),
+  /** The version every host goes to (a rollout); null for a rollback, where `targets` names each host's. */
+  to: Name.nullable(),
+  targets: z.record(Name, Name).nullable(),
+  /** The rollout a rollback undoes. */
+  undoes: Name.nullable(),
+  plan: z.array(PlanGroup),
+  /** Hosts known but without presence when the rollout began: not in the plan, shown by status. */
+  offline: z.array(Name),
+  canaries: z.number().int().nonnegative(),
+  batch: z.string().regex(/^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$/),
+  maxFailures: z.number().int().nonnegative(),
+  pauseMs: z.number().int().nonnegative(),
+  state: RolloutState,
+  /** Position: index into `plan` and into its waves. */
+  group: z.number().int().nonnegative(),
+  wave: z.number().int().nonnegative(),
+  failures: z.number().int().nonnegative(),
+  failed: z.array(z.object({ host: Name, reason: Reason, code: Code.nullable() })).max(100),
+  reason: Reason.nullable(),
+  /** The desired version before this rollout (restored by a rollback of it), and the one it sets on success. */
+  previousDesired: Name.nullable(),
+  desiredAfter: Name.nullable(),
+  startedAt: Iso,
+  updatedAt: Iso,
+});
+export type Rollout = z.infer<typeof Rollout>;
+
+export const Desired = z.object({ schema: z.literal(SCHEMA), version: Name, rolloutId: Name.nullable(), since: Iso });
+export type Desired = z.infer<typeof Desired>;
+
+/** A server-side timer between waves: bound to a lease nobody keeps alive, so it ends on time whoever dies. */
+export const Pause = z.object({ schema: z.literal(SCHEMA), rolloutId: Name, group: z.number().int(), wave: z.number().int(), until: Iso });
+export type Pause = z.infer<typeof Pause>;
+
+// ---------------------------------------------------------------- a host's run in a rollout
+
+export const RUN_STATES = ['staged', 'upgrading', 'done', 'failed'] as const;
+export const RunState = z.enum(RUN_STATES);
+export type RunState = z.infer<typeof RunState>;
+
+export const Run = z.object({
+  schema: z.literal(SCHEMA),
+  host: Name,
+  state: RunState,
+  from: Name.nullable(),
+  to: Name,
+  reason: Reason.nullable(),
+  code: Code.nullable(),
+  startedAt: Iso.nullable(),
+  endedAt: Iso.nullable(),
+});
+export type Run = z.infer<typeof Run>;
+
+/** Parses a record read from etcd; null (and the problem) when it is missing, too large or malformed. */
+export function parseRecord<T>(schema: z.ZodType<T>, raw: string | null | undefined): { value: T | null; problem: string | null } {
+  if (raw === null || raw === undefined) return { value: null, problem: null };
+  if (raw.length > MAX_RECORD_BYTES) return { value: null, problem: `record of ${raw.length} bytes is over the ${MAX_RECORD_BYTES}-byte limit` };
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {
+    return { value: null, problem: 'record is not JSON' };
+  }
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    return { value: null, problem: `record is malformed at ${issue.path.join('.') || 'top level'}: ${issue.message}` };
+  }
+  return { value: parsed.data, problem: null };
+}
+
+/** Serializes a record we write, refusing one over the size limit (etcd would refuse it and trip the client's breaker). */
+export function serialize(record: object): string {
+  const text = JSON.stringify(record);
+  if (text.length > MAX_RECORD_BYTES) throw new Error(`a fleet record of ${text.length} bytes is over the ${MAX_RECORD_BYTES}-byte limit`);
+  return text;
+}

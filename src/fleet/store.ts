@@ -1,0 +1,83 @@
+/**
+ * The fleet's view of etcd: one namespace (`<prefix><fleet>/`), reads that come back validated, and the
+ * few transactions the rollout needs. Every decision is taken from a transaction's result or a fresh
+ * read, never from a watch event alone (watches may lag); every transaction compares what it read, so two
+ * actors that see the same condition cannot both act on it.
+ */
+import { Range, type Etcd3, type IRangeResponse, type Namespace } from 'etcd3';
+import type { z } from 'zod';
+import { KEYS, parseRecord, type Desired, Desired as DesiredSchema, type Pause, Pause as PauseSchema, type Rollout, Rollout as RolloutSchema, serialize } from './schema.js';
+
+export type Entry = { key: string; value: string; mod: string; lease: string };
+export type Parsed<T> = { value: T | null; mod: string | null; problem: string | null };
+export type Control = { rollout: Parsed<Rollout>; desired: Parsed<Desired>; pause: Parsed<Pause>; revision: string };
+
+export class FleetStore {
+  readonly ns: Namespace;
+  constructor(
+    readonly client: Etcd3,
+    readonly prefix: string,
+  ) {
+    this.ns = client.namespace(prefix);
+  }
+
+  async get(key: string): Promise<Entry | null> {
+    const response = await this.ns.get(key).exec();
+    const kv = response.kvs[0];
+    return kv ? this.entry(kv) : null;
+  }
+
+  async read<T>(schema: z.ZodType<T>, key: string): Promise<Parsed<T>> {
+    return parsed(schema, await this.get(key));
+  }
+
+  /**
+   * Every key under `prefix` (relative to the fleet), read in pages at one revision, so that a large fleet
+   * never hits the client's 4 MiB message limit and the pages agree with each other.
+   */
+  async range(prefix: string, pageSize = 500): Promise<{ entries: Entry[]; revision: string }> {
+    const end = Range.prefix(prefix).end;
+    const entries: Entry[] = [];
+    let start: string | Buffer = prefix;
+    let revision: string | null = null;
+    for (;;) {
+      const builder = this.ns.getAll().inRange({ start, end }).sort('Key', 'Ascend').limit(pageSize);
+      const response: IRangeResponse = await (revision === null ? builder : builder.revision(revision)).exec();
+      revision ??= response.header.revision;
+      entries.push(...response.kvs.map((kv) => this.entry(kv)));
+      if (!response.more || response.kvs.length === 0) return { entries, revision: revision ?? response.header.revision };
+      start = Buffer.concat([Buffer.from(entries[entries.length - 1]!.key), Buffer.from([0])]);
+    }
+  }
+
+  /** The keys every follower acts on, read together at one revision. */
+  async control(): Promise<Control> {
+    const { entries, revision } = await this.range(KEYS.ctlPrefix);
+    const find = (key: string) => entries.find((e) => e.key === key) ?? null;
+    return {
+      rollout: parsed(RolloutSchema, find(KEYS.rollout)),
+      desired: parsed(DesiredSchema, find(KEYS.desired)),
+      pause: parsed(PauseSchema, find(KEYS.pause)),
+      revision,
+    };
+  }
+
+  /** Replaces the rollout record if nobody changed it since `mod` was read (null: if there is none). */
+  async swapRollout(mod: string | null, next: Rollout, ...alsoPut: Array<{ key: string; value: string; lease?: string }>): Promise<boolean> {
+    const guard = mod === null ? this.ns.if(KEYS.rollout, 'Create', '==', 0) : this.ns.if(KEYS.rollout, 'Mod', '==', mod);
+    const puts = [this.ns.put(KEYS.rollout).value(serialize(next)), ...alsoPut.map((p) => (p.lease ? this.ns.put(p.key).value(p.value).lease(p.lease) : this.ns.put(p.key).value(p.value)))];
+    const result = await guard.then(...puts).commit();
+    return result.succeeded;
+  }
+
+  private entry(kv: { key: Buffer; value: Buffer; mod_revision: string; lease: string }): Entry {
+    const raw = kv.key.toString();
+    const key = raw.startsWith(this.prefix) ? raw.slice(this.prefix.length) : raw;
+    return { key, value: kv.value.toString(), mod: kv.mod_revision, lease: kv.lease };
+  }
+}
+
+export function parsed<T>(schema: z.ZodType<T>, entry: Entry | null): Parsed<T> {
+  const { value, problem } = parseRecord(schema, entry?.value);
+  return { value, mod: entry?.mod ?? null, problem: problem ? `${entry!.key}: ${problem}` : null };
+}

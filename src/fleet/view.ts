@@ -1,0 +1,97 @@
+/**
+ * What `fleet status` and a waiting `fleet rollout` show: the rollout with per-group counts, and one line
+ * per known host. Hosts whose presence lapsed stay in the view as offline with the time they last
+ * reported: an old version in a forgotten corner is what an operator most needs to find.
+ */
+import { waveHosts } from './plan.js';
+import { knownHosts, runsOf } from './rollout.js';
+import type { HostPhase, HostRecord, Rollout, RunState } from './schema.js';
+import type { FleetStore } from './store.js';
+
+export type GroupCounts = { name: string; hosts: number; done: number; inFlight: number; failed: number; pending: number };
+
+export type HostLine = {
+  host: string;
+  group: string;
+  online: boolean;
+  running: string | null;
+  phase: HostPhase;
+  /** Its run in the current rollout, if it is in the plan. */
+  run: RunState | 'pending' | null;
+  lastUpgrade: HostRecord['lastUpgrade'];
+  error: HostRecord['error'];
+  reportedAt: string;
+};
+
+export type FleetView = {
+  desired: string | null;
+  rollout: (Pick<Rollout, 'id' | 'kind' | 'to' | 'state' | 'reason' | 'failures' | 'failed' | 'offline' | 'startedAt' | 'updatedAt'> & { group: string | null; wave: number; groups: GroupCounts[] }) | null;
+  hosts: HostLine[];
+  problems: string[];
+};
+
+export async function readFleetView(store: FleetStore): Promise<FleetView> {
+  const control = await store.control();
+  const rollout = control.rollout.value;
+  const [known, runs] = await Promise.all([knownHosts(store), rollout ? runsOf(store, rollout.id) : Promise.resolve(new Map())]);
+  const inPlan = new Set(rollout?.plan.flatMap((g) => g.waves.flat()) ?? []);
+  const line = (h: HostRecord, online: boolean): HostLine => ({
+    host: h.host,
+    group: h.group,
+    online,
+    running: h.running,
+    phase: h.phase,
+    run: inPlan.has(h.host) ? (runs.get(h.host)?.state ?? 'pending') : null,
+    lastUpgrade: h.lastUpgrade,
+    error: h.error,
+    reportedAt: h.reportedAt,
+  });
+  const hosts = [...known.online.map((h) => line(h, true)), ...known.offline.map((h) => line(h, false))].sort((a, b) => a.host.localeCompare(b.host));
+  const problems = [...known.problems, ...[control.rollout.problem, control.desired.problem].filter((p): p is string => p !== null)];
+  return {
+    desired: control.desired.value?.version ?? null,
+    rollout: rollout
+      ? {
+          id: rollout.id,
+          kind: rollout.kind,
+          to: rollout.to,
+          state: rollout.state,
+          reason: rollout.reason,
+          failures: rollout.failures,
+          failed: rollout.failed,
+          offline: rollout.offline,
+          startedAt: rollout.startedAt,
+          updatedAt: rollout.updatedAt,
+          group: rollout.plan[rollout.group]?.name ?? null,
+          wave: rollout.wave,
+          groups: rollout.plan.map((g) => counts(g.name, g.waves.flat(), runs)),
+        }
+      : null,
+    hosts,
+    problems,
+  };
+}
+
+function counts(name: string, members: string[], runs: Map<string, { state: RunState }>): GroupCounts {
+  const c: GroupCounts = { name, hosts: members.length, done: 0, inFlight: 0, failed: 0, pending: 0 };
+  for (const host of members) {
+    const state = runs.get(host)?.state;
+    if (state === 'done') c.done++;
+    else if (state === 'failed') c.failed++;
+    else if (state === 'upgrading') c.inFlight++;
+    else c.pending++;
+  }
+  return c;
+}
+
+/** `fleet status`'s exit status (documented in the README): 0 when every known host runs the desired version. */
+export const FLEET_EXIT = { converged: 0, moving: 3, attention: 4 } as const;
+
+export function fleetExitCode(view: FleetView): number {
+  const behind = view.hosts.some((h) => !h.online || (view.desired !== null && h.running !== view.desired));
+  if (!behind && view.problems.length === 0) return FLEET_EXIT.converged;
+  if (view.rollout && (view.rollout.state === 'running' || view.rollout.state === 'paused')) return FLEET_EXIT.moving;
+  return FLEET_EXIT.attention;
+}
+
+export { waveHosts };

@@ -1,0 +1,95 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { batchSize, buildPlan, firstPosition, nextPosition, positionOf, stagesNow, type Position } from '../../src/fleet/plan.js';
+import { fleetPrefix, parseRecord, Rollout as RolloutSchema, type Rollout } from '../../src/fleet/schema.js';
+
+const hostsArb = fc.uniqueArray(fc.record({ host: fc.stringMatching(/^h[0-9]{1,3}$/), group: fc.constantFrom('canary', 'prod', 'edge') }), { selector: (h) => h.host, maxLength: 60 });
+const batchArb = fc.oneof(fc.integer({ min: 1, max: 10 }).map(String), fc.integer({ min: 1, max: 100 }).map((p) => `${p}%`));
+
+function walk(plan: ReturnType<typeof buildPlan>): Position[] {
+  const seen: Position[] = [];
+  for (let at = firstPosition(plan); at; at = nextPosition(plan, at)) seen.push(at);
+  return seen;
+}
+
+describe('the rollout plan', () => {
+  it('puts every host in exactly one wave; canary waves hold at most --canaries, the others at most --batch', () => {
+    fc.assert(
+      fc.property(hostsArb, fc.integer({ min: 0, max: 4 }), batchArb, (hosts, canaries, batch) => {
+        const plan = buildPlan(hosts, ['canary'], canaries, batch);
+        const all = plan.flatMap((g) => g.waves.flat());
+        expect(all.sort()).toEqual(hosts.map((h) => h.host).sort());
+        for (const g of plan) {
+          const size = batchSize(batch, g.waves.flat().length);
+          g.waves.forEach((wave, i) => {
+            expect(wave.length).toBeGreaterThan(0);
+            expect(wave.length).toBeLessThanOrEqual(i === 0 && canaries > 0 ? canaries : size);
+          });
+        }
+      }),
+    );
+  });
+
+  it('visits every wave once, in order, group by group', () => {
+    fc.assert(
+      fc.property(hostsArb, fc.integer({ min: 0, max: 3 }), batchArb, (hosts, canaries, batch) => {
+        const plan = buildPlan(hosts, ['prod'], canaries, batch);
+        const visited = walk(plan);
+        expect(visited.length).toBe(plan.reduce((n, g) => n + g.waves.length, 0));
+        for (const h of hosts) {
+          const at = positionOf(plan, h.host)!;
+          expect(visited.filter((p) => p.group === at.group && p.wave === at.wave)).toHaveLength(1);
+        }
+        for (let i = 1; i < visited.length; i++) {
+          const [a, b] = [visited[i - 1]!, visited[i]!];
+          expect(b.group > a.group || (b.group === a.group && b.wave === a.wave + 1)).toBe(true);
+        }
+      }),
+    );
+  });
+
+  it('orders the named groups first, the rest by name, hosts by name (the plan does not depend on listing order)', () => {
+    const hosts = [
+      { host: 'b', group: 'prod' },
+      { host: 'a', group: 'prod' },
+      { host: 'z', group: 'canary' },
+      { host: 'm', group: 'edge' },
+    ];
+    expect(buildPlan(hosts, ['canary'], 1, '1')).toEqual([
+      { name: 'canary', waves: [['z']] },
+      { name: 'edge', waves: [['m']] },
+      { name: 'prod', waves: [['a'], ['b']] },
+    ]);
+    expect(buildPlan([...hosts].reverse(), ['canary'], 1, '1')).toEqual(buildPlan(hosts, ['canary'], 1, '1'));
+    expect(batchSize('25%', 10)).toBe(3);
+    expect(batchSize('1%', 10)).toBe(1);
+  });
+
+  it('stages a group\'s canaries when the group begins, the rest once the canaries have passed', () => {
+    const rollout = { state: 'running', group: 0, wave: 0, canaries: 1 } as Rollout;
+    expect(stagesNow(rollout, { group: 0, wave: 0 })).toBe(true);
+    expect(stagesNow(rollout, { group: 0, wave: 2 })).toBe(false);
+    expect(stagesNow({ ...rollout, wave: 1 }, { group: 0, wave: 2 })).toBe(true);
+    expect(stagesNow(rollout, { group: 1, wave: 0 })).toBe(false);
+    expect(stagesNow({ ...rollout, state: 'halted', wave: 1 }, { group: 0, wave: 2 })).toBe(false);
+    expect(stagesNow({ ...rollout, canaries: 0 }, { group: 0, wave: 2 })).toBe(true);
+  });
+});
+
+describe('fleet records read back from etcd', () => {
+  it('refuses names that would leave the fleet prefix or a root', () => {
+    expect(() => fleetPrefix('/upgrader/', '../other')).toThrow();
+    expect(() => fleetPrefix('upgrader/', 'prod')).toThrow();
+    expect(fleetPrefix('/upgrader/', 'prod')).toBe('/upgrader/prod/');
+    const tampered = { schema: 1, id: 'r1', kind: 'rollout', to: '../../etc', targets: null, undoes: null, plan: [], offline: [], canaries: 1, batch: '1', maxFailures: 0, pauseMs: 0, state: 'running', group: 0, wave: 0, failures: 0, failed: [], reason: null, previousDesired: null, desiredAfter: null, startedAt: new Date().toISOString(), updatedAt: new Date().toISOString() };
+    const read = parseRecord(RolloutSchema, JSON.stringify(tampered));
+    expect(read.value).toBeNull();
+    expect(read.problem).toMatch(/^record is malformed at to:/);
+    expect(parseRecord(RolloutSchema, JSON.stringify({ ...tampered, to: '2.0.0' })).value?.to).toBe('2.0.0');
+  });
+
+  it('never throws on arbitrary bytes', () => {
+    fc.assert(fc.property(fc.string(), (raw) => void parseRecord(RolloutSchema, raw)));
+    fc.assert(fc.property(fc.json(), (raw) => parseRecord(RolloutSchema, raw).value === null));
+  });
+});
