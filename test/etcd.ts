@@ -1,5 +1,5 @@
 /**
- * Real etcd servers for tests (/usr/bin/etcd, Debian's etcd-server 3.4): members on loopback with ports the
+ * Real etcd servers for tests (etcd on the PATH: Debian's etcd-server 3.4, /usr/bin/etcd): members on loopback with ports the
  * kernel picked, data under the test's scratch directory, killed after the test whether it passed or not.
  * Readiness is each member's /health on a plain-http metrics listener, so it is the same check with or
  * without TLS on the client port.
@@ -120,7 +120,7 @@ export async function startEtcd(options: EtcdOptions): Promise<EtcdCluster> {
 
   const launch = (member: Member, state: 'new' | 'existing') => {
     // The initial-cluster flags are ignored once the data directory exists, so a restart uses the same ones.
-    const child = spawn('/usr/bin/etcd', argsOf(member, state), { stdio: 'ignore' });
+    const child = spawn('etcd', argsOf(member, state), { stdio: 'ignore' });
     member.child = child;
     member.exited = new Promise((resolve) => child.once('exit', () => resolve()));
   };

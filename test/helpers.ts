@@ -26,8 +26,8 @@ const available: Record<Need, () => boolean> = {
   useradd: () => onPath('useradd'),
   'systemd-nspawn': () => onPath('systemd-nspawn'),
   mmdebstrap: () => onPath('mmdebstrap'),
-  // test/etcd.ts starts /usr/bin/etcd (Debian's etcd-server) and uses etcdctl (etcd-client).
-  etcd: () => existsSync('/usr/bin/etcd') && onPath('etcdctl'),
+  // test/etcd.ts starts etcd (Debian's etcd-server, /usr/bin/etcd) and uses etcdctl (etcd-client).
+  etcd: () => onPath('etcd') && onPath('etcdctl'),
   openssl: () => onPath('openssl'),
 };
 
