@@ -1,8 +1,8 @@
 /**
- * Real etcd servers for tests (etcd on the PATH: Debian's etcd-server 3.4, /usr/bin/etcd): members on loopback with ports the
- * kernel picked, data under the test's scratch directory, killed after the test whether it passed or not.
- * Readiness is each member's /health on a plain-http metrics listener, so it is the same check with or
- * without TLS on the client port.
+ * Real etcd servers for tests (the etcd on the PATH: Debian's etcd-server 3.4, /usr/bin/etcd): members on
+ * loopback with ports the kernel picked, data under the test's scratch directory, killed after the test
+ * whether it passed or not. Readiness is each member's /health on a plain-http metrics listener, so it is
+ * the same check with or without TLS on the client port.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
