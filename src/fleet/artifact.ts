@@ -81,7 +81,6 @@ export function parseArtifactSource(source: string): Source {
   const refuse = (what: string, why: string) =>
     new FleetError('bad-source', `The artifact source ${what} ${why}; give an absolute path, a file:/// URL or an http(s):// URL.`);
   if (typeof source !== 'string' || source === '') throw refuse('""', 'is empty');
-  // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f]/.test(source)) throw refuse(quoted(source), 'contains control characters');
   if (source.startsWith('/')) return { kind: 'file', path: normalize(source), shown: source };
   let url: URL;
@@ -371,7 +370,7 @@ async function drain(body: Body, out: FileHandle, sink: Sink): Promise<{ bytes: 
   } finally {
     watchdog.pause();
     // Stops the transfer when we leave early (too large, a failed write): the server sees the connection close.
-    await chunks.return?.();
+    await chunks.return?.().catch(() => undefined);
   }
   if (body.total !== null && bytes !== body.total) throw new Failure(true, `the transfer ended after ${bytes} of ${body.total} bytes`);
   return { bytes, sha256: hash.digest('hex') };
@@ -495,7 +494,11 @@ export async function stageRelease(o: StageOptions): Promise<{ installed: boolea
   const { file, bytes } = await fetchArtifact({ ...o, dir: downloadsDir(layout, o.version) });
   try {
     const result = await install(layout, o, file);
-    recordDigest(layout, o.version, o.sha256);
+    try {
+      recordDigest(layout, o.version, o.sha256);
+    } catch {
+      // The version is installed; without the record the next staging downloads again and finds it identical.
+    }
     return { installed: !result.identical, bytes };
   } finally {
     await rm(file, { force: true });
