@@ -25,9 +25,14 @@ export type Manifest = z.infer<typeof Manifest>;
 export function readManifest(versionDir: string): { manifest: Manifest } | { problem: string } {
   const file = readSmallFile(join(versionDir, MANIFEST_FILE));
   if (!file.ok) return file.kind === 'missing' ? { manifest: {} } : { problem: `its ${MANIFEST_FILE} ${file.problem}` };
+  return parseManifest(file.text);
+}
+
+/** A manifest's text, validated; also read from inside an archive (fleet publish), where there is no file to open. */
+export function parseManifest(text: string): { manifest: Manifest } | { problem: string } {
   let raw: unknown;
   try {
-    raw = JSON.parse(file.text);
+    raw = JSON.parse(text);
   } catch {
     return { problem: `its ${MANIFEST_FILE} is not valid JSON` };
   }
