@@ -14,6 +14,7 @@ import { isAlive, onCleanup, scratchDir } from './helpers.js';
 export type EtcdTls = {
   /** The CA that signed the server's and clients' certificates. */
   ca: string;
+  /** The server's certificate and key; etcdctl (set-up, compact) presents them as its client certificate too. */
   cert: string;
   key: string;
   /** Ask every client for a certificate signed by `ca`. */

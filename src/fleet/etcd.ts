@@ -242,7 +242,9 @@ export function describeEtcdError(error: unknown, endpoints?: string[]): string 
 /**
  * Closes the client without waiting on etcd. Before calling it, the caller must cancel its watchers
  * (`await watcher.cancel()`) and revoke or release its leases: etcd3's close() leaves both running, and
- * their streams and keepalive timer keep the process alive after it.
+ * their streams and keepalive timer keep the process alive after it. Bound those waits too: against a
+ * frozen etcd, a watcher's cancel() waited 15 s here (until the grpc keepalive gave up), and revoke()
+ * fails after about 2x callTimeoutMs; release() sends nothing.
  */
 export async function closeEtcd(client: Etcd3): Promise<void> {
   try {

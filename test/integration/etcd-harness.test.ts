@@ -10,7 +10,8 @@ import { describe, expect, it } from 'vitest';
 import type { Etcd3 } from 'etcd3';
 import { closeEtcd, connectEtcd, describeEtcdError, etcdSettings, etcdUnreachable, type EtcdSettings } from '../../src/fleet/etcd.js';
 import { startEtcd } from '../etcd.js';
-import { cleanUpAfterEach, missing, onCleanup, scratchDir, titled } from '../helpers.js';
+import { execa } from 'execa';
+import { cleanUpAfterEach, missing, onCleanup, REPO, scratchDir, titled } from '../helpers.js';
 
 cleanUpAfterEach();
 
@@ -187,5 +188,30 @@ describe.skipIf(noTls)(titled('connectEtcd with TLS client certificates and a pa
     const wrong = await client({ ...etcdSettings(flags, {}), callTimeoutMs: 2_000 });
     const denied = await failure(() => wrong.get('/upgrader/prod/hosts/h1').string());
     expect(describeEtcdError(denied.error)).toMatch(/refused the user name or password/);
+  });
+});
+
+describe.skipIf(noEtcd)(titled('closeEtcd', noEtcd), () => {
+  it('after the watchers are cancelled and the lease revoked, the process exits at once', async () => {
+    const cluster = await startEtcd({ members: 1 });
+    const script = [
+      `import { closeEtcd, connectEtcd } from ${JSON.stringify(join(REPO, 'dist/src/fleet/etcd.js'))};`,
+      `const etcd = await connectEtcd({ endpoints: ${JSON.stringify(cluster.endpoints)}, callTimeoutMs: 2000 });`,
+      `const watcher = await etcd.watch().prefix('p/').create();`,
+      `watcher.on('error', () => {});`,
+      `const lease = etcd.lease(3);`,
+      `await lease.grant();`,
+      `await lease.put('p/presence').value('me');`,
+      `await watcher.cancel();`,
+      `await lease.revoke();`,
+      `await closeEtcd(etcd);`,
+      `console.log(Date.now());`,
+    ].join('\n');
+    const child = execa(process.execPath, ['--input-type=module', '-e', script], { timeout: 20_000, reject: false });
+    const result = await child;
+    expect(result.exitCode, result.stderr).toBe(0);
+    const exitMs = Date.now() - Number(result.stdout);
+    console.log(`closeEtcd: the process exited ${exitMs} ms after it`);
+    expect(exitMs).toBeLessThan(3_000);
   });
 });
