@@ -110,7 +110,7 @@ function name(v: Values, option: string, fallback?: string): string {
 function count(v: Values, option: string, fallback: number): number {
   const raw = v[option];
   if (raw === undefined) return fallback;
-  if (typeof raw !== 'string' || !/^\d{1,9}$/.test(raw)) throw new UpgraderError('E_USAGE', `--${option} takes a whole number, not ${JSON.stringify(raw)}.`);
+  if (typeof raw !== 'string' || !/^\d{1,15}$/.test(raw)) throw new UpgraderError('E_USAGE', `--${option} takes a whole number, not ${JSON.stringify(raw)}.`);
   return Number(raw);
 }
 

@@ -14,6 +14,16 @@ export const FLEET_ERROR_CODES = [
   'bad-manifest',
   'bad-options',
   'aborted',
+  // Refusals of the fleet commands (exit 1 unless cli.ts says otherwise).
+  'no-release',
+  'release-exists',
+  'rollout-active',
+  'no-hosts',
+  'no-rollout',
+  'wrong-state',
+  'in-flight',
+  'nothing-moved',
+  'conflict',
 ] as const;
 
 export type FleetErrorCode = (typeof FLEET_ERROR_CODES)[number];

@@ -160,7 +160,6 @@ export class Follower {
       await this.followRollout(rollout, control.rollout.mod!, at, control.pause.value !== null);
       return;
     }
-    if (rollout && at && rollout.state === 'succeeded') this.asked = null;
     const desired = control.desired.value?.version ?? null;
     await this.converge(desired);
   }
@@ -237,10 +236,7 @@ export class Follower {
   /** Outside any rollout: run the fleet's desired version, once a rollout has set one. */
   private async converge(desired: string | null): Promise<void> {
     const view = this.o.local.view();
-    if (desired === null || view.running === desired || view.running === null || view.busy || this.gaveUp.has(desired)) {
-      if (desired !== null && view.running === desired && this.phase !== 'idle' && this.asked?.version !== desired) this.setPhase('idle');
-      return this.publish();
-    }
+    if (desired === null || view.running === desired || view.running === null || view.busy || this.gaveUp.has(desired)) return this.publish();
     this.gaveUp.clear();
     this.asked = { version: desired, rolloutId: null };
     const staged = await this.stage(desired);
@@ -250,7 +246,7 @@ export class Follower {
       this.error = null;
     } else if (outcome.transient) {
       this.error = { message: outcome.reason, code: outcome.code, at: now() };
-      throw new FleetError('retry', outcome.reason);
+      throw new RetryLater(outcome.reason);
     } else {
       this.gaveUp.add(desired);
       this.setPhase(outcome.code === 'rolled-back' ? 'rolled-back' : 'failed');
@@ -262,6 +258,8 @@ export class Follower {
   /** Download and install `version` (no switch): true, or the problem. */
   private async stage(version: string): Promise<true | Problem> {
     const release = await this.o.store.read(Release, KEYS.release(version));
+    // A version this host has (a rollback's target, a release staged before) needs no release record.
+    if (!release.value && this.o.local.installed(version)) return true;
     if (!release.value || release.value.version !== version) {
       return { message: release.problem ?? `no release ${version} is published in this fleet`, code: 'no-release', at: now() };
     }
@@ -339,12 +337,15 @@ export class Follower {
       this.reachable = false;
       return;
     }
-    if (error instanceof FleetError && error.code === 'retry') return;
+    if (error instanceof RetryLater) return;
     this.o.log.error({ host: this.o.host, during, error: message }, 'fleet pass failed; retrying');
   }
 }
 
 const now = () => new Date().toISOString();
+
+/** A pass that could not finish for a passing reason (already in the host record): try again after the backoff. */
+class RetryLater extends Error {}
 
 /** How the handoff to `run.to` ended, if the upgrader recorded its end after the run started. */
 function endedSince(view: LocalView, run: Run): Problem | null {

@@ -26,6 +26,8 @@ export type Progress = { bytes: number; total: number | null };
 export interface LocalUpgrader {
   readonly root: string;
   view(): LocalView;
+  /** Whether `version` is installed and could be launched (a rollback's target usually is: no download). */
+  installed(version: string): boolean;
   /** Downloads, verifies and installs the release (no switch); nothing when it is installed already. */
   stage(release: Release, onProgress: (p: Progress) => void, signal: AbortSignal): Promise<void>;
   /** Asks for a handoff to `version` and waits until its probation has passed or the handoff failed. */
@@ -60,6 +62,10 @@ export class RootUpgrader implements LocalUpgrader {
       busy: s.handoff !== null || s.probation !== null,
       lastUpgrade: last ? { from: last.from, to: last.to, result: last.result, reason: last.reason, code: last.code, at: last.at } : null,
     };
+  }
+
+  installed(version: string): boolean {
+    return this.layout.launchProblem(version) === null;
   }
 
   async stage(release: Release, onProgress: (p: Progress) => void, signal: AbortSignal): Promise<void> {

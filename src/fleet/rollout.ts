@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { FleetError } from './errors.js';
 import { buildPlan, firstPosition, hostCount, isCurrent, nextPosition, waveHosts, type Position } from './plan.js';
 import { ENDED, KEYS, Presence, Release, Rollout as RolloutSchema, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
-import { parsed, type FleetStore } from './store.js';
+import { parsed, type FleetStore, type Write } from './store.js';
 
 export type RolloutOptions = { to: string; groups: string[]; canaries: number; batch: string; maxFailures: number; pauseMs: number };
 
@@ -230,15 +230,16 @@ export async function advanceIfWaveEnded(store: FleetStore): Promise<void> {
   }
 }
 
-function finished(current: Rollout): [Rollout, ...Array<{ key: string; value: string }>] {
+function finished(current: Rollout): [Rollout, ...Write[]] {
   const at = now();
   const done: Rollout = { ...current, state: 'succeeded', reason: null, updatedAt: at };
-  if (current.desiredAfter === null) return [done];
+  // A rollback of the fleet's first rollout leaves no desired version, as before that rollout.
+  if (current.desiredAfter === null) return [done, { key: KEYS.desired, value: null }];
   const desired: Desired = { schema: SCHEMA, version: current.desiredAfter, rolloutId: current.id, since: at };
   return [done, { key: KEYS.desired, value: serialize(desired) }];
 }
 
-async function toWave(store: FleetStore, current: Rollout, next: Position): Promise<[Rollout, ...Array<{ key: string; value: string; lease?: string }>]> {
+async function toWave(store: FleetStore, current: Rollout, next: Position): Promise<[Rollout, ...Write[]]> {
   const moved: Rollout = { ...current, group: next.group, wave: next.wave, updatedAt: now() };
   if (current.pauseMs === 0) return [moved];
   const seconds = Math.max(MIN_LEASE_SECONDS, Math.ceil(current.pauseMs / 1000));

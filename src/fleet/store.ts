@@ -8,6 +8,7 @@ import { Range, type Etcd3, type IRangeResponse, type Namespace } from 'etcd3';
 import type { z } from 'zod';
 import { KEYS, parseRecord, type Desired, Desired as DesiredSchema, type Pause, Pause as PauseSchema, type Rollout, Rollout as RolloutSchema, serialize } from './schema.js';
 
+export type Write = { key: string; value: string | null; lease?: string };
 export type Entry = { key: string; value: string; mod: string; lease: string };
 export type Parsed<T> = { value: T | null; mod: string | null; problem: string | null };
 export type Control = { rollout: Parsed<Rollout>; desired: Parsed<Desired>; pause: Parsed<Pause>; revision: string };
@@ -62,12 +63,21 @@ export class FleetStore {
     };
   }
 
-  /** Replaces the rollout record if nobody changed it since `mod` was read (null: if there is none). */
-  async swapRollout(mod: string | null, next: Rollout, ...alsoPut: Array<{ key: string; value: string; lease?: string }>): Promise<boolean> {
+  /**
+   * Replaces the rollout record if nobody changed it since `mod` was read (null: if there is none), with
+   * other writes in the same transaction: a put (on a lease if given) or, with `value: null`, a delete.
+   */
+  async swapRollout(mod: string | null, next: Rollout, ...also: Write[]): Promise<boolean> {
     const guard = mod === null ? this.ns.if(KEYS.rollout, 'Create', '==', 0) : this.ns.if(KEYS.rollout, 'Mod', '==', mod);
-    const puts = [this.ns.put(KEYS.rollout).value(serialize(next)), ...alsoPut.map((p) => (p.lease ? this.ns.put(p.key).value(p.value).lease(p.lease) : this.ns.put(p.key).value(p.value)))];
-    const result = await guard.then(...puts).commit();
+    const ops = [this.ns.put(KEYS.rollout).value(serialize(next)), ...also.map((w) => this.op(w))];
+    const result = await guard.then(...ops).commit();
     return result.succeeded;
+  }
+
+  private op(w: Write) {
+    if (w.value === null) return this.ns.delete().key(w.key);
+    const put = this.ns.put(w.key).value(w.value);
+    return w.lease ? put.lease(w.lease) : put;
   }
 
   private entry(kv: { key: Buffer; value: Buffer; mod_revision: string; lease: string }): Entry {

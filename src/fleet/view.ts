@@ -84,12 +84,13 @@ function counts(name: string, members: string[], runs: Map<string, { state: RunS
   return c;
 }
 
-/** `fleet status`'s exit status (documented in the README): 0 when every known host runs the desired version. */
+/** `fleet status`'s exit status (documented in the README): 0 when every known host is online on the desired version and no rollout is halted. */
 export const FLEET_EXIT = { converged: 0, moving: 3, attention: 4 } as const;
 
 export function fleetExitCode(view: FleetView): number {
   const behind = view.hosts.some((h) => !h.online || (view.desired !== null && h.running !== view.desired));
-  if (!behind && view.problems.length === 0) return FLEET_EXIT.converged;
+  const halted = view.rollout?.state === 'halted';
+  if (!behind && !halted && view.problems.length === 0) return FLEET_EXIT.converged;
   if (view.rollout && (view.rollout.state === 'running' || view.rollout.state === 'paused')) return FLEET_EXIT.moving;
   return FLEET_EXIT.attention;
 }
