@@ -12,17 +12,18 @@ const skip = missing('etcd');
 
 const onVersion = (version: string) => (v: any) => v.rollout?.state === 'succeeded' && v.hosts.every((h: { running: string }) => h.running === version);
 
-async function publish(etcd: string[], version: string, artifact?: string, padBytes = 0) {
-  const release = await releaseArchive(version, {}, undefined, padBytes);
-  const out = await fleetCli(etcd, ['publish', '--version', version, '--artifact', artifact ?? release.archive, '--sha256', release.sha256]);
+async function publish(etcd: string[], version: string, slowly = false) {
+  const release = await releaseArchive(version, {}, undefined, slowly ? 60_000 : 0);
+  const artifact = slowly ? await slowServer(release.archive, 2048) : release.archive;
+  const out = await fleetCli(etcd, ['publish', '--version', version, '--artifact', artifact, '--sha256', release.sha256]);
   expect(out.code, out.stderr).toBe(0);
   return release;
 }
 
 /** An HTTP server that sends `file` slowly (`bytesPerTick` every 20 ms), so a download is caught in the middle. */
-async function slowServer(file: () => string, bytesPerTick: number): Promise<string> {
+async function slowServer(file: string, bytesPerTick: number): Promise<string> {
   const server: Server = createServer((_req, res) => {
-    const body = readFileSync(file());
+    const body = readFileSync(file);
     res.writeHead(200, { 'content-length': body.length });
     let sent = 0;
     const timer = setInterval(() => {
@@ -66,9 +67,7 @@ describe.skipIf(skip)(titled('a fleet rollout survives the death of any of its p
   it('finishes with the right counts when followers are killed mid-download and mid-handoff', async () => {
     const etcd = await startEtcd({ members: 1 });
     const hosts = await startHosts(etcd.endpoints, { default: 3 });
-    let archive = '';
-    const url = await slowServer(() => archive, 2048);
-    archive = (await publish(etcd.endpoints, '2.0.0', url, 60_000)).archive;
+    await publish(etcd.endpoints, '2.0.0', true);
     expect((await fleetCli(etcd.endpoints, ['rollout', '--to', '2.0.0', '--batch', '1', '--no-wait'])).code).toBe(0);
 
     const [first, second] = hosts as [Host, Host];
