@@ -9,6 +9,7 @@ import { printable } from './printable.js';
 import { join } from 'node:path';
 import { describeError, EXIT, UpgraderError } from './errors.js';
 import { Layout } from './layout.js';
+import { readFollower } from './follower-record.js';
 import { readOwnerRecord } from './ownership.js';
 import { isSameProcessAlive } from './proc.js';
 import { StateFile, type PublicState, type RecordedAgent, type Repair, type UpgradeRecord } from './state.js';
@@ -44,7 +45,11 @@ export type StatusReport = {
   /** The last time start-up found `current` unable to run and ran another version instead. */
   repair: Repair | null;
   ownerProblem: string | null;
+  /** The fleet follower of this root (state/follower.json), if one ever ran. */
+  follower: FollowerView | null;
 };
+
+export type FollowerView = { fleet: string; host: string; group: string; pid: number; running: boolean; etcd: string; since: string; error: string | null };
 
 const ASK_OWNER = "run status as the root's owner or as root";
 
@@ -85,7 +90,20 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
     stateProblem: read.ok || read.missing ? null : read.problem,
     repair: saved?.repair ?? null,
     ownerProblem: 'unreadable' in ownerRead ? ownerRead.unreadable : ownerRead.problem,
+    follower: followerView(layout.stateDir),
   };
+}
+
+function followerView(stateDir: string): FollowerView | null {
+  const f = readFollower(stateDir);
+  return f ? { fleet: f.fleet, host: f.host, group: f.group, pid: f.pid, running: f.running, etcd: f.etcd, since: f.since, error: f.error } : null;
+}
+
+function describeFollower(f: FollowerView, now: number): string {
+  const who = `fleet ${f.fleet} as ${f.host} (group ${f.group})`;
+  if (!f.running) return `${who}: follower not running (last PID ${f.pid})`;
+  if (f.etcd === 'unreachable') return `${who}, PID ${f.pid}: etcd unreachable since ${ago(f.since, now)}${f.error ? `: ${f.error}` : ''}`;
+  return `${who}, PID ${f.pid}: etcd ${f.etcd} since ${ago(f.since, now)}`;
 }
 
 /**
@@ -125,6 +143,7 @@ function unopenedReport(root: string, state: 'broken' | 'unreadable', problem: s
     stateProblem: null,
     repair: null,
     ownerProblem: null,
+    follower: null,
   };
 }
 
@@ -170,6 +189,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   if (r.stateProblem) rows.push(['warning', r.stateProblem]);
   if (r.repair) rows.push(['repaired', `${ago(r.repair.at, now)}: ${r.repair.problem}; ran ${r.repair.version} instead and pointed current at it`]);
   if (r.ownerProblem && r.state !== 'unreadable') rows.push(['warning', r.ownerProblem]);
+  if (r.follower) rows.push(['fleet', describeFollower(r.follower, now)]);
   const width = Math.max(...rows.map(([k]) => k.length));
   // Every value comes from files the root's owner writes: escaped, so that none can drive the terminal.
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${printable(v)}`).join('\n');

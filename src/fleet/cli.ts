@@ -12,6 +12,7 @@ import { Layout, versionNameProblem } from '../layout.js';
 import { createLogger } from '../log.js';
 import { printable } from '../printable.js';
 import { refuseForeignRootForRun } from '../privilege.js';
+import { claimFollower, releaseFollower, updateFollower } from '../follower-record.js';
 import { FleetError } from './errors.js';
 import { closeEtcd, connectEtcd, describeEtcdError, ETCD_ARG_OPTIONS, etcdSettings, etcdUnreachable } from './etcd.js';
 import { Follower } from './follower.js';
@@ -148,19 +149,34 @@ async function follow(args: string[]): Promise<number> {
   const group = name(v, 'group');
   const leaseSeconds = Math.max(2, Math.ceil(parseDuration(v.lease as string, '--lease') / 1000));
   const log = createLogger();
-  const store = await openStore(v);
+  const settings = etcdSettings(v);
+  const store = new FleetStore(await connectEtcd(settings), fleetPrefixOrUsage(v.prefix as string, name(v, 'fleet')));
   const local = new RootUpgrader(layout.root, {
     maxBytes: count(v, 'max-download', 1024 ** 3),
     timeoutMs: parseDuration(v['download-timeout'] as string, '--download-timeout'),
     attempts: Math.max(1, count(v, 'attempts', 5)),
   });
-  const follower = new Follower({ store, host, group, local, log, leaseSeconds, retryMs: { min: 250, max: 10_000 }, unreachable: etcdUnreachable });
+  const fleetName = v.fleet as string;
+  const facts = (etcd: 'connecting' | 'reachable' | 'unreachable', error: string | null) => ({ fleet: fleetName, host, group, etcd, since: new Date().toISOString(), error });
+  await claimFollower(layout.stateDir, facts('connecting', null));
+  const onEtcd = (state: 'reachable' | 'unreachable', error: unknown) => {
+    try {
+      updateFollower(layout.stateDir, facts(state, error === null ? null : describeEtcdError(error, settings.endpoints)));
+    } catch (e) {
+      log.warn({ err: String(e) }, 'could not record the follower state in the root');
+    }
+  };
+  const follower = new Follower({ store, host, group, local, log, leaseSeconds, retryMs: { min: 250, max: 10_000 }, unreachable: etcdUnreachable, onEtcd });
   const stop = () => void follower.stop();
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
   log.info({ root: layout.root, host, group, fleet: store.prefix }, 'follower starting');
-  await follower.run();
-  await closeEtcd(store.client);
+  try {
+    await follower.run();
+  } finally {
+    releaseFollower(layout.stateDir);
+    await closeEtcd(store.client);
+  }
   log.info({ host }, 'follower stopped');
   return EXIT.ok;
 }

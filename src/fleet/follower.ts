@@ -32,6 +32,8 @@ export type FollowerOptions = {
   progressEveryMs?: number;
   /** Errors of etcd calls that mean "etcd is away" rather than "a bug". */
   unreachable: (error: unknown) => boolean;
+  /** Told when etcd becomes reachable or unreachable (for the root's state/follower.json). */
+  onEtcd?: (state: 'reachable' | 'unreachable', error: unknown) => void;
 };
 
 type Problem = { message: string; code: string | null; at: string };
@@ -54,8 +56,8 @@ export class Follower {
   private readonly stopping = new AbortController();
   /** Desired versions that failed here: not tried again until the desired version changes or the follower restarts. */
   private readonly gaveUp = new Set<string>();
-  /** Whether etcd answered the last call; said in the log once per change. */
-  private reachable = true;
+  /** Whether etcd answered the last call (null: not asked yet); said in the log once per change. */
+  private reachable: boolean | null = null;
 
   constructor(private readonly o: FollowerOptions) {}
 
@@ -324,16 +326,20 @@ export class Follower {
   }
 
   private markReachable(): void {
-    if (this.reachable) return;
+    if (this.reachable === true) return;
+    if (this.reachable === false) this.o.log.info({ host: this.o.host }, 'etcd answers again');
     this.reachable = true;
-    this.o.log.info({ host: this.o.host }, 'etcd answers again');
+    this.o.onEtcd?.('reachable', null);
     this.kick();
   }
 
   private noteEtcd(error: unknown, during: string): void {
     const message = error instanceof Error ? error.message : String(error);
     if (this.o.unreachable(error)) {
-      if (this.reachable) this.o.log.warn({ host: this.o.host, during, error: message }, 'etcd is unreachable; the agent keeps running, retrying');
+      if (this.reachable !== false) {
+        this.o.log.warn({ host: this.o.host, during, error: message }, 'etcd is unreachable; the agent keeps running, retrying');
+        this.o.onEtcd?.('unreachable', error);
+      }
       this.reachable = false;
       return;
     }

@@ -67,22 +67,9 @@ export function waveHosts(plan: PlanGroup[], at: Position): string[] {
   return plan[at.group]?.waves[at.wave] ?? [];
 }
 
-export function hostCount(plan: PlanGroup[]): number {
-  return plan.reduce((n, g) => n + g.waves.reduce((m, w) => m + w.length, 0), 0);
-}
-
 /** The version the rollout takes `host` to. */
 export function targetOf(rollout: Rollout, host: string): string | null {
   return rollout.to ?? rollout.targets?.[host] ?? null;
-}
-
-export function isCurrent(rollout: Rollout, at: Position): boolean {
-  return rollout.group === at.group && rollout.wave === at.wave;
-}
-
-/** Whether the rollout has reached `at` (its wave now or earlier). */
-export function reached(rollout: Rollout, at: Position): boolean {
-  return rollout.group > at.group || (rollout.group === at.group && rollout.wave >= at.wave);
 }
 
 /**

@@ -11,8 +11,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { FleetError } from './errors.js';
-import { buildPlan, firstPosition, hostCount, isCurrent, nextPosition, waveHosts, type Position } from './plan.js';
-import { ENDED, KEYS, Presence, Release, Rollout as RolloutSchema, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
+import { buildPlan, firstPosition, nextPosition, waveHosts, type Position } from './plan.js';
+import { ENDED, KEYS, Presence, Release, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
 import { parsed, type FleetStore, type Write } from './store.js';
 
 export type RolloutOptions = { to: string; groups: string[]; canaries: number; batch: string; maxFailures: number; pauseMs: number };
@@ -250,7 +250,3 @@ async function toWave(store: FleetStore, current: Rollout, next: Position): Prom
   const until = new Date(Date.now() + seconds * 1000).toISOString();
   return [moved, { key: KEYS.pause, value: serialize({ schema: SCHEMA, rolloutId: current.id, group: next.group, wave: next.wave, until }), lease: id }];
 }
-
-/** Whether `at` is the wave the rollout is at now (re-exported for the follower's reading). */
-export { isCurrent, hostCount };
-export const parseRollout = (entry: Parameters<typeof parsed>[1]) => parsed(RolloutSchema, entry);

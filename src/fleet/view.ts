@@ -3,7 +3,6 @@
  * per known host. Hosts whose presence lapsed stay in the view as offline with the time they last
  * reported: an old version in a forgotten corner is what an operator most needs to find.
  */
-import { waveHosts } from './plan.js';
 import { knownHosts, runsOf } from './rollout.js';
 import type { HostPhase, HostRecord, Rollout, RunState } from './schema.js';
 import type { FleetStore } from './store.js';
@@ -84,15 +83,16 @@ function counts(name: string, members: string[], runs: Map<string, { state: RunS
   return c;
 }
 
-/** `fleet status`'s exit status (documented in the README): 0 when every known host is online on the desired version and no rollout is halted. */
+/**
+ * `fleet status`'s exit status (documented in the README): 3 while a rollout is running or paused; else 4 when
+ * a host is offline or off the desired version, a rollout is halted, or a record is unreadable; else 0.
+ */
 export const FLEET_EXIT = { converged: 0, moving: 3, attention: 4 } as const;
 
 export function fleetExitCode(view: FleetView): number {
-  const behind = view.hosts.some((h) => !h.online || (view.desired !== null && h.running !== view.desired));
-  const halted = view.rollout?.state === 'halted';
-  if (!behind && !halted && view.problems.length === 0) return FLEET_EXIT.converged;
   if (view.rollout && (view.rollout.state === 'running' || view.rollout.state === 'paused')) return FLEET_EXIT.moving;
-  return FLEET_EXIT.attention;
+  const behind = view.hosts.some((h) => !h.online || (view.desired !== null && h.running !== view.desired));
+  if (behind || view.rollout?.state === 'halted' || view.problems.length > 0) return FLEET_EXIT.attention;
+  return FLEET_EXIT.converged;
 }
 
-export { waveHosts };
