@@ -46,6 +46,8 @@ Usage:
   upgrader prune --root <dir> --keep <n>    remove old versions
   upgrader upgrade --root <dir> --to <v>    ask the running upgrader for a handoff to <v>
   upgrader rollback --root <dir>            ask it for a handoff back to the previous version
+  upgrader follow --root <dir> --fleet <name>   follow a fleet's rollouts through etcd (beside run)
+  upgrader fleet <command> --fleet <name>   publish, rollout, pause, resume, abort, rollback, status
   upgrader --version | -v | --help | -h
 
 Run "upgrader <command> --help" (or -h) for a command's options.`,
@@ -426,7 +428,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'help':
       return help('main');
     default:
-      throw new UpgraderError('E_USAGE', `Unknown command ${JSON.stringify(command)}; the commands are run, status, install, versions, prune, upgrade and rollback (see --help).`);
+      throw new UpgraderError('E_USAGE', `Unknown command ${JSON.stringify(command)}; the commands are run, status, install, versions, prune, upgrade, rollback, follow and fleet (see --help).`);
   }
 }
 

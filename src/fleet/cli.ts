@@ -54,7 +54,7 @@ Exit status: 0 after SIGTERM or SIGINT; 64 bad arguments; 78 the root is unusabl
   publish --version <v> --artifact <path|file://|http(s)://> --sha256 <hex>   record a release
   rollout --to <v> [--groups a,b] [--canaries <n>] [--batch <n|p%>] [--max-failures <n>]
           [--pause <time>] [--no-wait] [--json]                                roll it out in waves
-  pause | resume | abort                                                       steer the rollout
+  pause | resume | abort [--reason <text>]                                     steer the rollout
   rollback [--no-wait] [--json]       take the hosts the last rollout moved back where they were
   status [--json]                     the rollout and one line per host
 

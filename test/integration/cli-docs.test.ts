@@ -15,7 +15,9 @@ afterEach(async () => {
 });
 
 const README = readFileSync(join(REPO, 'README.md'), 'utf8');
-const COMMANDS = ['run', 'status', 'install', 'versions', 'prune', 'upgrade', 'rollback'] as const;
+const COMMANDS = ['run', 'status', 'install', 'versions', 'prune', 'upgrade', 'rollback', 'follow', 'fleet'] as const;
+/** The etcd options are listed once, after the fleet commands, for follow and fleet alike. */
+const ETCD_OPTIONS = /etcd options \(follow and fleet\):[^\n]*\n[^\n]*/;
 
 /** The README's synopsis block: `upgrader <command> ...` lines, continuation lines joined to their command. */
 function synopsis(): Map<string, string> {
@@ -24,7 +26,8 @@ function synopsis(): Map<string, string> {
   let last = '';
   for (const line of block.split('\n')) {
     const command = /^upgrader (\S+)/.exec(line)?.[1];
-    if (command) lines.set((last = command), line);
+    // Several lines of one command (fleet publish, fleet rollout, ...) are one synopsis.
+    if (command) lines.set((last = command), lines.has(command) ? `${lines.get(command)} ${line}` : line);
     else if (last && line.trim()) lines.set(last, `${lines.get(last)} ${line.trim()}`);
   }
   return lines;
@@ -35,8 +38,9 @@ const optionsIn = (text: string) => [...new Set(text.match(/--[a-z][a-z-]+/g) ??
 describe('the README matches the program', () => {
   it.each(COMMANDS)('every option of "%s --help" is in the README synopsis', async (command) => {
     const { stdout } = await runCli([command, '--help']);
-    const line = synopsis().get(command);
-    expect(line, `no synopsis line for ${command}`).toBeDefined();
+    const found = synopsis().get(command);
+    expect(found, `no synopsis line for ${command}`).toBeDefined();
+    const line = command === 'follow' || command === 'fleet' ? `${found} ${ETCD_OPTIONS.exec(README)![0]}` : found;
     const missing = optionsIn(stdout).filter((option) => option !== '--help' && !line!.includes(option));
     expect(missing, `options of ${command} --help missing from the README synopsis`).toEqual([]);
   });
