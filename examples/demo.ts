@@ -5,12 +5,18 @@
  *   3. It asks for 1.2.0, whose verification fails: the upgrade fails and 1.1.0 never stops.
  *   4. It asks for 1.3.0, which crashes right after taking over: it is rolled back to 1.1.0.
  * `upgrader status` is printed after each step. Exits non-zero if any step does not happen.
+ * `npm run demo -- --fleet` hands over to the fleet demo instead (examples/fleet-demo.ts).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+if (process.argv.includes('--fleet')) {
+  const { fleetDemo } = await import('./fleet-demo.js');
+  process.exit(await fleetDemo());
+}
 
 const here = dirname(fileURLToPath(import.meta.url));
 const cli = resolve(here, '../src/cli.js');
