@@ -296,7 +296,7 @@ async function rollback(args: string[]): Promise<number> {
 }
 
 function planSummary(r: Rollout): string {
-  const groups = r.plan.map((g) => `${g.name} (${g.waves.flat().length} hosts, ${g.waves.length} waves)`);
+  const groups = r.plan.map((g) => `${g.name} (${plural(g.waves.flat().length, 'host')}, ${plural(g.waves.length, 'wave')})`);
   return `${groups.join(', ')}${r.offline.length ? `; offline, not included: ${r.offline.join(', ')}` : ''}`;
 }
 
@@ -329,20 +329,26 @@ async function status(args: string[]): Promise<number> {
  * before doing so (any participant may).
  */
 async function watchRollout(store: FleetStore, id: string, v: Values): Promise<number> {
-  const watcher = await store.ns.watch().prefix(KEYS.ctlPrefix).create();
-  const runs = await store.ns.watch().prefix(KEYS.runPrefix(id)).create();
+  const watchers = [await store.ns.watch().prefix(KEYS.ctlPrefix).create(), await store.ns.watch().prefix(KEYS.runPrefix(id)).create()];
+  // One listener per event for the whole wait; each change wakes whoever waits now.
+  let wake: (() => void) | null = null;
+  let changed = false;
+  const onChange = () => {
+    changed = true;
+    wake?.();
+  };
+  for (const w of watchers) {
+    w.on('put', onChange);
+    w.on('delete', onChange);
+    w.on('connected', onChange);
+    w.on('error', onChange);
+  }
   const tty = Boolean(process.stdout.isTTY) && !v.json;
   let drawn = 0;
   let last = '';
   try {
     for (;;) {
-      const changed = new Promise<void>((resolve) => {
-        for (const w of [watcher, runs]) {
-          w.once('put', () => resolve());
-          w.once('delete', () => resolve());
-          w.once('connected', () => resolve());
-        }
-      });
+      changed = false;
       await advanceIfWaveEnded(store).catch(() => undefined);
       const view = await readFleetView(store);
       const r = view.rollout;
@@ -350,7 +356,7 @@ async function watchRollout(store: FleetStore, id: string, v: Values): Promise<n
         say(v, { type: 'replaced', id }, `rollout ${id} was replaced by another`);
         return EXIT.refused;
       }
-      const text = progressText(view);
+      const text = tty ? progressBars(view) : progressLine(view);
       if (text !== last) {
         if (tty && drawn) process.stdout.write(`\x1b[${drawn}A\x1b[J`);
         if (v.json) process.stdout.write(`${JSON.stringify({ type: 'progress', state: r.state, group: r.group, wave: r.wave, groups: r.groups, failed: r.failed })}\n`);
@@ -362,25 +368,34 @@ async function watchRollout(store: FleetStore, id: string, v: Values): Promise<n
         say(v, { type: 'ended', id, state: r.state, reason: r.reason }, `rollout ${id} ${r.state}${r.reason ? `: ${printable(r.reason)}` : ''}`);
         return r.state === 'succeeded' ? EXIT.ok : EXIT.refused;
       }
-      await changed;
+      if (!changed) await new Promise<void>((resolve) => (wake = resolve));
+      wake = null;
     }
   } finally {
-    await watcher.cancel().catch(() => undefined);
-    await runs.cancel().catch(() => undefined);
+    for (const w of watchers) await w.cancel().catch(() => undefined);
   }
 }
 
-function progressText(view: FleetView): string {
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+/** On a terminal: a bar per group, redrawn in place. */
+function progressBars(view: FleetView): string {
   const r = view.rollout!;
   const width = 24;
   return r.groups
     .map((g) => {
       const filled = g.hosts ? Math.round((width * (g.done + g.failed)) / g.hosts) : width;
-      const bar = `${'#'.repeat(filled)}${'.'.repeat(width - filled)}`;
-      return `${g.name.padEnd(12)} [${bar}] ${g.done}/${g.hosts} done, ${g.inFlight} in flight, ${g.failed} failed, ${g.pending} pending`;
+      return `${printable(g.name).padEnd(12)} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${g.done}/${g.hosts} done, ${g.inFlight} in flight, ${g.failed} failed, ${g.pending} pending`;
     })
-    .concat(`state ${r.state}, group ${r.group ?? '-'}, wave ${r.wave}`)
+    .concat(`${r.state}: group ${printable(r.group ?? '-')}, wave ${r.wave + 1}`)
     .join('\n');
+}
+
+/** Elsewhere (a log, a pipe): one line per change. */
+function progressLine(view: FleetView): string {
+  const r = view.rollout!;
+  const groups = r.groups.map((g) => `${printable(g.name)} ${g.done}/${g.hosts} done${g.inFlight ? `, ${g.inFlight} in flight` : ''}${g.failed ? `, ${g.failed} failed` : ''}`);
+  return `${r.state}: group ${printable(r.group ?? '-')} wave ${r.wave + 1}; ${groups.join('; ')}`;
 }
 
 function say(v: Values, json: object, text: string): void {
@@ -404,11 +419,13 @@ export function formatFleet(view: FleetView, now = Date.now()): string {
     h.group,
     h.online ? 'online' : `OFFLINE since ${ago(h.reportedAt, now)}`,
     h.running ?? '-',
-    h.phase + (h.run && h.run !== 'pending' ? `/${h.run}` : ''),
-    h.lastUpgrade ? `${h.lastUpgrade.from} -> ${h.lastUpgrade.to} ${h.lastUpgrade.result}${h.lastUpgrade.reason ? `: ${h.lastUpgrade.reason}` : ''}` : '-',
+    h.phase,
+    h.run ?? '-',
+    h.lastUpgrade ? `${h.lastUpgrade.from} -> ${h.lastUpgrade.to} ${h.lastUpgrade.result}` : '-',
     h.error ? `${h.error.code ? `[${h.error.code}] ` : ''}${h.error.message} (${ago(h.error.at, now)})` : '-',
   ]);
-  const header = ['HOST', 'GROUP', 'SEEN', 'VERSION', 'PHASE', 'LAST UPGRADE', 'ERROR'];
+  // RUN: the host's part in the current rollout (pending, staged, upgrading, done, failed; - when not in it).
+  const header = ['HOST', 'GROUP', 'SEEN', 'VERSION', 'PHASE', 'RUN', 'LAST UPGRADE', 'ERROR'];
   const widths = header.map((head, i) => Math.max(head.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
   out.push('', line(header), ...rows.map(line));

@@ -97,7 +97,7 @@ export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOp
   for (const run of runs.values()) if (run.state === 'done' && run.from && run.from !== run.to) targets[run.host] = run.from;
   const plan: PlanGroup[] = last.plan.map((g) => ({ name: g.name, waves: g.waves.map((w) => w.filter((h) => h in targets)).filter((w) => w.length) }));
   const start = firstPosition(plan);
-  if (!start) throw new FleetError('nothing-moved', `No host was moved by rollout ${last.id}: there is nothing to roll back.`);
+  if (!start) throw new FleetError('nothing-moved', `Rollout ${last.id} moved no host (${last.state}): there is nothing to roll back; the fleet is where it was before it.`);
   const next = record(
     {
       id: newRolloutId(), kind: 'rollback', to: null, targets, undoes: last.id, plan, offline: [],
