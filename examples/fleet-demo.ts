@@ -223,7 +223,7 @@ async function main(): Promise<number> {
     for (const host of hosts) {
       const root = join(base, 'hosts', host.name);
       start(`run ${host.name}`, process.execPath, [cli, 'run', '--root', root, '--probation', '500ms', '--ready-timeout', '5s', '--stop-timeout', '5s'], `${root}.run.log`);
-      start(`follow ${host.name}`, process.execPath, [cli, 'follow', '--root', root, '--fleet', FLEET, '--host', host.name, '--group', host.group, '--lease', '3s', '--etcd', url], `${root}.follow.log`);
+      start(`follow ${host.name}`, process.execPath, [cli, 'follow', '--root', root, '--fleet', FLEET, '--host', host.name, '--group', host.group, '--lease', '3s', '--etcd', url, '--artifacts', join(base, 'builds')], `${root}.follow.log`);
       console.log(`  ${host.name.padEnd(9)} group ${host.group.padEnd(7)} upgrader install --root ${root} --version 1.0.0 ...; upgrader run; upgrader follow`);
     }
     await waitFor('five hosts online on 1.0.0', (v) => v.hosts.filter((h) => h.online && h.running === '1.0.0').length === hosts.length);

@@ -119,11 +119,17 @@ function safeJson(line: string): unknown {
 
 export type ControlOutcome = { kind: 'reply'; reply: ControlReply } | { kind: 'unreachable'; code: string };
 
-/** Sends one request and calls `onReply` for each reply; resolves with the last one, or why nothing answered. */
-export function sendControlRequest(stateDir: string, request: ControlRequest, onReply: (reply: ControlReply) => void): Promise<ControlOutcome> {
+/** Sends one request and calls `onReply` for each reply; resolves with the last one, or why nothing answered (ETIMEDOUT once `signal` aborts). */
+export function sendControlRequest(stateDir: string, request: ControlRequest, onReply: (reply: ControlReply) => void, signal?: AbortSignal): Promise<ControlOutcome> {
   return new Promise((resolve) => {
     let last: ControlReply | null = null;
     const socket = createConnection(controlSocketPath(stateDir));
+    // A caller that stops waiting (a deadline, a stop) ends the conversation: a stopped upgrader's socket
+    // still accepts connections into its backlog, and would otherwise never answer.
+    signal?.addEventListener('abort', () => {
+      socket.destroy();
+      resolve({ kind: 'unreachable', code: 'ETIMEDOUT' });
+    }, { once: true });
     socket.on('connect', () => socket.write(`${JSON.stringify(request)}\n`));
     socket.on('error', (error: NodeJS.ErrnoException) => resolve({ kind: 'unreachable', code: error.code ?? error.message }));
     const reader = new LineReader((event) => {

@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import * as tar from 'tar';
@@ -18,6 +19,9 @@ import { runArgs } from './timing.js';
 export const FLEET = 'test';
 /** Short enough that an offline host shows within a test, long enough for a loaded machine's keepalives. */
 export const LEASE = '3s';
+
+/** Where the test hosts accept artifacts from: the test file's own temporary directory, and servers on loopback. */
+export const ARTIFACTS = [tmpdir(), 'http://127.0.0.1:'];
 
 export type Release = { version: string; archive: string; sha256: string };
 
@@ -41,7 +45,8 @@ export type Host = { name: string; group: string; root: string; up: Upgrader; fo
 
 /** A follower process; its JSON log is read like an upgrader's. */
 export function startFollower(host: Pick<Host, 'name' | 'group' | 'root' | 'etcd'>, extra: string[] = []): Upgrader {
-  const child = spawn(process.execPath, [CLI, 'follow', '--root', host.root, '--fleet', FLEET, '--host', host.name, '--group', host.group, '--lease', LEASE, '--etcd', host.etcd.join(','), ...extra], {
+  const args = ['follow', '--root', host.root, '--fleet', FLEET, '--host', host.name, '--group', host.group, '--lease', LEASE, '--etcd', host.etcd.join(','), '--artifacts', ARTIFACTS.join(',')];
+  const child = spawn(process.execPath, [CLI, ...args, ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, UPGRADER_LOG_LEVEL: 'info' },
   });

@@ -20,7 +20,8 @@ import { RootUpgrader } from './local.js';
 import { advanceIfWaveEnded, beginRollback, beginRollout, changeRollout } from './rollout.js';
 import { ENDED, fleetPrefix, KEYS, parseRecord, Release, SCHEMA, serialize, type Rollout } from './schema.js';
 import { FleetStore } from './store.js';
-import { fleetExitCode, readFleetView, type FleetView } from './view.js';
+import type { Watcher } from 'etcd3';
+import { fleetExitCode, readFleetView, stalledOn, type FleetView } from './view.js';
 
 const COMMON = { fleet: { type: 'string' }, prefix: { type: 'string', default: '/upgrader/' }, ...ETCD_ARG_OPTIONS } as const;
 const ETCD_HELP = `Connecting to etcd (every fleet command):
@@ -32,19 +33,25 @@ const ETCD_HELP = `Connecting to etcd (every fleet command):
   --prefix <p>              key prefix (default /upgrader/); the fleet's keys are <p><fleet>/...`;
 
 const HELP = {
-  follow: `Usage: upgrader follow --root <dir> --fleet <name> [--host <name>] [--group <name>] [options]
+  follow: `Usage: upgrader follow --root <dir> --fleet <name> --artifacts <url-prefix | dir,...> [--host <name>] [--group <name>] [options]
 
 Runs beside "upgrader run" on each host: keeps the host's presence alive in etcd, publishes its record
 (version, phase, last upgrade, last error), and carries out the fleet's rollouts and desired version on
 this root through the upgrader's own operator channel. The agent keeps running whatever etcd does.
 
 Options:
+  --artifacts <list>        where this host accepts release artifacts from: http(s):// URL prefixes and
+                            absolute directories, comma-separated (default $UPGRADER_ARTIFACTS; required).
+                            Whoever can write etcd picks an artifact and its digest together: this list,
+                            not the digest, says whose builds this host runs
   --host <name>             this host's name in the fleet (default: the machine's host name)
   --group <name>            its rollout group (default "default")
   --lease <time>            presence lease: how soon a dead follower shows as offline (default 10s)
   --download-timeout <time> a download that stalls this long is retried (default 60s)
   --max-download <bytes>    largest artifact accepted (default 1073741824)
   --attempts <n>            download attempts (default 5)
+  --handoff-timeout <time>  longest wait for the local upgrader to finish a handoff and its probation
+                            before asking again (default 10m)
 
 ${ETCD_HELP}
 
@@ -141,8 +148,13 @@ async function follow(args: string[]): Promise<number> {
     'download-timeout': { type: 'string', default: '60s' },
     'max-download': { type: 'string', default: String(1024 ** 3) },
     attempts: { type: 'string', default: '5' },
+    artifacts: { type: 'string' },
+    'handoff-timeout': { type: 'string', default: '10m' },
   });
   if (v.help) return help('follow');
+  const artifacts = String(v.artifacts ?? process.env.UPGRADER_ARTIFACTS ?? '').split(',').filter(Boolean);
+  if (artifacts.length === 0) throw new UpgraderError('E_USAGE', '--artifacts <url-prefix | dir,...> (or UPGRADER_ARTIFACTS) is required: where this host accepts release artifacts from (see --help).');
+  for (const a of artifacts) if (!/^https?:\/\/[^/@]+\/?/.test(a) && !a.startsWith('/')) throw new UpgraderError('E_USAGE', `--artifacts: ${JSON.stringify(a)} is neither an http(s):// prefix nor an absolute directory.`);
   const layout = Layout.open(requireRoot(v.root));
   refuseForeignRootForRun(layout.root);
   const host = name(v, 'host', hostname().split('.')[0]);
@@ -155,7 +167,7 @@ async function follow(args: string[]): Promise<number> {
     maxBytes: count(v, 'max-download', 1024 ** 3),
     timeoutMs: parseDuration(v['download-timeout'] as string, '--download-timeout'),
     attempts: Math.max(1, count(v, 'attempts', 5)),
-  });
+  }, artifacts);
   const fleetName = v.fleet as string;
   const facts = (etcd: 'connecting' | 'reachable' | 'unreachable', error: string | null) => ({ fleet: fleetName, host, group, etcd, since: new Date().toISOString(), error });
   await claimFollower(layout.stateDir, facts('connecting', null));
@@ -166,7 +178,8 @@ async function follow(args: string[]): Promise<number> {
       log.warn({ err: String(e) }, 'could not record the follower state in the root');
     }
   };
-  const follower = new Follower({ store, host, group, local, log, leaseSeconds, retryMs: { min: 250, max: 10_000 }, unreachable: etcdUnreachable, onEtcd });
+  const handoffTimeoutMs = parseDuration(v['handoff-timeout'] as string, '--handoff-timeout');
+  const follower = new Follower({ store, host, group, local, log, leaseSeconds, handoffTimeoutMs, retryMs: { min: 250, max: 10_000 }, unreachable: etcdUnreachable, onEtcd });
   const stop = () => void follower.stop();
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
@@ -329,26 +342,37 @@ async function status(args: string[]): Promise<number> {
  * before doing so (any participant may).
  */
 async function watchRollout(store: FleetStore, id: string, v: Values): Promise<number> {
-  const watchers = [await store.ns.watch().prefix(KEYS.ctlPrefix).create(), await store.ns.watch().prefix(KEYS.runPrefix(id)).create()];
-  // One listener per event for the whole wait; each change wakes whoever waits now.
+  // One listener per event for the whole wait; each change wakes whoever waits now. A watch that fails
+  // (a compacted history on reconnect) is replaced on the next turn, after a fresh read.
   let wake: (() => void) | null = null;
   let changed = false;
+  let broken = false;
   const onChange = () => {
     changed = true;
     wake?.();
   };
-  for (const w of watchers) {
-    w.on('put', onChange);
-    w.on('delete', onChange);
-    w.on('connected', onChange);
-    w.on('error', onChange);
-  }
+  let watchers: Watcher[] = [];
+  const openWatchers = async () => {
+    for (const w of watchers) await w.cancel().catch(() => undefined);
+    watchers = [await store.ns.watch().prefix(KEYS.ctlPrefix).create(), await store.ns.watch().prefix(KEYS.runPrefix(id)).create()];
+    for (const w of watchers) {
+      w.on('put', onChange);
+      w.on('delete', onChange);
+      w.on('connected', onChange);
+      w.on('error', () => ((broken = true), onChange()));
+    }
+  };
+  await openWatchers();
   const tty = Boolean(process.stdout.isTTY) && !v.json;
   let drawn = 0;
   let last = '';
   try {
     for (;;) {
       changed = false;
+      if (broken) {
+        broken = false;
+        await openWatchers();
+      }
       await advanceIfWaveEnded(store).catch(() => undefined);
       const view = await readFleetView(store);
       const r = view.rollout;
@@ -402,17 +426,27 @@ function say(v: Values, json: object, text: string): void {
   process.stdout.write(v.json ? `${JSON.stringify(json)}\n` : `${text}\n`);
 }
 
+/**
+ * Text from etcd in one line of a table: control characters (newlines and tabs included) and the Unicode
+ * controls that reorder or hide text escaped, so that a record can neither draw fake rows nor drive the terminal.
+ */
+function cell(text: string): string {
+  return printable(text).replace(/[\n\t\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 function ago(iso: string, now = Date.now()): string {
   const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
   return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
 }
 
 export function formatFleet(view: FleetView, now = Date.now()): string {
-  const out: string[] = [`desired version: ${view.desired ?? '(none yet)'}`];
+  const out: string[] = [`desired version: ${view.desired ?? '(none)'}`];
   const r = view.rollout;
   if (r) {
-    out.push(`${r.kind} ${r.id}${r.to ? ` to ${r.to}` : ''}: ${r.state}${r.reason ? ` (${r.reason})` : ''}, ${r.failures} failed, updated ${ago(r.updatedAt, now)}`);
+    out.push(`${r.kind} ${r.id}${r.to ? ` to ${r.to}` : ''}: ${r.state}${r.reason ? ` (${cell(r.reason)})` : ''}, ${r.failures} failed, updated ${ago(r.updatedAt, now)}`);
     for (const g of r.groups) out.push(`  ${g.name}: ${g.done} done, ${g.inFlight} in flight, ${g.failed} failed, ${g.pending} pending of ${g.hosts}`);
+    const stalled = stalledOn(view);
+    if (stalled.length) out.push(`  waiting on offline ${stalled.map((h) => `${h.host} (last seen ${ago(h.reportedAt, now)})`).join(', ')}: the wave cannot end without them; bring them back or abort`);
   }
   const rows = view.hosts.map((h) => [
     h.host,
@@ -426,11 +460,12 @@ export function formatFleet(view: FleetView, now = Date.now()): string {
   ]);
   // RUN: the host's part in the current rollout (pending, staged, upgrading, done, failed; - when not in it).
   const header = ['HOST', 'GROUP', 'SEEN', 'VERSION', 'PHASE', 'RUN', 'LAST UPGRADE', 'ERROR'];
+  for (const row of rows) row.forEach((c, i) => (row[i] = cell(c)));
   const widths = header.map((head, i) => Math.max(head.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
   out.push('', line(header), ...rows.map(line));
-  if (view.problems.length) out.push('', ...view.problems.map((p) => `unreadable record: ${p}`));
-  return printable(out.join('\n'));
+  if (view.problems.length) out.push('', ...view.problems.map((p) => `unreadable record: ${cell(p)}`));
+  return out.join('\n');
 }
 
 function help(topic: keyof typeof HELP): number {

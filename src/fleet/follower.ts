@@ -28,6 +28,8 @@ export type FollowerOptions = {
   leaseSeconds: number;
   /** Backoff between failed passes and sessions. */
   retryMs: { min: number; max: number };
+  /** How long one handoff on this host may take, probation included, before the follower stops waiting and asks again. */
+  handoffTimeoutMs: number;
   /** Rate limit of progress writes while downloading. */
   progressEveryMs?: number;
   /** Errors of etcd calls that mean "etcd is away" rather than "a bug". */
@@ -40,9 +42,21 @@ type Problem = { message: string; code: string | null; at: string };
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
     if (signal.aborted) return resolve();
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
   });
+
+/** Another live follower holds this host name (a twin, or this host's previous follower until its lease lapses). */
+class PresenceTaken extends Error {
+  constructor(host: string) {
+    super(`another follower holds the presence of host ${host}; waiting until its lease lapses (two hosts with one name, or this host's previous follower)`);
+  }
+}
 
 export class Follower {
   private phase: HostPhase = 'idle';
@@ -50,6 +64,7 @@ export class Follower {
   private error: Problem | null = null;
   private asked: HostRecord['asked'] = null;
   private published = '';
+  private publishing: Promise<void> = Promise.resolve();
   private lastProgressAt = 0;
   private wake: (() => void) | null = null;
   private kicked = true;
@@ -87,8 +102,8 @@ export class Follower {
     let delay = this.o.retryMs.min;
     while (!this.stopped) {
       try {
-        await this.session();
-        delay = this.o.retryMs.min;
+        // A session that could not start (etcd away, the name held) backs off; one that ran starts over soon.
+        delay = (await this.session()) ? this.o.retryMs.min : Math.min(this.o.retryMs.max, delay * 2);
       } catch (error) {
         this.noteEtcd(error, 'session');
         delay = Math.min(this.o.retryMs.max, delay * 2);
@@ -97,36 +112,51 @@ export class Follower {
     }
   }
 
-  private async session(): Promise<void> {
+  /**
+   * One session: a lease, this host's presence key on it (taken only if no other live follower holds the
+   * name), and watches on the control keys and on that presence key. Ends when the lease is lost, a watch
+   * fails, or the presence key is deleted under it; the next session starts afresh.
+   */
+  private async session(): Promise<boolean> {
     const { store, host } = this.o;
+    let started = false;
     const lease: Lease = store.ns.lease(this.o.leaseSeconds);
-    let watcher: Watcher | null = null;
-    const ended = new Promise<string>((resolve) => {
-      lease.on('lost', (e: Error) => resolve(`presence lease lost (${e.message})`));
-      this.stopping.signal.addEventListener('abort', () => resolve('stopping'), { once: true });
-      void (async () => {
-        try {
-          await lease.grant();
-          const presence = { schema: SCHEMA, pid: process.pid, startedAt: new Date().toISOString(), follower: UPGRADER_VERSION };
-          await lease.put(KEYS.presence(host)).value(serialize(presence));
-          watcher = await store.ns.watch().prefix(KEYS.ctlPrefix).create();
-          watcher.on('put', () => this.kick());
-          watcher.on('delete', () => this.kick());
-          watcher.on('connected', () => this.kick());
-          watcher.on('error', (e: Error) => resolve(`watch ended (${e.message})`));
-          this.published = '';
-          this.markReachable();
-          this.kick();
-        } catch (error) {
-          resolve(`could not open a session (${error instanceof Error ? error.message : String(error)})`);
-        }
-      })();
-    });
+    const watchers: Watcher[] = [];
+    let end: (why: string) => void = () => undefined;
+    const ended = new Promise<string>((resolve) => (end = resolve));
+    const onStop = () => end('stopping');
+    this.stopping.signal.addEventListener('abort', onStop, { once: true });
+    lease.on('lost', (e: Error) => end(`presence lease lost (${e.message})`));
+    try {
+      const id = await lease.grant();
+      const presence = { schema: SCHEMA, pid: process.pid, startedAt: new Date().toISOString(), follower: UPGRADER_VERSION };
+      const key = KEYS.presence(host);
+      const taken = await store.ns.if(key, 'Create', '==', 0).then(store.ns.put(key).value(serialize(presence)).lease(id)).commit();
+      if (!taken.succeeded) throw new PresenceTaken(host);
+      const control = await store.ns.watch().prefix(KEYS.ctlPrefix).create();
+      const own = await store.ns.watch().key(key).create();
+      watchers.push(control, own);
+      for (const w of watchers) w.on('error', (e: Error) => end(`watch ended (${e.message})`));
+      control.on('put', () => this.kick());
+      control.on('delete', () => this.kick());
+      control.on('connected', () => this.kick());
+      own.on('delete', () => end('presence key deleted'));
+      this.published = '';
+      started = true;
+      this.markReachable();
+      this.kick();
+    } catch (error) {
+      if (this.o.unreachable(error)) this.noteEtcd(error, 'session');
+      end(error instanceof PresenceTaken ? error.message : `could not open a session (${error instanceof Error ? error.message : String(error)})`);
+    }
     const why = await ended;
+    this.stopping.signal.removeEventListener('abort', onStop);
     if (why !== 'stopping') this.o.log.warn({ host, why }, 'fleet session ended; opening a new one');
-    await (watcher as Watcher | null)?.cancel().catch(() => undefined);
+    for (const w of watchers) await w.cancel().catch(() => undefined);
     if (why === 'stopping') await lease.revoke().catch(() => undefined);
     else lease.release();
+    lease.removeAllListeners();
+    return started;
   }
 
   // ---------------------------------------------------------------- the passes
@@ -159,10 +189,13 @@ export class Follower {
     }
     const at = rollout ? positionOf(rollout.plan, this.o.host) : null;
     if (rollout && at && rollout.state !== 'succeeded') {
-      await this.followRollout(rollout, control.rollout.mod!, at, control.pause.value !== null);
+      // Paused whenever the key exists, readable or not: the start transaction compares its existence.
+      await this.followRollout(rollout, control.rollout.mod!, at, control.pause.mod !== null);
       return;
     }
-    const desired = control.desired.value?.version ?? null;
+    // While a rollback runs, the version it returns the fleet to is the one to converge to, not the one it undoes.
+    const rollingBack = rollout?.kind === 'rollback' && (rollout.state === 'running' || rollout.state === 'paused');
+    const desired = rollingBack ? rollout.desiredAfter : (control.desired.value?.version ?? null);
     await this.converge(desired);
   }
 
@@ -183,7 +216,10 @@ export class Follower {
       const staged = await this.stage(target);
       if (staged !== true) {
         const failed: Run = { schema: SCHEMA, host: this.o.host, state: 'staged', from: local.running, to: target, reason: null, code: null, startedAt: null, endedAt: null };
+        this.error = staged;
+        this.setPhase('failed');
         await endRunFailed(this.o.store, k, failed, staged.message, staged.code);
+        await this.publish();
         return;
       }
       await markStaged(this.o.store, k, local.running, target);
@@ -192,10 +228,8 @@ export class Follower {
     await this.publish();
     const ourWave = rollout.group === at.group && rollout.wave === at.wave;
     if (rollout.state !== 'running' || !ourWave || paused || !run) return;
-    if (!(await startRun(this.o.store, k, rolloutMod, mod, local.running, target))) {
-      this.kick();
-      return;
-    }
+    // Lost to a change of the rollout record (a failure, a pause) or of the run: read again, after a backoff.
+    if (!(await startRun(this.o.store, k, rolloutMod, mod, local.running, target))) throw new RetryLater('the start lost its compare');
     const started = await readRun(this.o.store, k);
     await this.carryOut(k, started.run!, false);
   }
@@ -204,15 +238,19 @@ export class Follower {
   private async carryOut(k: RunKey, run: Run, resumed: boolean): Promise<void> {
     const local = this.o.local;
     if (resumed) await local.settle(this.stopping.signal);
-    for (let delay = this.o.retryMs.min; !this.stopped; delay = Math.min(this.o.retryMs.max, delay * 2)) {
+    for (let delay = this.o.retryMs.min, first = !resumed; !this.stopped; delay = Math.min(this.o.retryMs.max, delay * 2), first = false) {
       const view = local.view();
       if (view.running === run.to && !view.busy) return this.ended(k, run, null);
       const earlier = endedSince(view, run);
       if (earlier) return this.ended(k, run, earlier);
+      // Asking again (the upgrader was down, busy, or this follower restarted): only while the rollout
+      // still wants it. A halt or abort does not start a handoff later that it would have stopped now.
+      if (!first && !view.busy && !(await this.stillWanted(k))) return this.ended(k, run, { message: 'the rollout ended before this host could start its handoff', code: 'aborted', at: now() });
       const staged = await this.stage(run.to);
       if (staged !== true) return this.ended(k, run, staged);
       this.setPhase('upgrading');
-      const outcome = await local.upgrade(run.to, (phase) => this.setPhase(phase));
+      const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
+      const outcome = await local.upgrade(run.to, (phase) => this.setPhase(phase), deadline);
       if (outcome.ok) return this.ended(k, run, null);
       if (!outcome.transient) return this.ended(k, run, { message: outcome.reason, code: outcome.code, at: now() });
       this.error = { message: outcome.reason, code: outcome.code, at: now() };
@@ -220,6 +258,11 @@ export class Follower {
       await sleep(delay, this.stopping.signal);
       await local.settle(this.stopping.signal);
     }
+  }
+
+  private async stillWanted(k: RunKey): Promise<boolean> {
+    const { rollout } = await this.o.store.control();
+    return rollout.value?.id === k.rolloutId && (rollout.value.state === 'running' || rollout.value.state === 'paused');
   }
 
   private async ended(k: RunKey, run: Run, problem: Problem | null): Promise<void> {
@@ -242,7 +285,8 @@ export class Follower {
     this.gaveUp.clear();
     this.asked = { version: desired, rolloutId: null };
     const staged = await this.stage(desired);
-    const outcome = staged === true ? await this.o.local.upgrade(desired, (phase) => this.setPhase(phase)) : { ok: false as const, reason: staged.message, code: staged.code, transient: false };
+    const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
+    const outcome = staged === true ? await this.o.local.upgrade(desired, (phase) => this.setPhase(phase), deadline) : { ok: false as const, reason: staged.message, code: staged.code, transient: false };
     if (outcome.ok) {
       this.setPhase('succeeded');
       this.error = null;
@@ -315,8 +359,17 @@ export class Follower {
     };
   }
 
-  /** Writes the host record when something in it changed (not only the time). */
-  private async publish(): Promise<void> {
+  /**
+   * Writes the host record when something in it changed (not only the time). One write at a time, in
+   * order: a retried older write can never land after a newer one.
+   */
+  private publish(): Promise<void> {
+    const next = this.publishing.catch(() => undefined).then(() => this.publishNow());
+    this.publishing = next;
+    return next;
+  }
+
+  private async publishNow(): Promise<void> {
     const record = this.record(this.o.local.view());
     const { reportedAt: _, ...content } = record;
     const key = JSON.stringify(content);

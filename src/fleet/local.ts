@@ -3,7 +3,10 @@
  * the operator channel. Nothing here needs `upgrader run` to know about the fleet, and the agent needs no
  * change. `LocalUpgrader` is the seam the fleet benchmark replaces with a stand-in.
  */
+import { isAbsolute, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { sendControlRequest, type ControlReply } from '../control.js';
+import { FleetError } from './errors.js';
 import { Layout } from '../layout.js';
 import { readStatus } from '../status.js';
 import type { Release } from './schema.js';
@@ -31,7 +34,7 @@ export interface LocalUpgrader {
   /** Downloads, verifies and installs the release (no switch); nothing when it is installed already. */
   stage(release: Release, onProgress: (p: Progress) => void, signal: AbortSignal): Promise<void>;
   /** Asks for a handoff to `version` and waits until its probation has passed or the handoff failed. */
-  upgrade(version: string, onPhase: (phase: UpgradePhase) => void): Promise<UpgradeOutcome>;
+  upgrade(version: string, onPhase: (phase: UpgradePhase) => void, signal: AbortSignal): Promise<UpgradeOutcome>;
   /** Resolves once no handoff or probation is under way (after a follower restart in the middle of one). */
   settle(signal: AbortSignal): Promise<void>;
 }
@@ -41,11 +44,39 @@ const TRANSIENT = new Set(['busy', 'in-progress', 'not-running', 'interrupted'])
 
 export type StageLimits = { maxBytes: number; timeoutMs: number; attempts: number };
 
+/**
+ * Whether a release's artifact comes from where this host accepts them (`--artifacts`): a URL under one of
+ * the URL prefixes, or a file inside one of the directories. Whoever can write etcd chooses the artifact
+ * and its digest together, so the digest alone proves nothing about who built it: this list is the
+ * host's own word on that.
+ */
+export function artifactAllowed(source: string, allowed: string[]): boolean {
+  const asPath = source.startsWith('file://') ? safeFileUrlPath(source) : source.startsWith('/') ? source : null;
+  for (const prefix of allowed) {
+    if (/^https?:\/\//.test(prefix)) {
+      if (asPath === null && source.startsWith(prefix)) return true;
+    } else if (asPath !== null) {
+      const inside = relative(resolve(prefix), resolve(asPath));
+      if (inside !== '' && !inside.startsWith('..') && !isAbsolute(inside)) return true;
+    }
+  }
+  return false;
+}
+
+function safeFileUrlPath(url: string): string | null {
+  try {
+    return fileURLToPath(url);
+  } catch {
+    return null;
+  }
+}
+
 export class RootUpgrader implements LocalUpgrader {
   private readonly layout: Layout;
   constructor(
     readonly root: string,
     private readonly limits: StageLimits,
+    private readonly artifacts: string[],
     private readonly settlePollMs = 500,
   ) {
     this.layout = Layout.open(root);
@@ -69,18 +100,25 @@ export class RootUpgrader implements LocalUpgrader {
   }
 
   async stage(release: Release, onProgress: (p: Progress) => void, signal: AbortSignal): Promise<void> {
+    if (!artifactAllowed(release.artifact, this.artifacts)) {
+      throw new FleetError('bad-source', `The artifact of release ${release.version} is not under this host's --artifacts (${this.artifacts.join(', ')}); refused without fetching it.`);
+    }
     const { stageRelease } = await import('./artifact.js');
     await stageRelease({ root: this.root, version: release.version, source: release.artifact, sha256: release.sha256, ...this.limits, onProgress, signal });
   }
 
-  async upgrade(version: string, onPhase: (phase: UpgradePhase) => void): Promise<UpgradeOutcome> {
+  async upgrade(version: string, onPhase: (phase: UpgradePhase) => void, signal: AbortSignal): Promise<UpgradeOutcome> {
     let last: ControlReply | null = null;
-    const outcome = await sendControlRequest(this.layout.stateDir, { type: 'upgrade', version, force: false, wait: true, until: 'probation' }, (reply) => {
+    const request = { type: 'upgrade' as const, version, force: false, wait: true, until: 'probation' as const };
+    const outcome = await sendControlRequest(this.layout.stateDir, request, (reply) => {
       last = reply;
       if (reply.type === 'accepted') onPhase('upgrading');
       if (reply.type === 'succeeded') onPhase('watching');
-    });
-    if (outcome.kind === 'unreachable') return { ok: false, reason: `the upgrader of ${this.root} does not answer (${outcome.code})`, code: 'not-running', transient: true };
+    }, signal);
+    if (outcome.kind === 'unreachable') {
+      const why = outcome.code === 'ETIMEDOUT' ? 'did not finish the handoff in time (or this follower is stopping)' : `does not answer (${outcome.code})`;
+      return { ok: false, reason: `the upgrader of ${this.root} ${why}`, code: 'not-running', transient: true };
+    }
     const reply = outcome.reply;
     if (reply.type === 'passed') return { ok: true };
     if (reply.type === 'failed') return { ok: false, reason: reply.reason, code: reply.code ?? null, transient: TRANSIENT.has(reply.code ?? '') };

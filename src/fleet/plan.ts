@@ -69,7 +69,9 @@ export function waveHosts(plan: PlanGroup[], at: Position): string[] {
 
 /** The version the rollout takes `host` to. */
 export function targetOf(rollout: Rollout, host: string): string | null {
-  return rollout.to ?? rollout.targets?.[host] ?? null;
+  if (rollout.to !== null) return rollout.to;
+  // Own properties only: a host named "constructor" must not find Object's.
+  return rollout.targets && Object.hasOwn(rollout.targets, host) ? rollout.targets[host]! : null;
 }
 
 /**

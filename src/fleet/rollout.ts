@@ -19,6 +19,9 @@ export type RolloutOptions = { to: string; groups: string[]; canaries: number; b
 
 const now = () => new Date().toISOString();
 
+/** A pause left by an earlier rollout never holds up the next one. */
+const NO_PAUSE: Write = { key: KEYS.pause, value: null };
+
 function newRolloutId(): string {
   const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '');
   return `${stamp}-${randomBytes(3).toString('hex')}`;
@@ -61,6 +64,7 @@ export async function beginRollout(store: FleetStore, o: RolloutOptions): Promis
   if (!release.value) throw new FleetError('no-release', release.problem ? `The release ${o.to} is unreadable (${release.problem}).` : `No release ${o.to} is published in this fleet: publish it first (upgrader fleet publish).`);
   const control = await store.control();
   refuseIfActive(control.rollout.value);
+  await refuseIfInFlight(store, control.rollout.value);
   const { online, offline } = await knownHosts(store);
   const plan = buildPlan(online.map((h) => ({ host: h.host, group: h.group })), o.groups, o.canaries, o.batch);
   const start = firstPosition(plan);
@@ -69,8 +73,20 @@ export async function beginRollout(store: FleetStore, o: RolloutOptions): Promis
     { id: newRolloutId(), kind: 'rollout', to: o.to, targets: null, undoes: null, plan, offline: offline.map((h) => h.host), canaries: o.canaries, batch: o.batch, maxFailures: o.maxFailures, pauseMs: o.pauseMs, previousDesired: control.desired.value?.version ?? null, desiredAfter: o.to },
     start,
   );
-  if (!(await store.swapRollout(control.rollout.mod, next))) return raced(store);
+  if (!(await store.swapRollout(control.rollout.mod, next, NO_PAUSE))) return raced(store);
   return next;
+}
+
+/**
+ * Refuses while a host of the last rollout is still upgrading (a halt or an abort lets them finish): the
+ * next rollout's first wave on top of them would exceed its --batch.
+ */
+async function refuseIfInFlight(store: FleetStore, last: Rollout | null): Promise<Map<string, Run>> {
+  if (!last) return new Map();
+  const runs = await runsOf(store, last.id);
+  const inFlight = [...runs.values()].filter((r) => r.state === 'upgrading').map((r) => r.host);
+  if (inFlight.length) throw new FleetError('in-flight', `Hosts of rollout ${last.id} are still upgrading (${inFlight.join(', ')}); start the next one once they have ended (fleet status shows them).`);
+  return runs;
 }
 
 async function raced(store: FleetStore): Promise<never> {
@@ -90,12 +106,10 @@ export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOp
   if (!last) throw new FleetError('no-rollout', 'This fleet has no rollout to roll back.');
   refuseIfActive(last);
   if (last.kind === 'rollback') throw new FleetError('no-rollout', `The last rollout (${last.id}) is itself a rollback; start a rollout to the version you want instead.`);
-  const runs = await runsOf(store, last.id);
-  const inFlight = [...runs.values()].filter((r) => r.state === 'upgrading').map((r) => r.host);
-  if (inFlight.length) throw new FleetError('in-flight', `Hosts of rollout ${last.id} are still upgrading (${inFlight.join(', ')}); roll back once they have ended.`);
-  const targets: Record<string, string> = {};
+  const runs = await refuseIfInFlight(store, last);
+  const targets: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const run of runs.values()) if (run.state === 'done' && run.from && run.from !== run.to) targets[run.host] = run.from;
-  const plan: PlanGroup[] = last.plan.map((g) => ({ name: g.name, waves: g.waves.map((w) => w.filter((h) => h in targets)).filter((w) => w.length) }));
+  const plan: PlanGroup[] = last.plan.map((g) => ({ name: g.name, waves: g.waves.map((w) => w.filter((h) => Object.hasOwn(targets, h))).filter((w) => w.length) }));
   const start = firstPosition(plan);
   if (!start) throw new FleetError('nothing-moved', `Rollout ${last.id} moved no host (${last.state}): there is nothing to roll back; the fleet is where it was before it.`);
   const next = record(
@@ -106,7 +120,7 @@ export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOp
     },
     start,
   );
-  if (!(await store.swapRollout(control.rollout.mod, next))) return raced(store);
+  if (!(await store.swapRollout(control.rollout.mod, next, NO_PAUSE))) return raced(store);
   return next;
 }
 
@@ -124,7 +138,7 @@ export async function changeRollout(store: FleetStore, action: keyof typeof TRAN
     if (!rollout.value) throw new FleetError('no-rollout', 'This fleet has no rollout.');
     if (!from.includes(rollout.value.state)) throw new FleetError('wrong-state', `Rollout ${rollout.value.id} is ${rollout.value.state}: ${action} applies to a rollout that is ${from.join(' or ')}.`);
     const next = { ...rollout.value, state: to, reason: reason ?? rollout.value.reason, updatedAt: now() };
-    if (await store.swapRollout(rollout.mod, next)) return next;
+    if (await store.swapRollout(rollout.mod, next, ...(to === 'aborted' ? [NO_PAUSE] : []))) return next;
   }
 }
 

@@ -41,9 +41,20 @@ export class FleetStore {
     const entries: Entry[] = [];
     let start: string | Buffer = prefix;
     let revision: string | null = null;
+    let size = pageSize;
     for (;;) {
-      const builder = this.ns.getAll().inRange({ start, end }).sort('Key', 'Ascend').limit(pageSize);
-      const response: IRangeResponse = await (revision === null ? builder : builder.revision(revision)).exec();
+      const builder = this.ns.getAll().inRange({ start, end }).sort('Key', 'Ascend').limit(size);
+      let response: IRangeResponse;
+      try {
+        response = await (revision === null ? builder : builder.revision(revision)).exec();
+      } catch (error) {
+        // A page over the client's message limit (someone wrote huge records): smaller pages, down to one key.
+        if (size > 1 && error instanceof Error && error.constructor.name === 'GRPCResourceExhastedError') {
+          size = Math.max(1, Math.floor(size / 4));
+          continue;
+        }
+        throw error;
+      }
       revision ??= response.header.revision;
       entries.push(...response.kvs.map((kv) => this.entry(kv)));
       if (!response.more || response.kvs.length === 0) return { entries, revision: revision ?? response.header.revision };
@@ -51,15 +62,21 @@ export class FleetStore {
     }
   }
 
-  /** The keys every follower acts on, read together at one revision. */
+  /**
+   * The keys every follower acts on, read together at one revision by exact key (whatever else someone
+   * put under ctl/ is never read).
+   */
   async control(): Promise<Control> {
-    const { entries, revision } = await this.range(KEYS.ctlPrefix);
-    const find = (key: string) => entries.find((e) => e.key === key) ?? null;
+    const result = await this.ns.if(KEYS.rollout, 'Version', '>', -1).then(this.ns.get(KEYS.rollout), this.ns.get(KEYS.desired), this.ns.get(KEYS.pause)).commit();
+    const one = (i: number) => {
+      const kv = result.responses[i]?.response_range?.kvs[0];
+      return kv ? this.entry(kv) : null;
+    };
     return {
-      rollout: parsed(RolloutSchema, find(KEYS.rollout)),
-      desired: parsed(DesiredSchema, find(KEYS.desired)),
-      pause: parsed(PauseSchema, find(KEYS.pause)),
-      revision,
+      rollout: parsed(RolloutSchema, one(0)),
+      desired: parsed(DesiredSchema, one(1)),
+      pause: parsed(PauseSchema, one(2)),
+      revision: result.header.revision,
     };
   }
 

@@ -3,6 +3,7 @@
  * per known host. Hosts whose presence lapsed stay in the view as offline with the time they last
  * reported: an old version in a forgotten corner is what an operator most needs to find.
  */
+import { positionOf } from './plan.js';
 import { knownHosts, runsOf } from './rollout.js';
 import type { HostPhase, HostRecord, Rollout, RunState } from './schema.js';
 import type { FleetStore } from './store.js';
@@ -15,8 +16,10 @@ export type HostLine = {
   online: boolean;
   running: string | null;
   phase: HostPhase;
-  /** Its run in the current rollout, if it is in the plan. */
+  /** Its run in the current rollout, if it is in the plan, and its place there. */
   run: RunState | 'pending' | null;
+  groupIndex: number | null;
+  wave: number | null;
   lastUpgrade: HostRecord['lastUpgrade'];
   error: HostRecord['error'];
   reportedAt: string;
@@ -24,7 +27,7 @@ export type HostLine = {
 
 export type FleetView = {
   desired: string | null;
-  rollout: (Pick<Rollout, 'id' | 'kind' | 'to' | 'state' | 'reason' | 'failures' | 'failed' | 'offline' | 'startedAt' | 'updatedAt'> & { group: string | null; wave: number; groups: GroupCounts[] }) | null;
+  rollout: (Pick<Rollout, 'id' | 'kind' | 'to' | 'state' | 'reason' | 'failures' | 'failed' | 'offline' | 'startedAt' | 'updatedAt'> & { group: string | null; groupIndex: number; wave: number; groups: GroupCounts[] }) | null;
   hosts: HostLine[];
   problems: string[];
 };
@@ -41,6 +44,7 @@ export async function readFleetView(store: FleetStore): Promise<FleetView> {
     running: h.running,
     phase: h.phase,
     run: inPlan.has(h.host) ? (runs.get(h.host)?.state ?? 'pending') : null,
+    ...placeOf(rollout, h.host),
     lastUpgrade: h.lastUpgrade,
     error: h.error,
     reportedAt: h.reportedAt,
@@ -62,6 +66,7 @@ export async function readFleetView(store: FleetStore): Promise<FleetView> {
           startedAt: rollout.startedAt,
           updatedAt: rollout.updatedAt,
           group: rollout.plan[rollout.group]?.name ?? null,
+          groupIndex: rollout.group,
           wave: rollout.wave,
           groups: rollout.plan.map((g) => counts(g.name, g.waves.flat(), runs)),
         }
@@ -69,6 +74,11 @@ export async function readFleetView(store: FleetStore): Promise<FleetView> {
     hosts,
     problems,
   };
+}
+
+function placeOf(rollout: Rollout | null, host: string): { groupIndex: number | null; wave: number | null } {
+  const at = rollout ? positionOf(rollout.plan, host) : null;
+  return { groupIndex: at?.group ?? null, wave: at?.wave ?? null };
 }
 
 function counts(name: string, members: string[], runs: Map<string, { state: RunState }>): GroupCounts {
@@ -84,15 +94,24 @@ function counts(name: string, members: string[], runs: Map<string, { state: RunS
 }
 
 /**
- * `fleet status`'s exit status (documented in the README): 3 while a rollout is running or paused; else 4 when
- * a host is offline or off the desired version, a rollout is halted, or a record is unreadable; else 0.
+ * `fleet status`'s exit status (documented in the README): 3 while a rollout is running or paused and not
+ * waiting on an offline host; else 4 when a host is offline or off the desired version (with no desired
+ * version: when hosts run different versions), a rollout is halted or stalled on an offline host, or a
+ * record is unreadable; else 0.
  */
 export const FLEET_EXIT = { converged: 0, moving: 3, attention: 4 } as const;
 
 export function fleetExitCode(view: FleetView): number {
-  if (view.rollout && (view.rollout.state === 'running' || view.rollout.state === 'paused')) return FLEET_EXIT.moving;
-  const behind = view.hosts.some((h) => !h.online || (view.desired !== null && h.running !== view.desired));
+  if (view.rollout && (view.rollout.state === 'running' || view.rollout.state === 'paused') && stalledOn(view).length === 0) return FLEET_EXIT.moving;
+  const versions = new Set(view.hosts.map((h) => h.running));
+  const behind = view.hosts.some((h) => !h.online || (view.desired !== null && h.running !== view.desired)) || (view.desired === null && versions.size > 1);
   if (behind || view.rollout?.state === 'halted' || view.problems.length > 0) return FLEET_EXIT.attention;
+  if (view.rollout && (view.rollout.state === 'running' || view.rollout.state === 'paused')) return FLEET_EXIT.attention;
   return FLEET_EXIT.converged;
+}
+
+/** Hosts of the rollout's current wave that are offline and have not ended: the rollout waits on them. */
+export function stalledOn(view: FleetView): HostLine[] {
+  return view.hosts.filter((h) => !h.online && (h.run === 'pending' || h.run === 'staged' || h.run === 'upgrading') && h.wave === view.rollout?.wave && h.groupIndex === view.rollout?.groupIndex);
 }
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { startEtcd } from '../etcd.js';
 import { fleetCli, fleetStatus, openStore, releaseArchive, runsOfRollout, startFollower, startHost, startHosts, waitForFleet } from '../fleet-hosts.js';
-import { cleanUpAfterEach, CLI, missing, titled } from '../helpers.js';
+import { cleanUpAfterEach, CLI, makeRoot, missing, titled } from '../helpers.js';
 import { execa } from 'execa';
 
 cleanUpAfterEach();
@@ -60,6 +60,17 @@ describe.skipIf(skip)(titled('the fleet commands', skip), () => {
     expect(view.rollout.reason).toBe('change freeze');
     expect(view.desired).toBe('2.0.0');
     expect(view.rollout.groups[0].done).toBeLessThan(3);
+  });
+
+  it('a second follower under a host name that is taken waits, and does not act for that host', async () => {
+    const etcd = await startEtcd({ members: 1 });
+    const [first] = await startHosts(etcd.endpoints, { default: 1 });
+    const twinRoot = makeRoot({ '1.0.0': { config: { workEveryMs: 50 } } }, '1.0.0');
+    const twin = startFollower({ name: first!.name, group: 'default', root: twinRoot, etcd: etcd.endpoints });
+    await twin.waitForLog((l) => l.msg === 'fleet session ended; opening a new one' && /another follower holds the presence of host default-00/.test(String(l.why)), 20_000, 'the twin refused');
+    const view = await fleetStatus(etcd.endpoints);
+    expect(view.view.hosts).toEqual([expect.objectContaining({ host: 'default-00', online: true })]);
+    expect(twin.logs.some((l) => l.msg === 'fleet phase')).toBe(false);
   });
 
   it('a follower that cannot reach etcd keeps the agent running and says so in upgrader status; a second follower on the root is refused', async () => {

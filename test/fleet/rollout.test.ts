@@ -1,8 +1,9 @@
-import { writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { startEtcd } from '../etcd.js';
 import { fleetCli, fleetStatus, maxInFlight, openStore, releaseArchive, runsOfRollout, startFollower, startHosts, waitForFleet, type Host } from '../fleet-hosts.js';
-import { cleanUpAfterEach, missing, titled, workSpans } from '../helpers.js';
+import { cleanUpAfterEach, missing, onCleanup, titled, workSpans } from '../helpers.js';
 
 cleanUpAfterEach();
 const skip = missing('etcd');
@@ -80,7 +81,7 @@ describe.skipIf(skip)(titled('a fleet rollout through a real etcd', skip), () =>
     expect((await fleetCli(etcd.endpoints, ['status'])).stdout).toMatch(/canary-00 .*\[candidate-failed\]/);
   });
 
-  it('halts on a digest mismatch at the canary, and on a release outside the running version\'s upgradeFrom', async () => {
+  it('halts on a digest mismatch at the canary, on a release outside the running version\'s upgradeFrom, and on an artifact outside the host\'s --artifacts', async () => {
     const etcd = await startEtcd({ members: 1 });
     await startHosts(etcd.endpoints, { default: 3 });
     const swapped = await publish(etcd.endpoints, '2.0.0');
@@ -98,6 +99,19 @@ describe.skipIf(skip)(titled('a fleet rollout through a real etcd', skip), () =>
     status = await fleetStatus(etcd.endpoints);
     expect(status.view.rollout.failed).toEqual([expect.objectContaining({ host: 'default-00', code: 'jump-refused' })]);
     expect(status.view.hosts.every((h: { running: string }) => h.running === '1.0.0')).toBe(true);
+
+    // Whoever writes etcd picks the artifact and its digest together: a host takes artifacts only from its
+    // own --artifacts, and refuses one from anywhere else without fetching it.
+    const elsewhere = mkdtempSync('/var/tmp/upgrader-elsewhere-');
+    onCleanup(() => rmSync(elsewhere, { recursive: true, force: true }));
+    const outside = await releaseArchive('4.0.0');
+    copyFileSync(outside.archive, join(elsewhere, 'agent.tgz'));
+    expect((await fleetCli(etcd.endpoints, ['publish', '--version', '4.0.0', '--artifact', join(elsewhere, 'agent.tgz'), '--sha256', outside.sha256])).code).toBe(0);
+    out = await fleetCli(etcd.endpoints, ['rollout', '--to', '4.0.0']);
+    expect(out.code, out.stdout).toBe(1);
+    status = await fleetStatus(etcd.endpoints);
+    expect(status.view.rollout.failed).toEqual([expect.objectContaining({ host: 'default-00', code: 'bad-source', reason: expect.stringMatching(/not under this host's --artifacts/) })]);
+    expect(status.view.hosts.find((h: { host: string }) => h.host === 'default-00')).toMatchObject({ phase: 'failed', running: '1.0.0', error: expect.objectContaining({ code: 'bad-source' }) });
   });
 
   it('rolls a succeeded rollout back: the hosts it moved return to their previous version', async () => {

@@ -36,7 +36,7 @@ describe('the follower under init', () => {
     const base = scratchDir('follow-base-');
     const etc = scratchDir('follow-etc-');
     symlinkSync(root, join(base, 'myagent'));
-    writeFileSync(join(etc, 'myagent-follow.env'), `UPGRADER_FLEET=${FLEET}\nUPGRADER_ETCD=${etcd.endpoints[0]}\nUPGRADER_FOLLOW_ARGS="--host jobhost --lease 5s"\n`);
+    writeFileSync(join(etc, 'myagent-follow.env'), `UPGRADER_FLEET=${FLEET}\nUPGRADER_ETCD=${etcd.endpoints[0]}\nUPGRADER_FOLLOW_ARGS="--host jobhost --lease 5s --artifacts /"\n`);
     const script = /^script\n([\s\S]*?)^end script$/m.exec(job)![1]!
       .replaceAll('/usr/local/bin/upgrader', `${process.execPath} ${CLI}`)
       .replaceAll('/var/lib/upgrader', base)

@@ -1,6 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { batchSize, buildPlan, firstPosition, nextPosition, positionOf, stagesNow, type Position } from '../../src/fleet/plan.js';
+import { batchSize, buildPlan, firstPosition, nextPosition, positionOf, stagesNow, targetOf, type Position } from '../../src/fleet/plan.js';
+import { formatFleet } from '../../src/fleet/cli.js';
+import type { FleetView } from '../../src/fleet/view.js';
 import { fleetPrefix, parseRecord, Rollout as RolloutSchema, type Rollout } from '../../src/fleet/schema.js';
 
 const hostsArb = fc.uniqueArray(fc.record({ host: fc.stringMatching(/^h[0-9]{1,3}$/), group: fc.constantFrom('canary', 'prod', 'edge') }), { selector: (h) => h.host, maxLength: 60 });
@@ -91,5 +93,33 @@ describe('fleet records read back from etcd', () => {
   it('never throws on arbitrary bytes', () => {
     fc.assert(fc.property(fc.string(), (raw) => void parseRecord(RolloutSchema, raw)));
     fc.assert(fc.property(fc.json(), (raw) => parseRecord(RolloutSchema, raw).value === null));
+  });
+});
+
+describe('names from etcd used as keys', () => {
+  it('a host named like an Object property finds no target it was not given', () => {
+    const rollback = { to: null, targets: Object.assign(Object.create(null), { web1: '1.0.0' }) } as Rollout;
+    expect(targetOf(rollback, 'web1')).toBe('1.0.0');
+    for (const name of ['constructor', 'toString', '__proto__', 'valueOf']) expect(targetOf(rollback, name)).toBeNull();
+    expect(targetOf({ to: null, targets: { web1: '1.0.0' } } as unknown as Rollout, 'constructor')).toBeNull();
+  });
+});
+
+describe('fleet status output', () => {
+  it('keeps every host on one line and escapes what could drive the terminal', () => {
+    const now = Date.parse('2026-11-26T12:00:00Z');
+    const at = '2026-11-26T11:59:00Z';
+    const view: FleetView = {
+      desired: '2.0.0',
+      rollout: null,
+      problems: [],
+      hosts: [
+        { host: 'h1', group: 'default', online: true, running: '2.0.0', phase: 'failed', run: null, groupIndex: null, wave: null, lastUpgrade: null, reportedAt: at, error: { message: 'bad\nh2  default  online  9.9.9  fake row\u202e\u001b[2J', code: 'x', at } },
+      ],
+    };
+    const text = formatFleet(view, now);
+    expect(text.split('\n')).toHaveLength(4);
+    expect(text).not.toMatch(/\u001b|\u202e/);
+    expect(text).toContain('bad\\u000ah2');
   });
 });
