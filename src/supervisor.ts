@@ -12,6 +12,7 @@ import { performance } from 'node:perf_hooks';
 import { AgentProcess, signalQuietly, type AgentCallbacks, type AgentHandle, type AgentLineEvent, type AgentSpec } from './agent-process.js';
 import { describeError, EXIT } from './errors.js';
 import { transition, initialContext, publicState, type Config, type Context, type DurableWrite, type Effect, type Event, type Step, type TimerName } from './handoff.js';
+import { collectGarbage, SETTLE_MS } from './heap-settle.js';
 import type { Layout } from './layout.js';
 import { holdLogLines, writeLogLines, type Logger } from './log.js';
 import { AgentRepeats } from './log-repeats.js';
@@ -29,6 +30,8 @@ export type Timer = { cancel(): void };
 export type SupervisorEnv = {
   startAgent(spec: AgentSpec, callbacks: AgentCallbacks): AgentHandle;
   setTimer(ms: number, fire: () => void): Timer;
+  /** A full collection of the heap, run once handoffs have stopped for a while (heap-settle.ts). */
+  collectGarbage?: () => void | Promise<void>;
 };
 
 export const realEnv: SupervisorEnv = {
@@ -37,6 +40,7 @@ export const realEnv: SupervisorEnv = {
     const timer = setTimeout(fire, ms);
     return { cancel: () => clearTimeout(timer) };
   },
+  collectGarbage,
 };
 
 /** The durable writes the supervisor carries out (records.ts's Records; a stand-in in unit tests). */
@@ -61,6 +65,8 @@ export class Supervisor {
   private dispatching = false;
   private abandoned = false;
   private handoffStartedMono = 0;
+  /** Armed when a handoff ends: the garbage of the handoffs is collected once they have stopped (heap-settle.ts). */
+  private settle: Timer | null = null;
   private resolveExit!: (code: number) => void;
   readonly exited: Promise<number>;
   readonly operator: OperatorSession;
@@ -103,7 +109,10 @@ export class Supervisor {
     if (!this.writeDurably(event, step)) return;
     const previous = this.ctx;
     this.ctx = step.next;
-    if (!previous.handoff && step.next.handoff) this.handoffStartedMono = performance.now();
+    if (!previous.handoff && step.next.handoff) {
+      this.handoffStartedMono = performance.now();
+      this.cancelSettle();
+    }
     for (const effect of step.effects) {
       try {
         this.run(effect, step.next);
@@ -115,6 +124,25 @@ export class Supervisor {
     // Logged after the effects: writing a log line must not stand between `stopped` and `go`.
     this.logTransition(previous, event, step);
     this.systemd.update(previous, step.next, this.records.history[0], (id) => this.agents.get(id)?.pid);
+    if (previous.handoff && !step.next.handoff) this.armSettle();
+  }
+
+  private armSettle(): void {
+    const collect = this.env.collectGarbage;
+    if (!collect) return;
+    this.cancelSettle();
+    this.settle = this.env.setTimer(SETTLE_MS, () => {
+      this.settle = null;
+      if (this.ctx.handoff) return;
+      Promise.resolve()
+        .then(collect)
+        .catch((error: unknown) => this.log.warn({ err: describeError(error) }, 'the heap could not be collected after the handoffs'));
+    });
+  }
+
+  private cancelSettle(): void {
+    this.settle?.cancel();
+    this.settle = null;
   }
 
   /** The step's durable writes, before anything else of it. False if one failed: the step is dropped and `io-failed` handled next. */
@@ -385,6 +413,7 @@ export class Supervisor {
     for (const agent of this.agents.values()) if (agent.pid !== undefined) signalQuietly(-agent.pid, 'SIGKILL');
     for (const timer of this.timers.values()) timer.cancel();
     this.timers.clear();
+    this.cancelSettle();
     // The socket's path may already be the new owner's: close ours, remove nothing.
     this.operator.close(false);
     this.resolveExit(EXIT.locked);
@@ -400,6 +429,7 @@ export class Supervisor {
     this.systemd.stopWatchdog();
     for (const timer of this.timers.values()) timer.cancel();
     this.timers.clear();
+    this.cancelSettle();
     await Promise.all([...this.agents.values()].map((agent) => (agent.isGone() ? true : killAndConfirm(agent, this.log))));
     this.records.flush();
     this.records.release();

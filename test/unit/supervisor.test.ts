@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentCallbacks, AgentHandle, AgentSpec } from '../../src/agent-process.js';
 import type { Config } from '../../src/handoff.js';
+import { SETTLE_MS } from '../../src/heap-settle.js';
 import { Layout } from '../../src/layout.js';
 import { createLogger } from '../../src/log.js';
 import { parseAgentLine, type UpgraderMessage } from '../../src/protocol.js';
@@ -62,6 +63,7 @@ function harness(faults: Faults = {}) {
   const root = makeRoot({ '1': {}, '2': {} }, '1');
   const agents: FakeAgent[] = [];
   const timers: { ms: number; fire: () => void; cancelled: boolean }[] = [];
+  const collections: number[] = [];
   const env: SupervisorEnv = {
     startAgent: (spec, callbacks) => {
       const error = faults.spawn?.(spec);
@@ -75,6 +77,7 @@ function harness(faults: Faults = {}) {
       timers.push(timer);
       return { cancel: () => (timer.cancelled = true) };
     },
+    collectGarbage: () => void collections.push(collections.length + 1),
   };
   const writes: string[] = [];
   const records: RootRecords = {
@@ -100,7 +103,7 @@ function harness(faults: Faults = {}) {
   const supervisor = new Supervisor({ layout: Layout.open(root), records, config, log: createLogger('silent'), systemd, readyOnSpawn: false, env });
   supervisor.dispatch({ type: 'start', version: '1', previous: null, probation: null });
   agents[0]!.say({ type: 'ready' });
-  return { supervisor, agents, timers, writes, faults };
+  return { supervisor, agents, timers, writes, faults, collections };
 }
 
 const eio = () => Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
@@ -182,5 +185,41 @@ describe('the supervisor carries out steps', () => {
     agents[0]!.exit(0);
     expect(await supervisor.exited).toBe(0);
     expect(writes.at(-1)).toBe('released');
+  });
+
+  it('the heap is collected once, SETTLE_MS after the last handoff ended: never during one, never at idle without handoffs', async () => {
+    const { supervisor, agents, timers, collections } = harness();
+    const fired = new Set<unknown>();
+    const settles = () => timers.filter((t) => t.ms === SETTLE_MS && !t.cancelled && !fired.has(t));
+    const fire = async (timer: (typeof timers)[number]) => {
+      fired.add(timer);
+      timer.fire();
+      await new Promise(setImmediate);
+    };
+    const handoff = (version: string) => {
+      const old = agents.at(-1)!;
+      old.say({ type: 'upgrade', version });
+      expect(settles()).toHaveLength(0);
+      agents.at(-1)!.say({ type: 'ready' });
+      old.say({ type: 'stopped' });
+      old.exit(0);
+      expect(supervisor.context.state).toBe('running');
+    };
+    expect(settles()).toHaveLength(0);
+    handoff('2');
+    const first = settles();
+    expect(first).toHaveLength(1);
+    handoff('1');
+    expect(first[0]!.cancelled).toBe(true);
+    expect(settles()).toHaveLength(1);
+    expect(collections).toEqual([]);
+    await fire(settles()[0]!);
+    expect(collections).toEqual([1]);
+    // A settle timer that fires while a handoff is in flight collects nothing.
+    handoff('2');
+    const armed = settles()[0]!;
+    agents.at(-1)!.say({ type: 'upgrade', version: '1' });
+    await fire(armed);
+    expect(collections).toEqual([1]);
   });
 });
