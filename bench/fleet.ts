@@ -50,7 +50,7 @@ type Config = {
 /**
  * The full run's default fleet. The target is 1,000 hosts (--hosts 1000 --batch 50); on this project's
  * 2-core machine, shared with other work, that run did not end within 10 minutes (presence leases lapsed
- * under the load and the rollout stalled: see docs/bench/fleet.md), so the default is scaled down.
+ * under the load and the rollout stalled at its 9th wave: README, "Fleet at scale"), so the default is scaled down.
  */
 const DEFAULT_HOSTS = 250;
 const DEFAULT_BATCH = 25;
