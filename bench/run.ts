@@ -10,6 +10,7 @@
  *                              the memory figure); writes docs/bench/
  *   npm run bench -- --smoke   a few handoffs of each (25 for the memory figure), for CI; writes bench/out/
  *   npx tsx bench/run.ts --redraw   redraws docs/bench/gaps.svg from the saved results.json
+ *   npm run bench -- --fleet   the fleet layer at 1,000 simulated hosts on one etcd instead (bench/fleet.ts)
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -405,6 +406,11 @@ function updateReadme(report: string): void {
 const fmt = (v: number | null, digits = 2) => (v === null || Number.isNaN(v) ? 'n/a' : v.toFixed(digits));
 
 async function main(): Promise<void> {
+  if (process.argv.includes('--fleet')) {
+    // The fleet layer at scale: its own bench (bench/fleet.ts), etcd and simulated hosts, no agents.
+    const { fleetBench } = await import('./fleet.js');
+    return fleetBench(process.argv.slice(2));
+  }
   if (process.argv.includes('--redraw')) {
     // Redraw the picture from the last full run's raw figures, without measuring again.
     const saved = JSON.parse(readFileSync(join(OUT, 'results.json'), 'utf8')) as { summaries: Summary[] };
