@@ -74,14 +74,18 @@ export function targetOf(rollout: Rollout, host: string): string | null {
   return rollout.targets && Object.hasOwn(rollout.targets, host) ? rollout.targets[host]! : null;
 }
 
+/** How many waves ahead of the rollout a host stages: enough that its wave never waits for a download, few enough that a group does not download all at once. */
+export const STAGE_AHEAD = 2;
+
 /**
  * Whether a host should download and install ahead of its wave. Canaries stage when their group begins;
- * the rest of the group once its canaries have passed, so a bad release is stopped by the canaries before
- * the group's other hosts spend a download on it.
+ * the rest of the group once its canaries have passed (so a bad release is stopped by the canaries before
+ * the group's other hosts spend a download on it), each at most STAGE_AHEAD waves before its own (so
+ * that a group of thousands does not download at the moment its first wave must start).
  */
 export function stagesNow(rollout: Rollout, at: Position): boolean {
   if (rollout.state !== 'running' && rollout.state !== 'paused') return false;
   if (rollout.group !== at.group) return rollout.group > at.group;
-  const hasCanaries = rollout.canaries > 0;
-  return at.wave === 0 || !hasCanaries || rollout.wave >= 1;
+  const canariesPassed = rollout.canaries === 0 || rollout.wave >= 1;
+  return at.wave === 0 || (canariesPassed && at.wave <= rollout.wave + STAGE_AHEAD);
 }

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { batchSize, buildPlan, firstPosition, nextPosition, positionOf, stagesNow, targetOf, type Position } from '../../src/fleet/plan.js';
+import { batchSize, buildPlan, firstPosition, nextPosition, positionOf, stagesNow, STAGE_AHEAD, targetOf, type Position } from '../../src/fleet/plan.js';
 import { formatFleet } from '../../src/fleet/cli.js';
 import type { FleetView } from '../../src/fleet/view.js';
 import { fleetPrefix, parseRecord, Rollout as RolloutSchema, type Rollout } from '../../src/fleet/schema.js';
@@ -67,7 +67,7 @@ describe('the rollout plan', () => {
     expect(batchSize('1%', 10)).toBe(1);
   });
 
-  it('stages a group\'s canaries when the group begins, the rest once the canaries have passed', () => {
+  it('stages a group\'s canaries when the group begins, the rest once the canaries have passed, a few waves ahead', () => {
     const rollout = { state: 'running', group: 0, wave: 0, canaries: 1 } as Rollout;
     expect(stagesNow(rollout, { group: 0, wave: 0 })).toBe(true);
     expect(stagesNow(rollout, { group: 0, wave: 2 })).toBe(false);
@@ -75,6 +75,9 @@ describe('the rollout plan', () => {
     expect(stagesNow(rollout, { group: 1, wave: 0 })).toBe(false);
     expect(stagesNow({ ...rollout, state: 'halted', wave: 1 }, { group: 0, wave: 2 })).toBe(false);
     expect(stagesNow({ ...rollout, canaries: 0 }, { group: 0, wave: 2 })).toBe(true);
+    // At most STAGE_AHEAD waves ahead: a large group does not download all at once.
+    expect(stagesNow({ ...rollout, wave: 1 }, { group: 0, wave: 1 + STAGE_AHEAD })).toBe(true);
+    expect(stagesNow({ ...rollout, wave: 1 }, { group: 0, wave: 2 + STAGE_AHEAD })).toBe(false);
   });
 });
 
