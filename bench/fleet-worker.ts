@@ -110,6 +110,7 @@ async function main(): Promise<void> {
         group,
         local: new StandIn(host, env('FLEET_FROM')),
         log,
+        handoffTimeoutMs: 60_000,
         leaseSeconds: Number(env('FLEET_LEASE_S')),
         retryMs: { min: 250, max: 10_000 },
         unreachable: etcdUnreachable,

@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { freePort } from '../examples/free-port.js';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { isAlive, onCleanup, scratchDir } from './helpers.js';
@@ -46,19 +46,6 @@ export type EtcdCluster = {
 };
 
 type Member = { name: string; client: number; peer: number; metrics: number; dir: string; log: string; child?: ChildProcess; exited?: Promise<void> };
-
-/** A port the kernel considers free right now; etcd may still lose it to someone else, hence the retries below. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

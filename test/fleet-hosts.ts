@@ -70,6 +70,14 @@ export async function startHosts(etcd: string[], groups: Record<string, number>)
   return hosts;
 }
 
+/** Builds a release and publishes it with `upgrader fleet publish`, which must succeed. */
+export async function publishRelease(etcd: string[], version: string, config: Record<string, unknown> = {}, manifest?: Record<string, unknown>): Promise<Release> {
+  const release = await releaseArchive(version, config, manifest);
+  const out = await fleetCli(etcd, ['publish', '--version', version, '--artifact', release.archive, '--sha256', release.sha256]);
+  if (out.code !== 0) throw new Error(`fleet publish ${version} exited ${out.code}: ${out.stderr}`);
+  return release;
+}
+
 /** `upgrader fleet <args>` against this fleet, with its output. */
 export async function fleetCli(etcd: string[], args: string[], timeoutMs = 120_000): Promise<{ code: number; stdout: string; stderr: string }> {
   const result = await execa(process.execPath, [CLI, 'fleet', ...args, '--fleet', FLEET, '--etcd', etcd.join(',')], { reject: false, timeout: timeoutMs });

@@ -1,23 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import { startEtcd } from '../etcd.js';
-import { fleetCli, fleetStatus, openStore, releaseArchive, runsOfRollout, startFollower, startHost, startHosts, waitForFleet } from '../fleet-hosts.js';
+import { fleetCli, publishRelease, fleetStatus, openStore, releaseArchive, runsOfRollout, startFollower, startHost, startHosts, waitForFleet } from '../fleet-hosts.js';
 import { cleanUpAfterEach, CLI, makeRoot, missing, titled } from '../helpers.js';
 import { execa } from 'execa';
 
 cleanUpAfterEach();
 const skip = missing('etcd');
 
-async function publish(etcd: string[], version: string) {
-  const release = await releaseArchive(version);
-  const out = await fleetCli(etcd, ['publish', '--version', version, '--artifact', release.archive, '--sha256', release.sha256]);
-  expect(out.code, out.stderr).toBe(0);
-  return release;
-}
-
 describe.skipIf(skip)(titled('the fleet commands', skip), () => {
   it('publish: a release never changes (another digest: 73), the same one again is fine, a wrong digest is refused (65)', async () => {
     const etcd = await startEtcd({ members: 1 });
-    const release = await publish(etcd.endpoints, '2.0.0');
+    const release = await publishRelease(etcd.endpoints, '2.0.0');
     const again = await fleetCli(etcd.endpoints, ['publish', '--version', '2.0.0', '--artifact', release.archive, '--sha256', release.sha256]);
     expect(again.code).toBe(0);
     expect(again.stdout).toMatch(/already published with this digest/);
@@ -35,8 +28,8 @@ describe.skipIf(skip)(titled('the fleet commands', skip), () => {
   it('pause stops new starts, resume goes on, a second rollout is refused with the first one\'s state, abort ends it', async () => {
     const etcd = await startEtcd({ members: 1 });
     await startHosts(etcd.endpoints, { default: 3 });
-    await publish(etcd.endpoints, '2.0.0');
-    await publish(etcd.endpoints, '3.0.0');
+    await publishRelease(etcd.endpoints, '2.0.0');
+    await publishRelease(etcd.endpoints, '3.0.0');
     expect((await fleetCli(etcd.endpoints, ['rollout', '--to', '2.0.0', '--batch', '1', '--no-wait'])).code).toBe(0);
     expect((await fleetCli(etcd.endpoints, ['pause'])).stdout).toMatch(/is paused/);
     const refused = await fleetCli(etcd.endpoints, ['rollout', '--to', '3.0.0']);

@@ -2,7 +2,7 @@ import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { startEtcd } from '../etcd.js';
-import { fleetCli, fleetStatus, maxInFlight, openStore, releaseArchive, runsOfRollout, startFollower, startHosts, waitForFleet, type Host } from '../fleet-hosts.js';
+import { fleetCli, publishRelease, fleetStatus, maxInFlight, openStore, releaseArchive, runsOfRollout, startFollower, startHosts, waitForFleet, type Host } from '../fleet-hosts.js';
 import { cleanUpAfterEach, missing, onCleanup, titled, workSpans } from '../helpers.js';
 
 cleanUpAfterEach();
@@ -14,18 +14,11 @@ function expectExclusiveWork(host: Host): void {
   for (let i = 1; i < spans.length; i++) expect(spans[i]!.first, `${host.name}: ${spans[i]!.version} began before ${spans[i - 1]!.version} ended`).toBeGreaterThan(spans[i - 1]!.last);
 }
 
-async function publish(etcd: string[], version: string, config: Record<string, unknown> = {}, manifest?: Record<string, unknown>) {
-  const release = await releaseArchive(version, config, manifest);
-  const out = await fleetCli(etcd, ['publish', '--version', version, '--artifact', release.archive, '--sha256', release.sha256]);
-  expect(out.code, out.stderr).toBe(0);
-  return release;
-}
-
 describe.skipIf(skip)(titled('a fleet rollout through a real etcd', skip), () => {
   it('takes 20 hosts in two groups to a good release, canaries first, never more than --batch in flight, every handoff live', async () => {
     const etcd = await startEtcd({ members: 1 });
     const hosts = await startHosts(etcd.endpoints, { canary: 4, prod: 16 });
-    await publish(etcd.endpoints, '2.0.0');
+    await publishRelease(etcd.endpoints, '2.0.0');
 
     const out = await fleetCli(etcd.endpoints, ['rollout', '--to', '2.0.0', '--groups', 'canary,prod', '--canaries', '1', '--batch', '3'], 200_000);
     expect(out.code, `${out.stdout}\n${out.stderr}`).toBe(0);
@@ -58,7 +51,7 @@ describe.skipIf(skip)(titled('a fleet rollout through a real etcd', skip), () =>
   it('halts on a canary whose candidate fails: no other host is touched, the canary stays on its version, status names it', async () => {
     const etcd = await startEtcd({ members: 1 });
     const hosts = await startHosts(etcd.endpoints, { canary: 2, prod: 3 });
-    await publish(etcd.endpoints, '2.0.0', { exitBeforeReady: 3 });
+    await publishRelease(etcd.endpoints, '2.0.0', { exitBeforeReady: 3 });
 
     const out = await fleetCli(etcd.endpoints, ['rollout', '--to', '2.0.0', '--groups', 'canary,prod', '--batch', '2']);
     expect(out.code, out.stdout).toBe(1);
@@ -84,7 +77,7 @@ describe.skipIf(skip)(titled('a fleet rollout through a real etcd', skip), () =>
   it('halts on a digest mismatch at the canary, on a release outside the running version\'s upgradeFrom, and on an artifact outside the host\'s --artifacts', async () => {
     const etcd = await startEtcd({ members: 1 });
     await startHosts(etcd.endpoints, { default: 3 });
-    const swapped = await publish(etcd.endpoints, '2.0.0');
+    const swapped = await publishRelease(etcd.endpoints, '2.0.0');
     // The artifact changes after it was published: every host must refuse it before unpacking anything.
     writeFileSync(swapped.archive, 'not the published archive');
     let out = await fleetCli(etcd.endpoints, ['rollout', '--to', '2.0.0']);
@@ -93,7 +86,7 @@ describe.skipIf(skip)(titled('a fleet rollout through a real etcd', skip), () =>
     expect(status.view.rollout.failed).toEqual([expect.objectContaining({ host: 'default-00', code: 'digest-mismatch' })]);
     expect(status.view.hosts.every((h: { running: string }) => h.running === '1.0.0')).toBe(true);
 
-    await publish(etcd.endpoints, '3.0.0', {}, { upgradeFrom: '>=2.0.0' });
+    await publishRelease(etcd.endpoints, '3.0.0', {}, { upgradeFrom: '>=2.0.0' });
     out = await fleetCli(etcd.endpoints, ['rollout', '--to', '3.0.0']);
     expect(out.code, out.stdout).toBe(1);
     status = await fleetStatus(etcd.endpoints);
@@ -117,7 +110,7 @@ describe.skipIf(skip)(titled('a fleet rollout through a real etcd', skip), () =>
   it('rolls a succeeded rollout back: the hosts it moved return to their previous version', async () => {
     const etcd = await startEtcd({ members: 1 });
     const hosts = await startHosts(etcd.endpoints, { default: 3 });
-    await publish(etcd.endpoints, '2.0.0');
+    await publishRelease(etcd.endpoints, '2.0.0');
     expect((await fleetCli(etcd.endpoints, ['rollout', '--to', '2.0.0', '--batch', '2'])).code).toBe(0);
     const out = await fleetCli(etcd.endpoints, ['rollback']);
     expect(out.code, out.stdout).toBe(0);
@@ -136,7 +129,7 @@ describe.skipIf(skip)(titled('a fleet rollout through a real etcd', skip), () =>
     await waitForFleet(etcd.endpoints, (v) => v.hosts.some((h: { host: string; online: boolean }) => h.host === away.name && !h.online), `${away.name} offline`, 20_000);
     expect((await fleetCli(etcd.endpoints, ['status'])).stdout).toMatch(new RegExp(`${away.name} .*OFFLINE since`));
 
-    await publish(etcd.endpoints, '2.0.0');
+    await publishRelease(etcd.endpoints, '2.0.0');
     const out = await fleetCli(etcd.endpoints, ['rollout', '--to', '2.0.0', '--batch', '2']);
     expect(out.code, out.stdout).toBe(0);
     expect(out.stdout).toContain(`offline, not included: ${away.name}`);
