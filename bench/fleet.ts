@@ -27,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 import type { Etcd3, Watcher } from 'etcd3';
 import { closeEtcd, connectEtcd, DEFAULT_CALL_TIMEOUT_MS } from '../src/fleet/etcd.js';
 import { beginRollout, runsOf } from '../src/fleet/rollout.js';
-import { ENDED, fleetPrefix, HostRecord, KEYS, Rollout as RolloutSchema, SCHEMA, serialize, type Release, type Rollout } from '../src/fleet/schema.js';
+import { ENDED, fleetPrefix, HostRecord, KEYS, Rollout as RolloutSchema, SCHEMA, serialize, type Release, type Plan, type Rollout } from '../src/fleet/schema.js';
 import { FleetStore, parsed } from '../src/fleet/store.js';
 import type { WorkerEvent, WorkerMessage, WorkerReport } from './fleet-worker.js';
 
@@ -271,10 +271,10 @@ type Wave = { group: string; wave: number; hosts: number; startMs: number; admit
  * less the hosts' own upgrade time: the wave move, the watch fan-out, the admissions, the run records and
  * any timer slippage of a loaded machine.
  */
-function waves(rollout: Rollout, runs: Map<string, { startedAt: string | null; endedAt: string | null; state: string }>, begunAt: number, upgradeMs: number): Wave[] {
+function waves(plan: Plan, runs: Map<string, { startedAt: string | null; endedAt: string | null; state: string }>, begunAt: number, upgradeMs: number): Wave[] {
   const out: Wave[] = [];
   let previousEnd = begunAt;
-  for (const group of rollout.plan) {
+  for (const group of plan.groups) {
     group.waves.forEach((hosts, wave) => {
       const records = hosts.map((h) => runs.get(h));
       const started = records.map((r) => (r?.startedAt ? Date.parse(r.startedAt) : NaN));
@@ -373,7 +373,7 @@ export async function fleetBench(argv: string[]): Promise<void> {
     watcher = await store.ns.watch().key(KEYS.rollout).create();
     watcher.on('put', (kv) => {
       const r = parsed(RolloutSchema, { key: KEYS.rollout, value: kv.value.toString(), mod: kv.mod_revision, lease: kv.lease }).value;
-      if (r && r.id === rolloutId) progress(`rollout ${r.state} at ${r.plan[r.group]?.name ?? r.group} wave ${r.wave}`);
+      if (r && r.id === rolloutId) progress(`rollout ${r.state} at ${r.groupNames[r.group] ?? r.group} wave ${r.wave}`);
       if (r && r.id === rolloutId && ENDED.includes(r.state)) finished?.(r);
     });
     await workers.reduce((p, w) => p.then(() => report([w]).then(() => undefined)), Promise.resolve()); // drop join-time events
@@ -384,7 +384,7 @@ export async function fleetBench(argv: string[]): Promise<void> {
     const put = await store.ns.if(KEYS.release('v2'), 'Create', '==', 0).then(store.ns.put(KEYS.release('v2')).value(serialize(release))).commit();
     if (!put.succeeded) throw new Error('bench: release v2 exists already');
     const rolloutAt = Date.now();
-    const rollout = await beginRollout(store, { to: 'v2', groups: ['canary', 'prod'], canaries: c.canaries, batch: String(c.batch), maxFailures: 0, pauseMs: 0 });
+    const { rollout, plan } = await beginRollout(store, { to: 'v2', groups: ['canary', 'prod'], canaries: c.canaries, batch: String(c.batch), maxFailures: 0, pauseMs: 0 });
     const committedAt = Date.now();
     rolloutId = rollout.id;
     const current = await store.read(RolloutSchema, KEYS.rollout);
@@ -405,7 +405,7 @@ export async function fleetBench(argv: string[]): Promise<void> {
 
     // Read back (after every measured window): run records and host records.
     const runs = await runsOf(store, rollout.id);
-    const wavesOf = waves(result, runs, committedAt, c.upgradeMs);
+    const wavesOf = waves(plan, runs, committedAt, c.upgradeMs);
     const hosts = (await store.range(KEYS.hostPrefix)).entries.map((e) => parsed(HostRecord, e).value);
     const onNew = hosts.filter((h) => h?.running === 'v2').length;
     const presentAfter = await countKeys(store, KEYS.presencePrefix);

@@ -18,7 +18,7 @@ import { closeEtcd, connectEtcd, describeEtcdError, ETCD_ARG_OPTIONS, etcdSettin
 import { Follower } from './follower.js';
 import { RootUpgrader } from './local.js';
 import { advanceIfWaveEnded, beginRollback, beginRollout, changeRollout } from './rollout.js';
-import { ENDED, fleetPrefix, KEYS, parseRecord, Release, SCHEMA, serialize, type Rollout } from './schema.js';
+import { ENDED, fleetPrefix, KEYS, parseRecord, Release, SCHEMA, serialize, type Plan } from './schema.js';
 import { FleetStore } from './store.js';
 import type { Watcher } from 'etcd3';
 import { fleetExitCode, readFleetView, stalledOn, type FleetView } from './view.js';
@@ -286,8 +286,8 @@ async function rollout(args: string[]): Promise<number> {
     pauseMs: v.pause === undefined ? 0 : parseDuration(v.pause as string, '--pause'),
   };
   return withStore(v, async (store) => {
-    const started = await beginRollout(store, options);
-    say(v, { type: 'started', id: started.id, to, plan: started.plan }, `rollout ${started.id}: ${to} to ${planSummary(started)}`);
+    const { rollout: started, plan } = await beginRollout(store, options);
+    say(v, { type: 'started', id: started.id, to, plan: plan.groups }, `rollout ${started.id}: ${to} to ${planSummary(plan)}`);
     return v['no-wait'] ? EXIT.ok : watchRollout(store, started.id, v);
   });
 }
@@ -302,14 +302,14 @@ async function rollback(args: string[]): Promise<number> {
     ...(v.pause !== undefined && { pauseMs: parseDuration(v.pause as string, '--pause') }),
   };
   return withStore(v, async (store) => {
-    const started = await beginRollback(store, overrides);
-    say(v, { type: 'started', id: started.id, undoes: started.undoes, plan: started.plan }, `rollback ${started.id} of ${started.undoes}: ${planSummary(started)} back to their previous versions`);
+    const { rollout: started, plan } = await beginRollback(store, overrides);
+    say(v, { type: 'started', id: started.id, undoes: started.undoes, plan: plan.groups }, `rollback ${started.id} of ${started.undoes}: ${planSummary(plan)} back to their previous versions`);
     return v['no-wait'] ? EXIT.ok : watchRollout(store, started.id, v);
   });
 }
 
-function planSummary(r: Rollout): string {
-  const groups = r.plan.map((g) => `${g.name} (${plural(g.waves.flat().length, 'host')}, ${plural(g.waves.length, 'wave')})`);
+function planSummary(r: Plan): string {
+  const groups = r.groups.map((g) => `${g.name} (${plural(g.waves.flat().length, 'host')}, ${plural(g.waves.length, 'wave')})`);
   return `${groups.join(', ')}${r.offline.length ? `; offline, not included: ${r.offline.join(', ')}` : ''}`;
 }
 

@@ -24,6 +24,7 @@ export const FLEET_ERROR_CODES = [
   'in-flight',
   'nothing-moved',
   'conflict',
+  'bad-plan',
 ] as const;
 
 export type FleetErrorCode = (typeof FLEET_ERROR_CODES)[number];

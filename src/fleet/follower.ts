@@ -14,8 +14,8 @@ import { UPGRADER_VERSION } from '../upgrader-version.js';
 import { FleetError } from './errors.js';
 import type { LocalUpgrader, LocalView, Progress } from './local.js';
 import { positionOf, stagesNow, targetOf, type Position } from './plan.js';
-import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readRun, startRun, type RunKey } from './rollout.js';
-import { KEYS, Release, SCHEMA, serialize, type HostPhase, type HostRecord, type Rollout, type Run } from './schema.js';
+import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readPlan, readRun, startRun, type RunKey } from './rollout.js';
+import { KEYS, Release, SCHEMA, serialize, type HostPhase, type HostRecord, type Plan, type Rollout, type Run } from './schema.js';
 import type { FleetStore } from './store.js';
 
 export type FollowerOptions = {
@@ -187,10 +187,11 @@ export class Follower {
     for (const problem of [control.rollout.problem, control.desired.problem, control.pause.problem]) {
       if (problem) this.o.log.warn({ host: this.o.host, problem }, 'ignoring a malformed fleet record');
     }
-    const at = rollout ? positionOf(rollout.plan, this.o.host) : null;
-    if (rollout && at && rollout.state !== 'succeeded') {
+    const plan = rollout ? await readPlan(this.o.store, rollout.id) : null;
+    const at = plan ? positionOf(plan.groups, this.o.host) : null;
+    if (rollout && plan && at && rollout.state !== 'succeeded') {
       // Paused whenever the key exists, readable or not: the start transaction compares its existence.
-      await this.followRollout(rollout, control.rollout.mod!, at, control.pause.mod !== null);
+      await this.followRollout(rollout, plan, control.rollout.mod!, at, control.pause.mod !== null);
       return;
     }
     // While a rollback runs, the version it returns the fleet to is the one to converge to, not the one it undoes.
@@ -200,8 +201,8 @@ export class Follower {
   }
 
   /** This host's part in a rollout that names it. */
-  private async followRollout(rollout: Rollout, rolloutMod: string, at: Position, paused: boolean): Promise<void> {
-    const target = targetOf(rollout, this.o.host)!;
+  private async followRollout(rollout: Rollout, plan: Plan, rolloutMod: string, at: Position, paused: boolean): Promise<void> {
+    const target = targetOf(rollout, plan, this.o.host)!;
     const k: RunKey = { rolloutId: rollout.id, at, host: this.o.host };
     this.asked = { version: target, rolloutId: rollout.id };
     let { run, mod } = await readRun(this.o.store, k);

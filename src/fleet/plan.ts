@@ -6,7 +6,7 @@
  * rollout's position is its wave, and the position moves on only once every host of the wave has ended
  * (done or failed): so at most `batch` hosts (or `canaries`) are ever in flight, with no counter to race on.
  */
-import type { PlanGroup, Rollout } from './schema.js';
+import type { Plan, PlanGroup, Rollout } from './schema.js';
 
 export type Position = { group: number; wave: number };
 export type HostGroup = { host: string; group: string };
@@ -68,10 +68,10 @@ export function waveHosts(plan: PlanGroup[], at: Position): string[] {
 }
 
 /** The version the rollout takes `host` to. */
-export function targetOf(rollout: Rollout, host: string): string | null {
+export function targetOf(rollout: Pick<Rollout, 'to'>, plan: Pick<Plan, 'targets'>, host: string): string | null {
   if (rollout.to !== null) return rollout.to;
   // Own properties only: a host named "constructor" must not find Object's.
-  return rollout.targets && Object.hasOwn(rollout.targets, host) ? rollout.targets[host]! : null;
+  return plan.targets && Object.hasOwn(plan.targets, host) ? plan.targets[host]! : null;
 }
 
 /** How many waves ahead of the rollout a host stages: enough that its wave never waits for a download, few enough that a group does not download all at once. */

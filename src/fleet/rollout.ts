@@ -12,7 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import { FleetError } from './errors.js';
 import { buildPlan, firstPosition, nextPosition, waveHosts, type Position } from './plan.js';
-import { ENDED, KEYS, Presence, Release, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
+import { ENDED, KEYS, Plan as PlanSchema, Presence, Release, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type Plan, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
 import { parsed, type FleetStore, type Write } from './store.js';
 
 export type RolloutOptions = { to: string; groups: string[]; canaries: number; batch: string; maxFailures: number; pauseMs: number };
@@ -49,7 +49,7 @@ export async function knownHosts(store: FleetStore): Promise<{ online: HostRecor
 function refuseIfActive(current: Rollout | null): void {
   if (current && !ENDED.includes(current.state)) {
     const to = current.to ?? 'the previous versions';
-    throw new FleetError('rollout-active', `Rollout ${current.id} (to ${to}) is ${current.state} at group ${current.plan[current.group]?.name ?? current.group}, wave ${current.wave}, ${current.failures} failed: one rollout per fleet runs at a time (pause, resume or abort it first).`);
+    throw new FleetError('rollout-active', `Rollout ${current.id} (to ${to}) is ${current.state} at group ${current.groupNames[current.group] ?? current.group}, wave ${current.wave + 1}, ${current.failures} failed: one rollout per fleet runs at a time (pause, resume or abort it first).`);
   }
 }
 
@@ -58,23 +58,45 @@ function record(base: Omit<Rollout, 'schema' | 'state' | 'group' | 'wave' | 'fai
   return { schema: SCHEMA, ...base, state: 'running', group: start.group, wave: start.wave, failures: 0, failed: [], reason: null, startedAt: at, updatedAt: at };
 }
 
+export type Begun = { rollout: Rollout; plan: Plan };
+
+/** Starts `rollout` with its plan (written together), unless another command changed the rollout since `mod`. */
+async function begin(store: FleetStore, mod: string | null, rollout: Rollout, plan: Plan): Promise<Begun> {
+  const planWrite: Write = { key: KEYS.plan(plan.id), value: serialize(plan) };
+  if (!(await store.swapRollout(mod, rollout, NO_PAUSE, planWrite))) return raced(store);
+  return { rollout, plan };
+}
+
 /** `fleet rollout`: plans the waves from the hosts present now and starts the rollout, if none is active. */
-export async function beginRollout(store: FleetStore, o: RolloutOptions): Promise<Rollout> {
+export async function beginRollout(store: FleetStore, o: RolloutOptions): Promise<Begun> {
   const release = await store.read(Release, KEYS.release(o.to));
   if (!release.value) throw new FleetError('no-release', release.problem ? `The release ${o.to} is unreadable (${release.problem}).` : `No release ${o.to} is published in this fleet: publish it first (upgrader fleet publish).`);
   const control = await store.control();
   refuseIfActive(control.rollout.value);
   await refuseIfInFlight(store, control.rollout.value);
   const { online, offline } = await knownHosts(store);
-  const plan = buildPlan(online.map((h) => ({ host: h.host, group: h.group })), o.groups, o.canaries, o.batch);
-  const start = firstPosition(plan);
+  const groups = buildPlan(online.map((h) => ({ host: h.host, group: h.group })), o.groups, o.canaries, o.batch);
+  const start = firstPosition(groups);
   if (!start) throw new FleetError('no-hosts', 'No host of this fleet is present (no follower has a live presence key): nothing to roll out to.');
+  const id = newRolloutId();
   const next = record(
-    { id: newRolloutId(), kind: 'rollout', to: o.to, targets: null, undoes: null, plan, offline: offline.map((h) => h.host), canaries: o.canaries, batch: o.batch, maxFailures: o.maxFailures, pauseMs: o.pauseMs, previousDesired: control.desired.value?.version ?? null, desiredAfter: o.to },
+    { id, kind: 'rollout', to: o.to, undoes: null, groupNames: groups.map((g) => g.name), canaries: o.canaries, batch: o.batch, maxFailures: o.maxFailures, pauseMs: o.pauseMs, previousDesired: control.desired.value?.version ?? null, desiredAfter: o.to },
     start,
   );
-  if (!(await store.swapRollout(control.rollout.mod, next, NO_PAUSE))) return raced(store);
-  return next;
+  return begin(store, control.rollout.mod, next, { schema: SCHEMA, id, groups, targets: null, offline: offline.map((h) => h.host) });
+}
+
+const plans = new Map<string, Plan>();
+
+/** A rollout's plan. Plans never change, so each is read once per process (the last few are kept). */
+export async function readPlan(store: FleetStore, id: string): Promise<Plan> {
+  const known = plans.get(id);
+  if (known) return known;
+  const read = await store.read(PlanSchema, KEYS.plan(id));
+  if (!read.value || read.value.id !== id) throw new FleetError('bad-plan', `The plan of rollout ${id} is ${read.problem ?? 'missing'}; abort the rollout.`);
+  if (plans.size >= 8) plans.delete(plans.keys().next().value!);
+  plans.set(id, read.value);
+  return read.value;
 }
 
 /**
@@ -100,7 +122,7 @@ async function raced(store: FleetStore): Promise<never> {
  * the version it ran before, in the same groups and waves. Refused while that rollout is active or while a
  * host of it is still in flight.
  */
-export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOptions, 'canaries' | 'batch' | 'maxFailures' | 'pauseMs'>>): Promise<Rollout> {
+export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOptions, 'canaries' | 'batch' | 'maxFailures' | 'pauseMs'>>): Promise<Begun> {
   const control = await store.control();
   const last = control.rollout.value;
   if (!last) throw new FleetError('no-rollout', 'This fleet has no rollout to roll back.');
@@ -109,19 +131,20 @@ export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOp
   const runs = await refuseIfInFlight(store, last);
   const targets: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const run of runs.values()) if (run.state === 'done' && run.from && run.from !== run.to) targets[run.host] = run.from;
-  const plan: PlanGroup[] = last.plan.map((g) => ({ name: g.name, waves: g.waves.map((w) => w.filter((h) => Object.hasOwn(targets, h))).filter((w) => w.length) }));
-  const start = firstPosition(plan);
+  const lastPlan = await readPlan(store, last.id);
+  const groups: PlanGroup[] = lastPlan.groups.map((g) => ({ name: g.name, waves: g.waves.map((w) => w.filter((h) => Object.hasOwn(targets, h))).filter((w) => w.length) }));
+  const start = firstPosition(groups);
   if (!start) throw new FleetError('nothing-moved', `Rollout ${last.id} moved no host (${last.state}): there is nothing to roll back; the fleet is where it was before it.`);
+  const id = newRolloutId();
   const next = record(
     {
-      id: newRolloutId(), kind: 'rollback', to: null, targets, undoes: last.id, plan, offline: [],
+      id, kind: 'rollback', to: null, undoes: last.id, groupNames: groups.map((g) => g.name),
       canaries: o.canaries ?? last.canaries, batch: o.batch ?? last.batch, maxFailures: o.maxFailures ?? last.maxFailures, pauseMs: o.pauseMs ?? last.pauseMs,
       previousDesired: control.desired.value?.version ?? null, desiredAfter: last.previousDesired,
     },
     start,
   );
-  if (!(await store.swapRollout(control.rollout.mod, next, NO_PAUSE))) return raced(store);
-  return next;
+  return begin(store, control.rollout.mod, next, { schema: SCHEMA, id, groups, targets, offline: [] });
 }
 
 const TRANSITIONS: Record<'pause' | 'resume' | 'abort', { from: RolloutState[]; to: RolloutState }> = {
@@ -236,10 +259,11 @@ export async function advanceIfWaveEnded(store: FleetStore): Promise<void> {
     const current = rollout.value;
     if (!current || current.state !== 'running') return;
     const at: Position = { group: current.group, wave: current.wave };
-    const hosts = waveHosts(current.plan, at);
+    const plan = await readPlan(store, current.id);
+    const hosts = waveHosts(plan.groups, at);
     const runs = await runsOf(store, current.id, at);
     if (!hosts.every((h) => runs.get(h)?.state === 'done' || runs.get(h)?.state === 'failed')) return;
-    const next = nextPosition(current.plan, at);
+    const next = nextPosition(plan.groups, at);
     if (await store.swapRollout(rollout.mod, ...(next ? await toWave(store, current, next) : finished(current)))) return;
   }
 }

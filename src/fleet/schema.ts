@@ -38,6 +38,8 @@ export const KEYS = {
   rollout: 'ctl/rollout',
   desired: 'ctl/desired',
   pause: 'ctl/pause',
+  /** A rollout's plan: written once with the rollout, never changed, read once per rollout by each host. */
+  plan: (rolloutId: string) => `plans/${rolloutId}`,
   runPrefix: (rolloutId: string) => `runs/${rolloutId}/`,
   wavePrefix: (rolloutId: string, group: number, wave: number) => `runs/${rolloutId}/${group}.${wave}/`,
   run: (rolloutId: string, group: number, wave: number, host: string) => `runs/${rolloutId}/${group}.${wave}/${host}`,
@@ -107,18 +109,31 @@ export const ENDED: readonly RolloutState[] = ['halted', 'succeeded', 'aborted']
 export const PlanGroup = z.object({ name: Name, waves: z.array(z.array(Name)) });
 export type PlanGroup = z.infer<typeof PlanGroup>;
 
+/**
+ * What a rollout does to which host, fixed when it begins and kept apart from the rollout record, which
+ * changes on every wave and goes to every host: the record stays a few hundred bytes whatever the fleet's size.
+ */
+export const Plan = z.object({
+  schema: z.literal(SCHEMA),
+  id: Name,
+  groups: z.array(PlanGroup),
+  /** A rollback's version for each host (a rollout's is its `to`). */
+  targets: z.record(Name, Name).nullable(),
+  /** Hosts known but without presence when the rollout began: not in the plan, shown by status. */
+  offline: z.array(Name),
+});
+export type Plan = z.infer<typeof Plan>;
+
 export const Rollout = z.object({
   schema: z.literal(SCHEMA),
   id: Name,
   kind: z.enum(['rollout', 'rollback']),
-  /** The version every host goes to (a rollout); null for a rollback, where `targets` names each host's. */
+  /** The version every host goes to (a rollout); null for a rollback, whose plan names each host's. */
   to: Name.nullable(),
-  targets: z.record(Name, Name).nullable(),
   /** The rollout a rollback undoes. */
   undoes: Name.nullable(),
-  plan: z.array(PlanGroup),
-  /** Hosts known but without presence when the rollout began: not in the plan, shown by status. */
-  offline: z.array(Name),
+  /** The plan's group names, in order (for messages; the plan itself is `plans/<id>`). */
+  groupNames: z.array(Name).max(1000),
   canaries: z.number().int().nonnegative(),
   batch: z.string().regex(/^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$/),
   maxFailures: z.number().int().nonnegative(),

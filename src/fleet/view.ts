@@ -4,8 +4,8 @@
  * reported: an old version in a forgotten corner is what an operator most needs to find.
  */
 import { positionOf } from './plan.js';
-import { knownHosts, runsOf } from './rollout.js';
-import type { HostPhase, HostRecord, Rollout, RunState } from './schema.js';
+import { knownHosts, readPlan, runsOf } from './rollout.js';
+import type { HostPhase, HostRecord, Plan, Rollout, RunState } from './schema.js';
 import type { FleetStore } from './store.js';
 
 export type GroupCounts = { name: string; hosts: number; done: number; inFlight: number; failed: number; pending: number };
@@ -27,7 +27,7 @@ export type HostLine = {
 
 export type FleetView = {
   desired: string | null;
-  rollout: (Pick<Rollout, 'id' | 'kind' | 'to' | 'state' | 'reason' | 'failures' | 'failed' | 'offline' | 'startedAt' | 'updatedAt'> & { group: string | null; groupIndex: number; wave: number; groups: GroupCounts[] }) | null;
+  rollout: (Pick<Rollout, 'id' | 'kind' | 'to' | 'state' | 'reason' | 'failures' | 'failed' | 'startedAt' | 'updatedAt'> & { offline: string[]; group: string | null; groupIndex: number; wave: number; groups: GroupCounts[] }) | null;
   hosts: HostLine[];
   problems: string[];
 };
@@ -36,7 +36,9 @@ export async function readFleetView(store: FleetStore): Promise<FleetView> {
   const control = await store.control();
   const rollout = control.rollout.value;
   const [known, runs] = await Promise.all([knownHosts(store), rollout ? runsOf(store, rollout.id) : Promise.resolve(new Map())]);
-  const inPlan = new Set(rollout?.plan.flatMap((g) => g.waves.flat()) ?? []);
+  const planProblems: string[] = [];
+  const plan = rollout ? await readPlan(store, rollout.id).catch((error: Error) => (planProblems.push(error.message), null)) : null;
+  const inPlan = new Set(plan?.groups.flatMap((g) => g.waves.flat()) ?? []);
   const line = (h: HostRecord, online: boolean): HostLine => ({
     host: h.host,
     group: h.group,
@@ -44,13 +46,13 @@ export async function readFleetView(store: FleetStore): Promise<FleetView> {
     running: h.running,
     phase: h.phase,
     run: inPlan.has(h.host) ? (runs.get(h.host)?.state ?? 'pending') : null,
-    ...placeOf(rollout, h.host),
+    ...placeOf(plan, h.host),
     lastUpgrade: h.lastUpgrade,
     error: h.error,
     reportedAt: h.reportedAt,
   });
   const hosts = [...known.online.map((h) => line(h, true)), ...known.offline.map((h) => line(h, false))].sort((a, b) => a.host.localeCompare(b.host));
-  const problems = [...known.problems, ...[control.rollout.problem, control.desired.problem].filter((p): p is string => p !== null)];
+  const problems = [...known.problems, ...planProblems, ...[control.rollout.problem, control.desired.problem].filter((p): p is string => p !== null)];
   return {
     desired: control.desired.value?.version ?? null,
     rollout: rollout
@@ -62,13 +64,13 @@ export async function readFleetView(store: FleetStore): Promise<FleetView> {
           reason: rollout.reason,
           failures: rollout.failures,
           failed: rollout.failed,
-          offline: rollout.offline,
+          offline: plan?.offline ?? [],
           startedAt: rollout.startedAt,
           updatedAt: rollout.updatedAt,
-          group: rollout.plan[rollout.group]?.name ?? null,
+          group: rollout.groupNames[rollout.group] ?? null,
           groupIndex: rollout.group,
           wave: rollout.wave,
-          groups: rollout.plan.map((g) => counts(g.name, g.waves.flat(), runs)),
+          groups: (plan?.groups ?? []).map((g) => counts(g.name, g.waves.flat(), runs)),
         }
       : null,
     hosts,
@@ -76,8 +78,8 @@ export async function readFleetView(store: FleetStore): Promise<FleetView> {
   };
 }
 
-function placeOf(rollout: Rollout | null, host: string): { groupIndex: number | null; wave: number | null } {
-  const at = rollout ? positionOf(rollout.plan, host) : null;
+function placeOf(plan: Plan | null, host: string): { groupIndex: number | null; wave: number | null } {
+  const at = plan ? positionOf(plan.groups, host) : null;
   return { groupIndex: at?.group ?? null, wave: at?.wave ?? null };
 }
 

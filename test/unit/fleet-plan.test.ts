@@ -86,7 +86,7 @@ describe('fleet records read back from etcd', () => {
     expect(() => fleetPrefix('/upgrader/', '../other')).toThrow();
     expect(() => fleetPrefix('upgrader/', 'prod')).toThrow();
     expect(fleetPrefix('/upgrader/', 'prod')).toBe('/upgrader/prod/');
-    const tampered = { schema: 1, id: 'r1', kind: 'rollout', to: '../../etc', targets: null, undoes: null, plan: [], offline: [], canaries: 1, batch: '1', maxFailures: 0, pauseMs: 0, state: 'running', group: 0, wave: 0, failures: 0, failed: [], reason: null, previousDesired: null, desiredAfter: null, startedAt: new Date().toISOString(), updatedAt: new Date().toISOString() };
+    const tampered = { schema: 1, id: 'r1', kind: 'rollout', to: '../../etc', undoes: null, groupNames: [], canaries: 1, batch: '1', maxFailures: 0, pauseMs: 0, state: 'running', group: 0, wave: 0, failures: 0, failed: [], reason: null, previousDesired: null, desiredAfter: null, startedAt: new Date().toISOString(), updatedAt: new Date().toISOString() };
     const read = parseRecord(RolloutSchema, JSON.stringify(tampered));
     expect(read.value).toBeNull();
     expect(read.problem).toMatch(/^record is malformed at to:/);
@@ -101,10 +101,11 @@ describe('fleet records read back from etcd', () => {
 
 describe('names from etcd used as keys', () => {
   it('a host named like an Object property finds no target it was not given', () => {
-    const rollback = { to: null, targets: Object.assign(Object.create(null), { web1: '1.0.0' }) } as Rollout;
-    expect(targetOf(rollback, 'web1')).toBe('1.0.0');
-    for (const name of ['constructor', 'toString', '__proto__', 'valueOf']) expect(targetOf(rollback, name)).toBeNull();
-    expect(targetOf({ to: null, targets: { web1: '1.0.0' } } as unknown as Rollout, 'constructor')).toBeNull();
+    const rollback = { to: null };
+    const plan = { targets: Object.assign(Object.create(null), { web1: '1.0.0' }) as Record<string, string> };
+    expect(targetOf(rollback, plan, 'web1')).toBe('1.0.0');
+    for (const name of ['constructor', 'toString', '__proto__', 'valueOf']) expect(targetOf(rollback, plan, name)).toBeNull();
+    expect(targetOf(rollback, { targets: { web1: '1.0.0' } }, 'constructor')).toBeNull();
   });
 });
 
