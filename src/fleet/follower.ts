@@ -8,14 +8,14 @@
  * more pass and nothing else. Watch events, a new session and retries only wake the loop. The local
  * agent never depends on etcd: while etcd is away the follower only retries.
  */
-import type { Lease, Watcher } from 'etcd3';
+import type { IKeyValue, Lease, Watcher } from 'etcd3';
 import type { Logger } from '../log.js';
 import { UPGRADER_VERSION } from '../upgrader-version.js';
 import { FleetError } from './errors.js';
 import type { LocalUpgrader, LocalView, Progress } from './local.js';
-import { positionOf, stagesNow, targetOf, type Position } from './plan.js';
+import { positionOf, STAGE_AHEAD, stagesNow, targetOf, type Position } from './plan.js';
 import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readPlan, readRun, startRun, type RunKey } from './rollout.js';
-import { KEYS, Release, SCHEMA, serialize, type HostPhase, type HostRecord, type Plan, type Rollout, type Run } from './schema.js';
+import { KEYS, parseRecord, Release, Rollout as RolloutSchema, SCHEMA, serialize, type HostPhase, type HostRecord, type Plan, type Rollout, type Run } from './schema.js';
 import type { FleetStore } from './store.js';
 
 export type FollowerOptions = {
@@ -64,6 +64,8 @@ export class Follower {
   private error: Problem | null = null;
   private asked: HostRecord['asked'] = null;
   private published = '';
+  /** The rollout and state the last pass acted on (see farFrom). */
+  private acted: { id: string; state: string; plan: Plan } | null = null;
   private publishing: Promise<void> = Promise.resolve();
   private lastProgressAt = 0;
   private wake: (() => void) | null = null;
@@ -88,6 +90,23 @@ export class Follower {
 
   private get stopped(): boolean {
     return this.stopping.signal.aborted;
+  }
+
+  /**
+   * Whether a change of the rollout record cannot concern this host: the same rollout in the same state,
+   * only its position moved, and this host's wave is behind it (ended) or more than STAGE_AHEAD waves
+   * ahead (nothing to stage yet). So a wave move wakes the hosts near it, not the whole fleet. Anything
+   * else (another record, a new state, one that does not parse) wakes the pass, which reads afresh.
+   */
+  private farFrom(kv: IKeyValue): boolean {
+    const key = kv.key.toString();
+    if (!this.acted || (key !== KEYS.rollout && !key.endsWith(`/${KEYS.rollout}`))) return false;
+    const next = parseRecord(RolloutSchema, kv.value.toString()).value;
+    if (!next || next.id !== this.acted.id || next.state !== this.acted.state) return false;
+    const at = positionOf(this.acted.plan.groups, this.o.host);
+    if (!at) return true;
+    if (at.group !== next.group) return true;
+    return at.wave < next.wave || at.wave > next.wave + STAGE_AHEAD;
   }
 
   private kick(): void {
@@ -137,7 +156,9 @@ export class Follower {
       const own = await store.ns.watch().key(key).create();
       watchers.push(control, own);
       for (const w of watchers) w.on('error', (e: Error) => end(`watch ended (${e.message})`));
-      control.on('put', () => this.kick());
+      control.on('put', (kv: IKeyValue) => {
+        if (!this.farFrom(kv)) this.kick();
+      });
       control.on('delete', () => this.kick());
       control.on('connected', () => this.kick());
       own.on('delete', () => end('presence key deleted'));
@@ -188,6 +209,7 @@ export class Follower {
       if (problem) this.o.log.warn({ host: this.o.host, problem }, 'ignoring a malformed fleet record');
     }
     const plan = rollout ? await readPlan(this.o.store, rollout.id) : null;
+    this.acted = rollout && plan ? { id: rollout.id, state: rollout.state, plan } : null;
     const at = plan ? positionOf(plan.groups, this.o.host) : null;
     if (rollout && plan && at && rollout.state !== 'succeeded') {
       // Paused whenever the key exists, readable or not: the start transaction compares its existence.
