@@ -35,8 +35,9 @@ export default defineConfig({
       { test: { ...shared, name: 'unit', include: ['test/unit/**/*.test.ts'], pool: 'threads', sequence: { groupOrder: 0 } } },
       { test: { ...processes, name: 'integration', include: ['test/integration/**/*.test.ts'] } },
       { test: { ...processes, name: 'reliability', include: ['test/reliability/**/*.test.ts'] } },
-      // A real etcd and many hosts, each a real upgrader, agent and follower.
-      { test: { ...processes, name: 'fleet', include: ['test/fleet/**/*.test.ts'], testTimeout: 240_000 } },
+      // A real etcd and many hosts, each a real upgrader, agent and follower: 60 processes and more at once,
+      // so after the others, alone, where its load cannot push their short CLI timeouts over the edge.
+      { test: { ...processes, name: 'fleet', include: ['test/fleet/**/*.test.ts'], testTimeout: 240_000, sequence: { groupOrder: 2 } } },
       // Root with systemd-nspawn and mmdebstrap only; elsewhere its suite is skipped and says why.
       { test: { ...processes, name: 'systemd', include: ['test/systemd/**/*.test.ts'] } },
     ],
