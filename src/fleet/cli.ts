@@ -122,8 +122,7 @@ function count(v: Values, option: string, fallback: number): number {
   return Number(raw);
 }
 
-async function openStore(v: Values): Promise<FleetStore> {
-  const settings = etcdSettings(v);
+async function openStore(v: Values, settings = etcdSettings(v)): Promise<FleetStore> {
   const prefix = fleetPrefixOrUsage(v.prefix as string, name(v, 'fleet'));
   return new FleetStore(await connectEtcd(settings), prefix);
 }
@@ -162,7 +161,7 @@ async function follow(args: string[]): Promise<number> {
   const leaseSeconds = Math.max(2, Math.ceil(parseDuration(v.lease as string, '--lease') / 1000));
   const log = createLogger();
   const settings = etcdSettings(v);
-  const store = new FleetStore(await connectEtcd(settings), fleetPrefixOrUsage(v.prefix as string, name(v, 'fleet')));
+  const store = await openStore(v, settings);
   const local = new RootUpgrader(layout.root, {
     maxBytes: count(v, 'max-download', 1024 ** 3),
     timeoutMs: parseDuration(v['download-timeout'] as string, '--download-timeout'),

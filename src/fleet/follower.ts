@@ -15,7 +15,7 @@ import { FleetError } from './errors.js';
 import type { LocalUpgrader, LocalView, Progress } from './local.js';
 import { positionOf, STAGE_AHEAD, stagesNow, targetOf, type Position } from './plan.js';
 import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readPlan, readRun, startRun, type RunKey } from './rollout.js';
-import { KEYS, parseRecord, Release, Rollout as RolloutSchema, SCHEMA, serialize, type HostPhase, type HostRecord, type Plan, type Rollout, type Run } from './schema.js';
+import { isActive, KEYS, parseRecord, Release, Rollout as RolloutSchema, SCHEMA, serialize, type HostPhase, type HostRecord, type Plan, type Rollout, type Run } from './schema.js';
 import type { FleetStore } from './store.js';
 
 export type FollowerOptions = {
@@ -217,7 +217,7 @@ export class Follower {
       return;
     }
     // While a rollback runs, the version it returns the fleet to is the one to converge to, not the one it undoes.
-    const rollingBack = rollout?.kind === 'rollback' && (rollout.state === 'running' || rollout.state === 'paused');
+    const rollingBack = rollout?.kind === 'rollback' && isActive(rollout.state);
     const desired = rollingBack ? rollout.desiredAfter : (control.desired.value?.version ?? null);
     await this.converge(desired);
   }
@@ -285,7 +285,7 @@ export class Follower {
 
   private async stillWanted(k: RunKey): Promise<boolean> {
     const { rollout } = await this.o.store.control();
-    return rollout.value?.id === k.rolloutId && (rollout.value.state === 'running' || rollout.value.state === 'paused');
+    return rollout.value?.id === k.rolloutId && isActive(rollout.value.state);
   }
 
   private async ended(k: RunKey, run: Run, problem: Problem | null): Promise<void> {
@@ -294,7 +294,7 @@ export class Follower {
       this.error = null;
       await endRunDone(this.o.store, k, run);
     } else {
-      this.setPhase(problem.code === 'rolled-back' ? 'rolled-back' : 'failed');
+      this.setPhase(failedPhase(problem.code));
       this.error = problem;
       await endRunFailed(this.o.store, k, run, problem.message, problem.code);
     }
@@ -318,7 +318,7 @@ export class Follower {
       throw new RetryLater(outcome.reason);
     } else {
       this.gaveUp.add(desired);
-      this.setPhase(outcome.code === 'rolled-back' ? 'rolled-back' : 'failed');
+      this.setPhase(failedPhase(outcome.code));
       this.error = { message: outcome.reason, code: outcome.code, at: now() };
     }
     await this.publish();
@@ -425,6 +425,9 @@ export class Follower {
 }
 
 const now = () => new Date().toISOString();
+
+/** The phase a failure leaves: `rolled-back` when the new version ran and failed its probation. */
+const failedPhase = (code: string | null): HostPhase => (code === 'rolled-back' ? 'rolled-back' : 'failed');
 
 /** A pass that could not finish for a passing reason (already in the host record): try again after the backoff. */
 class RetryLater extends Error {}

@@ -6,7 +6,7 @@
  * rollout's position is its wave, and the position moves on only once every host of the wave has ended
  * (done or failed): so at most `batch` hosts (or `canaries`) are ever in flight, with no counter to race on.
  */
-import type { Plan, PlanGroup, Rollout } from './schema.js';
+import { isActive, type Plan, type PlanGroup, type Rollout } from './schema.js';
 
 export type Position = { group: number; wave: number };
 export type HostGroup = { host: string; group: string };
@@ -84,7 +84,7 @@ export const STAGE_AHEAD = 2;
  * that a group of thousands does not download at the moment its first wave must start).
  */
 export function stagesNow(rollout: Rollout, at: Position): boolean {
-  if (rollout.state !== 'running' && rollout.state !== 'paused') return false;
+  if (!isActive(rollout.state)) return false;
   if (rollout.group !== at.group) return rollout.group > at.group;
   const canariesPassed = rollout.canaries === 0 || rollout.wave >= 1;
   return at.wave === 0 || (canariesPassed && at.wave <= rollout.wave + STAGE_AHEAD);

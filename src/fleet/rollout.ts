@@ -12,7 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import { FleetError } from './errors.js';
 import { buildPlan, firstPosition, nextPosition, waveHosts, type Position } from './plan.js';
-import { ENDED, KEYS, Plan as PlanSchema, Presence, Release, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type Plan, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
+import { isActive, KEYS, Plan as PlanSchema, Presence, Release, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type Plan, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
 import { parsed, type FleetStore, type Write } from './store.js';
 
 export type RolloutOptions = { to: string; groups: string[]; canaries: number; batch: string; maxFailures: number; pauseMs: number };
@@ -47,7 +47,7 @@ export async function knownHosts(store: FleetStore): Promise<{ online: HostRecor
 
 /** Refuses while another rollout is running or paused, with that rollout's state. */
 function refuseIfActive(current: Rollout | null): void {
-  if (current && !ENDED.includes(current.state)) {
+  if (current && isActive(current.state)) {
     const to = current.to ?? 'the previous versions';
     throw new FleetError('rollout-active', `Rollout ${current.id} (to ${to}) is ${current.state} at group ${current.groupNames[current.group] ?? current.group}, wave ${current.wave + 1}, ${current.failures} failed: one rollout per fleet runs at a time (pause, resume or abort it first).`);
   }
@@ -231,7 +231,7 @@ export async function endRunFailed(store: FleetStore, k: RunKey, run: Run, reaso
       return;
     }
     const failures = current.failures + 1;
-    const halts = failures > current.maxFailures && (current.state === 'running' || current.state === 'paused');
+    const halts = failures > current.maxFailures && isActive(current.state);
     const next: Rollout = {
       ...current,
       failures,

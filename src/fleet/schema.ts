@@ -106,6 +106,9 @@ export type RolloutState = z.infer<typeof RolloutState>;
 /** No host starts in these; a new rollout may begin. */
 export const ENDED: readonly RolloutState[] = ['halted', 'succeeded', 'aborted'];
 
+/** Running or paused: the rollout is under way, hosts may still start in it. */
+export const isActive = (state: RolloutState): boolean => !ENDED.includes(state);
+
 export const PlanGroup = z.object({ name: Name, waves: z.array(z.array(Name)) });
 export type PlanGroup = z.infer<typeof PlanGroup>;
 

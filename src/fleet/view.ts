@@ -5,7 +5,7 @@
  */
 import { positionOf } from './plan.js';
 import { knownHosts, readPlan, runsOf } from './rollout.js';
-import type { HostPhase, HostRecord, Plan, Rollout, RunState } from './schema.js';
+import { isActive, type HostPhase, type HostRecord, type Plan, type Rollout, type RunState } from './schema.js';
 import type { FleetStore } from './store.js';
 
 export type GroupCounts = { name: string; hosts: number; done: number; inFlight: number; failed: number; pending: number };
@@ -104,11 +104,12 @@ function counts(name: string, members: string[], runs: Map<string, { state: RunS
 export const FLEET_EXIT = { converged: 0, moving: 3, attention: 4 } as const;
 
 export function fleetExitCode(view: FleetView): number {
-  if (view.rollout && (view.rollout.state === 'running' || view.rollout.state === 'paused') && stalledOn(view).length === 0) return FLEET_EXIT.moving;
+  const active = view.rollout !== null && isActive(view.rollout.state);
+  if (active && stalledOn(view).length === 0) return FLEET_EXIT.moving;
   const versions = new Set(view.hosts.map((h) => h.running));
   const behind = view.hosts.some((h) => !h.online || (view.desired !== null && h.running !== view.desired)) || (view.desired === null && versions.size > 1);
-  if (behind || view.rollout?.state === 'halted' || view.problems.length > 0) return FLEET_EXIT.attention;
-  if (view.rollout && (view.rollout.state === 'running' || view.rollout.state === 'paused')) return FLEET_EXIT.attention;
+  // An active rollout here is stalled on an offline host.
+  if (active || behind || view.rollout?.state === 'halted' || view.problems.length > 0) return FLEET_EXIT.attention;
   return FLEET_EXIT.converged;
 }
 
