@@ -93,16 +93,27 @@ export class Follower {
   }
 
   /**
-   * Whether a change of the rollout record cannot concern this host: the same rollout in the same state,
-   * only its position moved, and this host's wave is behind it (ended) or more than STAGE_AHEAD waves
-   * ahead (nothing to stage yet). So a wave move wakes the hosts near it, not the whole fleet. Anything
-   * else (another record, a new state, one that does not parse) wakes the pass, which reads afresh.
+   * Whether an active rollout has nothing for this host yet: its record names the hosts that may act now
+   * (its front), and this host is not one of them. Such a host neither reads the plan nor moves: it is in
+   * a later wave, or not in the plan and converges once the rollout has ended. So a new rollout wakes its
+   * first wave, not the whole fleet.
+   */
+  private notInFront(rollout: Rollout): boolean {
+    return rollout.kind === 'rollout' && isActive(rollout.state) && rollout.front !== null && !rollout.front.includes(this.o.host);
+  }
+
+  /**
+   * Whether a change of the rollout record cannot concern this host: it is not in the record's front; or,
+   * for a record without one, the same rollout in the same state whose position moved, and this host's
+   * wave is behind it (ended) or more than STAGE_AHEAD waves ahead (nothing to stage yet). Anything else
+   * (another record, a new state, one that does not parse) wakes the pass, which reads afresh.
    */
   private farFrom(kv: IKeyValue): boolean {
     const key = kv.key.toString();
-    if (!this.acted || (key !== KEYS.rollout && !key.endsWith(`/${KEYS.rollout}`))) return false;
+    if (key !== KEYS.rollout && !key.endsWith(`/${KEYS.rollout}`)) return false;
     const next = parseRecord(RolloutSchema, kv.value.toString()).value;
-    if (!next || next.id !== this.acted.id || next.state !== this.acted.state) return false;
+    if (next && this.notInFront(next)) return true;
+    if (!next || !this.acted || next.id !== this.acted.id || next.state !== this.acted.state) return false;
     const at = positionOf(this.acted.plan.groups, this.o.host);
     if (!at) return true;
     if (at.group !== next.group) return true;
@@ -207,6 +218,10 @@ export class Follower {
     const rollout = control.rollout.value;
     for (const problem of [control.rollout.problem, control.desired.problem, control.pause.problem]) {
       if (problem) this.o.log.warn({ host: this.o.host, problem }, 'ignoring a malformed fleet record');
+    }
+    if (rollout && this.notInFront(rollout)) {
+      this.acted = null;
+      return this.publish();
     }
     const plan = rollout ? await readPlan(this.o.store, rollout.id) : null;
     this.acted = rollout && plan ? { id: rollout.id, state: rollout.state, plan } : null;

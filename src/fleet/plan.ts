@@ -83,9 +83,33 @@ export const STAGE_AHEAD = 2;
  * the group's other hosts spend a download on it), each at most STAGE_AHEAD waves before its own (so
  * that a group of thousands does not download at the moment its first wave must start).
  */
-export function stagesNow(rollout: Rollout, at: Position): boolean {
+export function stagesNow(rollout: Pick<Rollout, 'state' | 'group' | 'wave' | 'canaries'>, at: Position): boolean {
   if (!isActive(rollout.state)) return false;
   if (rollout.group !== at.group) return rollout.group > at.group;
   const canariesPassed = rollout.canaries === 0 || rollout.wave >= 1;
   return at.wave === 0 || (canariesPassed && at.wave <= rollout.wave + STAGE_AHEAD);
+}
+
+/** The largest front a rollout record carries (bytes of host names); past it the record names none and every host reads the plan. */
+export const FRONT_MAX_BYTES = 4096;
+
+/**
+ * The hosts that may act at the rollout's position: its wave and the waves that stage ahead of it (the
+ * only hosts `stagesNow` or a start can concern). The rollout record carries them, so that a wave move or
+ * a new rollout wakes these hosts and no other: a host that is not in the front has nothing to do yet and
+ * need not read the plan. Null when the front is too large to carry (every host then reads the plan).
+ */
+export function frontOf(plan: PlanGroup[], rollout: Pick<Rollout, 'group' | 'wave' | 'canaries'>): string[] | null {
+  const waves = plan[rollout.group]?.waves ?? [];
+  const front: string[] = [];
+  let bytes = 0;
+  for (let w = rollout.wave; w < waves.length; w++) {
+    if (!stagesNow({ ...rollout, state: 'running' }, { group: rollout.group, wave: w })) break;
+    for (const host of waves[w]!) {
+      bytes += host.length + 3;
+      if (bytes > FRONT_MAX_BYTES) return null;
+      front.push(host);
+    }
+  }
+  return front;
 }

@@ -11,7 +11,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { FleetError } from './errors.js';
-import { buildPlan, firstPosition, nextPosition, waveHosts, type Position } from './plan.js';
+import { buildPlan, firstPosition, frontOf, nextPosition, waveHosts, type Position } from './plan.js';
 import { isActive, KEYS, Plan as PlanSchema, Presence, Release, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type Plan, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
 import { parsed, type FleetStore, type Write } from './store.js';
 
@@ -53,9 +53,14 @@ function refuseIfActive(current: Rollout | null): void {
   }
 }
 
-function record(base: Omit<Rollout, 'schema' | 'state' | 'group' | 'wave' | 'failures' | 'failed' | 'reason' | 'startedAt' | 'updatedAt'>, start: Position): Rollout {
+/**
+ * A new rollout record at the plan's first wave. A rollback names no front: the hosts it does not move
+ * converge to its `desiredAfter` while it runs, so each of them reads the plan to learn that it is not in it.
+ */
+function record(base: Omit<Rollout, 'schema' | 'state' | 'group' | 'wave' | 'front' | 'failures' | 'failed' | 'reason' | 'startedAt' | 'updatedAt'>, groups: PlanGroup[], start: Position): Rollout {
   const at = now();
-  return { schema: SCHEMA, ...base, state: 'running', group: start.group, wave: start.wave, failures: 0, failed: [], reason: null, startedAt: at, updatedAt: at };
+  const front = base.kind === 'rollout' ? frontOf(groups, { ...start, canaries: base.canaries }) : null;
+  return { schema: SCHEMA, ...base, state: 'running', group: start.group, wave: start.wave, front, failures: 0, failed: [], reason: null, startedAt: at, updatedAt: at };
 }
 
 export type Begun = { rollout: Rollout; plan: Plan };
@@ -81,6 +86,7 @@ export async function beginRollout(store: FleetStore, o: RolloutOptions): Promis
   const id = newRolloutId();
   const next = record(
     { id, kind: 'rollout', to: o.to, undoes: null, groupNames: groups.map((g) => g.name), canaries: o.canaries, batch: o.batch, maxFailures: o.maxFailures, pauseMs: o.pauseMs, previousDesired: control.desired.value?.version ?? null, desiredAfter: o.to },
+    groups,
     start,
   );
   return begin(store, control.rollout.mod, next, { schema: SCHEMA, id, groups, targets: null, offline: offline.map((h) => h.host) });
@@ -142,6 +148,7 @@ export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOp
       canaries: o.canaries ?? last.canaries, batch: o.batch ?? last.batch, maxFailures: o.maxFailures ?? last.maxFailures, pauseMs: o.pauseMs ?? last.pauseMs,
       previousDesired: control.desired.value?.version ?? null, desiredAfter: last.previousDesired,
     },
+    groups,
     start,
   );
   return begin(store, control.rollout.mod, next, { schema: SCHEMA, id, groups, targets, offline: [] });
@@ -264,7 +271,7 @@ export async function advanceIfWaveEnded(store: FleetStore): Promise<void> {
     const runs = await runsOf(store, current.id, at);
     if (!hosts.every((h) => runs.get(h)?.state === 'done' || runs.get(h)?.state === 'failed')) return;
     const next = nextPosition(plan.groups, at);
-    if (await store.swapRollout(rollout.mod, ...(next ? await toWave(store, current, next) : finished(current)))) return;
+    if (await store.swapRollout(rollout.mod, ...(next ? await toWave(store, current, plan, next) : finished(current)))) return;
   }
 }
 
@@ -277,8 +284,9 @@ function finished(current: Rollout): [Rollout, ...Write[]] {
   return [done, { key: KEYS.desired, value: serialize(desired) }];
 }
 
-async function toWave(store: FleetStore, current: Rollout, next: Position): Promise<[Rollout, ...Write[]]> {
-  const moved: Rollout = { ...current, group: next.group, wave: next.wave, updatedAt: now() };
+async function toWave(store: FleetStore, current: Rollout, plan: Plan, next: Position): Promise<[Rollout, ...Write[]]> {
+  const front = current.kind === 'rollout' ? frontOf(plan.groups, { ...next, canaries: current.canaries }) : null;
+  const moved: Rollout = { ...current, group: next.group, wave: next.wave, front, updatedAt: now() };
   if (current.pauseMs === 0) return [moved];
   const seconds = Math.max(MIN_LEASE_SECONDS, Math.ceil(current.pauseMs / 1000));
   // A lease nobody keeps alive: etcd deletes the pause key when it ends, whichever process granted it.

@@ -145,6 +145,11 @@ export const Rollout = z.object({
   /** Position: index into `plan` and into its waves. */
   group: z.number().int().nonnegative(),
   wave: z.number().int().nonnegative(),
+  /**
+   * The hosts that may act at this position (plan.ts frontOf): the others ignore the record until it names
+   * them. Null: too many to carry, or a rollback; every host reads the plan. Absent in older records: null.
+   */
+  front: z.array(Name).max(2048).nullable().default(null),
   failures: z.number().int().nonnegative(),
   failed: z.array(z.object({ host: Name, reason: Reason, code: Code.nullable() })).max(100),
   reason: Reason.nullable(),
@@ -183,7 +188,7 @@ export const Run = z.object({
 export type Run = z.infer<typeof Run>;
 
 /** Parses a record read from etcd; null (and the problem) when it is missing, too large or malformed. */
-export function parseRecord<T>(schema: z.ZodType<T>, raw: string | null | undefined): { value: T | null; problem: string | null } {
+export function parseRecord<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, raw: string | null | undefined): { value: T | null; problem: string | null } {
   if (raw === null || raw === undefined) return { value: null, problem: null };
   if (raw.length > MAX_RECORD_BYTES) return { value: null, problem: `record of ${raw.length} bytes is over the ${MAX_RECORD_BYTES}-byte limit` };
   let json: unknown;

@@ -28,7 +28,7 @@ export class FleetStore {
     return kv ? this.entry(kv) : null;
   }
 
-  async read<T>(schema: z.ZodType<T>, key: string): Promise<Parsed<T>> {
+  async read<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, key: string): Promise<Parsed<T>> {
     return parsed(schema, await this.get(key));
   }
 
@@ -104,7 +104,7 @@ export class FleetStore {
   }
 }
 
-export function parsed<T>(schema: z.ZodType<T>, entry: Entry | null): Parsed<T> {
+export function parsed<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, entry: Entry | null): Parsed<T> {
   const { value, problem } = parseRecord(schema, entry?.value);
   return { value, mod: entry?.mod ?? null, problem: problem ? `${entry!.key}: ${problem}` : null };
 }

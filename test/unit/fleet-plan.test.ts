@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { batchSize, buildPlan, firstPosition, nextPosition, positionOf, stagesNow, STAGE_AHEAD, targetOf, type Position } from '../../src/fleet/plan.js';
+import { batchSize, buildPlan, firstPosition, FRONT_MAX_BYTES, frontOf, nextPosition, positionOf, stagesNow, STAGE_AHEAD, targetOf, type Position } from '../../src/fleet/plan.js';
 import { formatFleet } from '../../src/fleet/cli.js';
 import type { FleetView } from '../../src/fleet/view.js';
 import { fleetPrefix, parseRecord, Rollout as RolloutSchema, type Rollout } from '../../src/fleet/schema.js';
@@ -78,6 +78,33 @@ describe('the rollout plan', () => {
     // At most STAGE_AHEAD waves ahead: a large group does not download all at once.
     expect(stagesNow({ ...rollout, wave: 1 }, { group: 0, wave: 1 + STAGE_AHEAD })).toBe(true);
     expect(stagesNow({ ...rollout, wave: 1 }, { group: 0, wave: 2 + STAGE_AHEAD })).toBe(false);
+  });
+});
+
+describe("the rollout record's front", () => {
+  it('names every host that may stage or start at the position, and no host of an ended wave', () => {
+    fc.assert(
+      fc.property(hostsArb, fc.integer({ min: 0, max: 3 }), batchArb, (hosts, canaries, batch) => {
+        const plan = buildPlan(hosts, ['canary'], canaries, batch);
+        for (const at of walk(plan)) {
+          const rollout = { state: 'running' as const, ...at, canaries };
+          const front = frontOf(plan, rollout)!;
+          for (const h of hosts) {
+            const mine = positionOf(plan, h.host)!;
+            const acts = (mine.group === at.group && mine.wave === at.wave) || (stagesNow(rollout, mine) && mine.group === at.group && mine.wave >= at.wave);
+            expect(front.includes(h.host)).toBe(acts);
+          }
+        }
+      }),
+    );
+  });
+
+  it('names nobody past its size limit (every host then reads the plan)', () => {
+    const hosts = Array.from({ length: 600 }, (_, i) => ({ host: `web-${String(i).padStart(4, '0')}`, group: 'prod' }));
+    const plan = buildPlan(hosts, [], 0, '200');
+    expect(frontOf(plan, { group: 0, wave: 0, canaries: 0 })).toBeNull();
+    expect(frontOf(plan, { group: 0, wave: 2, canaries: 0 })).toHaveLength(200);
+    expect(200 * 11).toBeLessThan(FRONT_MAX_BYTES);
   });
 });
 
