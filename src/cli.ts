@@ -14,6 +14,7 @@
  * sized, and has no effect on it (measured). env -S needs GNU coreutils 8.30 or a BSD env; where env has no
  * -S (busybox), run `node --max-semi-space-size=1 --no-turbofan --no-sparkplug <this file>`.
  */
+import { userInfo } from 'node:os';
 import { resolve } from 'node:path';
 import { parse, requireRoot } from './args.js';
 import { DEFAULTS, runConfig } from './config.js';
@@ -46,6 +47,8 @@ Usage:
   upgrader prune --root <dir> --keep <n>    remove old versions
   upgrader upgrade --root <dir> --to <v>    ask the running upgrader for a handoff to <v>
   upgrader rollback --root <dir>            ask it for a handoff back to the previous version
+  upgrader halt --root <dir>                stop the agent and keep it stopped (upgrader run stays up)
+  upgrader resume --root <dir>              start current again on a halted root
   upgrader follow --root <dir> --fleet <name>   follow a fleet's rollouts through etcd (beside run)
   upgrader fleet <command> --fleet <name>   publish, rollout, pause, resume, abort, rollback, status
   upgrader --version | -v | --help | -h
@@ -152,6 +155,30 @@ Options and exit status as for upgrade.
 
 Example:
   upgrader rollback --root /var/lib/upgrader/myagent`,
+  halt: `Usage: upgrader halt --root <dir> [--by <who>] [--json]
+
+Stops the active agent through the protocol (stop, then SIGTERM after the run's stop timeout, then SIGKILL
+of its tree after its kill timeout) and keeps it stopped: upgrader run stays up with no agent, in state halted,
+and a restart of it (kill -9, reboot, systemctl restart) comes back halted and starts nothing. Returns
+once the agent has exited. Halting a halted root succeeds at once. The way out: upgrader resume (start
+current again) or upgrader upgrade to a version (started directly; if it fails, the root stays halted).
+--by names who asks (default: the user), shown by status.
+
+Exit status: 0 halted; 1 refused (a handoff is in progress, or nothing runs), with the reason;
+3 no upgrader runs on <dir>; 64 bad arguments; 77 not allowed to reach its channel.
+
+Example:
+  upgrader halt --root /var/lib/upgrader/myagent --by "schema migration 42"`,
+  resume: `Usage: upgrader resume --root <dir> [--json]
+
+Lifts a halt: the version current names starts again as the active agent (no candidate, no go: it
+simply runs, as after a restart). Refused unless the root is halted.
+
+Exit status: 0 resumed; 1 refused (not halted, or still halting); 3 no upgrader runs on <dir>;
+64 bad arguments; 77 not allowed to reach its channel.
+
+Example:
+  upgrader resume --root /var/lib/upgrader/myagent`,
   prune: `Usage: upgrader prune --root <dir> --keep <n> [--dry-run] [--json]
 
 Keeps the newest <n> versions that are not quarantined and removes the others (a quarantined version
@@ -351,22 +378,56 @@ async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]):
   } else {
     request = { type: 'rollback', ...common };
   }
+  const last = await talkToUpgrader(layout, request, v.json === true, (reply) => {
+    if (reply.type === 'succeeded') return `done: ${reply.version} is running${until === 'probation' && reply.probation ? '; waiting for its probation to end' : ''}`;
+    if (reply.type === 'passed') return `passed: ${reply.version} has passed its probation`;
+    return null;
+  });
+  if (typeof last === 'number') return last;
+  return reachedGoal(last, until) ? EXIT.ok : EXIT.refused;
+}
+
+/** `upgrader halt` and `upgrader resume`: one request, one answer. */
+async function haltOrResume(command: 'halt' | 'resume', args: string[]): Promise<number> {
+  const v = parse(args, command === 'halt' ? { root: { type: 'string' }, by: { type: 'string' }, json: { type: 'boolean', default: false } } : { root: { type: 'string' }, json: { type: 'boolean', default: false } });
+  if (v.help) return help(command);
+  const layout = Layout.open(requireRoot(v.root));
+  const actor = actorFor(layout.root);
+  if (actor.kind === 'owner') return runAsOwner(actor, [command, ...args, '--root', layout.root]);
+  let request: ControlRequest = { type: 'resume' };
+  if (command === 'halt') {
+    const by = typeof v.by === 'string' ? v.by : (process.env.SUDO_USER ?? userInfo().username);
+    if (by.length === 0 || by.length > 256) throw new UpgraderError('E_USAGE', `--by must be 1 to 256 characters, not ${by.length}.`);
+    request = { type: 'halt', by };
+  }
+  const last = await talkToUpgrader(layout, request, v.json === true, (reply) => {
+    if (reply.type === 'halted') return `halted: ${reply.version} is stopped, since ${reply.since}; upgrader resume or upgrade starts an agent again`;
+    if (reply.type === 'resumed') return `resumed: ${reply.version} is running again`;
+    return null;
+  });
+  if (typeof last === 'number') return last;
+  return last.type === (command === 'halt' ? 'halted' : 'resumed') ? EXIT.ok : EXIT.refused;
+}
+
+/**
+ * Sends one request over the operator channel and prints each reply (as JSON lines with --json): the
+ * last reply, or the exit status when nothing answered. `describe` words the replies particular to the command.
+ */
+async function talkToUpgrader(layout: Layout, request: ControlRequest, json: boolean, describe: (reply: ControlReply) => string | null): Promise<ControlReply | number> {
   const outcome = await sendControlRequest(layout.stateDir, request, (reply) => {
-    if (v.json) process.stdout.write(`${JSON.stringify(reply)}\n`);
+    if (json) return void process.stdout.write(`${JSON.stringify(reply)}\n`);
+    const text = describe(reply);
+    if (text !== null) process.stdout.write(`${text}\n`);
     else if (reply.type === 'step') process.stdout.write(`  ${reply.text}\n`);
     else if (reply.type === 'accepted') process.stdout.write(`accepted: handoff to ${reply.version}\n`);
-    else if (reply.type === 'succeeded') process.stdout.write(`done: ${reply.version} is running${until === 'probation' && reply.probation ? '; waiting for its probation to end' : ''}\n`);
-    else if (reply.type === 'passed') process.stdout.write(`passed: ${reply.version} has passed its probation\n`);
-    else process.stdout.write(`failed${reply.version ? ` (${reply.version})` : ''}: ${reply.reason}${reply.code ? ` [${reply.code}]` : ''}\n`);
+    else if (reply.type === 'failed') process.stdout.write(`failed${reply.version ? ` (${reply.version})` : ''}: ${reply.reason}${reply.code ? ` [${reply.code}]` : ''}\n`);
   });
-  if (outcome.kind === 'unreachable') {
-    if (outcome.code === 'EACCES' || outcome.code === 'EPERM') {
-      throw new UpgraderError('E_PERMISSION', `Not allowed to reach the upgrader of ${layout.root}: its operator channel is for the root's owner and root only.`);
-    }
-    process.stderr.write(`upgrader: No upgrader runs on ${layout.root} (its operator channel answers ${outcome.code}).\n`);
-    return EXIT.notRunning;
+  if (outcome.kind === 'reply') return outcome.reply;
+  if (outcome.code === 'EACCES' || outcome.code === 'EPERM') {
+    throw new UpgraderError('E_PERMISSION', `Not allowed to reach the upgrader of ${layout.root}: its operator channel is for the root's owner and root only.`);
   }
-  return reachedGoal(outcome.reply, until) ? EXIT.ok : EXIT.refused;
+  process.stderr.write(`upgrader: No upgrader runs on ${layout.root} (its operator channel answers ${outcome.code}).\n`);
+  return EXIT.notRunning;
 }
 
 /** --wait done (the default) | probation; --no-wait is --wait accepted. */
@@ -409,6 +470,9 @@ export async function main(argv: string[]): Promise<number> {
       return versions(rest);
     case 'prune':
       return prune(rest);
+    case 'halt':
+    case 'resume':
+      return haltOrResume(command, rest);
     case 'upgrade':
     case 'rollback':
       return operatorHandoff(command, rest);

@@ -10,6 +10,9 @@
  *            "accepted") {"type":"succeeded","version":"2.0.0","probation":true} and (with `until`
  *            "probation") {"type":"passed","version":"2.0.0"}; or, at any point, {"type":"failed",
  *            "version":"2.0.0","reason":"...","code":"quarantined"}, which ends the conversation.
+ *   request  {"type":"halt","by":"alice"} -> {"type":"halted","version":"1.0.0","since":"..."} once the agent has exited
+ *   request  {"type":"resume"}            -> {"type":"resumed","version":"1.0.0"} once `current` is started again
+ *            (either may instead get {"type":"failed","version":null,...} with its refusal code).
  */
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
@@ -29,6 +32,9 @@ const requestOptions = { force: z.boolean().default(false), wait: z.boolean().de
 export const ControlRequest = z.discriminatedUnion('type', [
   z.object({ type: z.literal('upgrade'), version: z.string().max(256), ...requestOptions }),
   z.object({ type: z.literal('rollback'), ...requestOptions }),
+  /** `by`: who asks, shown by status (a user, or a fleet rollout). */
+  z.object({ type: z.literal('halt'), by: z.string().min(1).max(256) }),
+  z.object({ type: z.literal('resume') }),
 ]);
 export type ControlRequest = z.infer<typeof ControlRequest>;
 
@@ -37,6 +43,8 @@ export const ControlReply = z.discriminatedUnion('type', [
   z.object({ type: z.literal('accepted'), version: z.string() }),
   z.object({ type: z.literal('succeeded'), version: z.string(), probation: z.boolean().optional() }),
   z.object({ type: z.literal('passed'), version: z.string() }),
+  z.object({ type: z.literal('halted'), version: z.string(), since: z.string() }),
+  z.object({ type: z.literal('resumed'), version: z.string() }),
   z.object({ type: z.literal('failed'), version: z.string().nullable(), reason: z.string(), code: z.string().regex(/^[a-z][a-z-]{0,31}$/).optional() }),
 ]);
 export type ControlReply = z.infer<typeof ControlReply>;

@@ -15,6 +15,10 @@
  *   waiting    an agent must be started (a candidate, or the active version again), but a retiring agent
  *              is still exiting: nothing new starts beside it. In a live handoff the active agent works
  *              meanwhile; after a probation rollback nobody does until it is gone.
+ *   halting    an operator asked for a halt: the active agent is on its way out, and nothing replaces it
+ *   halted     no agent runs, on purpose, until an operator resumes `current` or upgrades to a version;
+ *              durable: a restarted upgrader comes back halted (a migration may have made the old version
+ *              unable to run, so nothing is ever started here on the upgrader's own initiative)
  *   stopping   the upgrader was asked to stop; every agent is on its way out
  *   exited     nothing left to supervise; the upgrader exits with `exitCode`
  *
@@ -46,7 +50,7 @@ export type Config = {
   probationMs: number;
 };
 
-export const STATES = ['idle', 'running', 'verifying', 'draining', 'waiting', 'stopping', 'exited'] as const;
+export const STATES = ['idle', 'running', 'verifying', 'draining', 'waiting', 'halting', 'halted', 'stopping', 'exited'] as const;
 export type StateName = (typeof STATES)[number];
 export type Role = 'active' | 'candidate';
 /** Who asked for an upgrade: the active agent (answered with upgrade-failed) or an operator (answered with reports). */
@@ -69,7 +73,11 @@ export type Handoff = {
   failure: { reason: string; code: RefusalCode } | null;
 };
 
-export type Probation = { from: string; version: string; mode: HandoffMode; startedAt: string; previous: string | null };
+/** `halt`: the halt this upgrade ended (it started from `halted`); a failed probation goes back to it instead of restarting `from`. */
+export type Probation = { from: string; version: string; mode: HandoffMode; startedAt: string; previous: string | null; halt: Halt | null };
+
+/** An operator's halt: what `current` named, when, who asked, and why it still holds (a failed upgrade from it). */
+export type Halt = { version: string; since: string; by: string; reason: string | null };
 
 /** An agent to start once every retiring agent has exited (state `waiting`). */
 export type Pending = { role: Role; version: string; fromVersion: string | null };
@@ -87,6 +95,8 @@ export type Context = {
   exitCode: number | null;
   /** What the `waiting` state will start once `retiring` is empty. */
   pending: Pending | null;
+  /** Set from a halt request until a resume or an upgrade from `halted` succeeds. */
+  halt: Halt | null;
 };
 
 export type TimerName = 'ready' | 'probation' | 'record' | `retire:${number}`;
@@ -95,7 +105,10 @@ export type TimerName = 'ready' | 'probation' | 'record' | `retire:${number}`;
 export type Problem = { code: RefusalCode; reason: string };
 
 export type Event =
-  | { type: 'start'; version: string; previous: string | null; probation: Probation | null }
+  /** `halt`: the state file says the root was halted; nothing is started. */
+  | { type: 'start'; version: string; previous: string | null; probation: Probation | null; halt: Halt | null }
+  | { type: 'halt-requested'; by: string; at: string }
+  | { type: 'resume-requested' }
   /** `force`: an operator's --force, which lifts the version's quarantine once the handoff is accepted. */
   | { type: 'upgrade-requested'; origin: Origin; id: number; version: string; mode: HandoffMode; problem: Problem | null; force: boolean; at: string }
   | { type: 'ready'; id: number }
@@ -113,7 +126,7 @@ export type Event =
   | { type: 'record-failed'; outcome: Outcome | null; error: string };
 
 export type EventType = Event['type'];
-export const EVENT_TYPES: readonly EventType[] = ['start', 'upgrade-requested', 'ready', 'stopped', 'status', 'protocol-error', 'exited', 'timeout', 'shutdown', 'io-failed', 'recorded', 'record-failed'];
+export const EVENT_TYPES: readonly EventType[] = ['start', 'upgrade-requested', 'halt-requested', 'resume-requested', 'ready', 'stopped', 'status', 'protocol-error', 'exited', 'timeout', 'shutdown', 'io-failed', 'recorded', 'record-failed'];
 
 /** An upgrade's result, as the state file's history records it. */
 export type Outcome = { origin: Origin; from: string; to: string; mode: HandoffMode; startedAt: string; result: UpgradeResult; reason: string | null; code: RefusalCode | null };
@@ -131,7 +144,10 @@ export type Report =
   | { type: 'succeeded'; version: string; probation: boolean }
   | { type: 'failed'; version: string; reason: string; code: RefusalCode }
   | { type: 'probation-passed'; version: string }
-  | { type: 'probation-failed'; version: string; reason: string; code: RefusalCode };
+  | { type: 'probation-failed'; version: string; reason: string; code: RefusalCode }
+  | { type: 'halted'; version: string; since: string }
+  | { type: 'resumed'; version: string }
+  | { type: 'refused'; request: 'halt' | 'resume'; reason: string; code: RefusalCode };
 
 export type Effect =
   | { kind: 'spawn'; id: number; version: string; role: Role; fromVersion: string | null }
@@ -154,7 +170,7 @@ export type Effect =
 export type Step = { next: Context; durable: DurableWrite[]; effects: Effect[]; ignored?: string };
 
 export function initialContext(): Context {
-  return { state: 'idle', active: null, candidate: null, handoff: null, probation: null, retiring: [], previous: null, nextId: 1, exitCode: null, pending: null };
+  return { state: 'idle', active: null, candidate: null, handoff: null, probation: null, retiring: [], previous: null, nextId: 1, exitCode: null, pending: null, halt: null };
 }
 
 /** The exit status a shell would report: the code, or 128 + the signal's number. */
@@ -301,12 +317,12 @@ function promote(ctx: Context, config: Config): Followup {
   const handoff = ctx.handoff!;
   const candidate = ctx.candidate!;
   const probation: Probation | null =
-    config.probationMs > 0 ? { from: handoff.from, version: handoff.to, mode: handoff.mode, startedAt: handoff.startedAt, previous: ctx.previous } : null;
+    config.probationMs > 0 ? { from: handoff.from, version: handoff.to, mode: handoff.mode, startedAt: handoff.startedAt, previous: ctx.previous, halt: ctx.halt } : null;
   const effects: Effect[] = [{ kind: 'send', id: candidate.id, message: { type: 'go' } }];
   if (probation) effects.push({ kind: 'start-timer', timer: 'probation', ms: config.probationMs });
   // The operator hears `succeeded` on `recorded`, once this is durable, never before.
   effects.push(persist(outcomeOf(handoff, handoff.to, 'succeeded', null)));
-  return step({ ...ctx, state: 'running', active: candidate, candidate: null, handoff: null, probation, previous: handoff.from }, effects);
+  return step({ ...ctx, state: 'running', active: candidate, candidate: null, handoff: null, probation, previous: handoff.from, halt: null }, effects);
 }
 
 /**
@@ -333,6 +349,8 @@ function failCandidate(ctx: Context, failure: { reason: string; code: RefusalCod
     const tellAgent: Effect[] = handoff.origin === 'agent' ? [{ kind: 'send', id: active.id, message: { type: 'upgrade-failed', version: handoff.to, ...failure } }] : [];
     return then(failed, (c) => step({ ...c, state: 'running', handoff: null }, [...tellAgent, ...aftermath]));
   }
+  // From `halted` nothing is started on our own: the old version may not run any more (a migration).
+  if (ctx.halt) return then(failed, (c) => haltAgain({ ...c, handoff: null }, { ...ctx.halt!, reason }, [{ kind: 'commit-current', version: handoff.from }, ...aftermath]));
   return then(failed, (c) => restartFrom(c, handoff, aftermath, config));
 }
 
@@ -361,7 +379,67 @@ function rollBackProbation(ctx: Context, probation: Probation, reason: string, c
     { kind: 'quarantine', version: probation.version, reason },
     report({ type: 'probation-failed', version: probation.version, ...failure }),
   ]);
+  if (probation.halt) return then(recorded, (c) => haltAgain(c, { ...probation.halt!, reason }, []));
   return then(recorded, (c) => startWhenClear(c, { role: 'active', version: probation.from, fromVersion: null }, config, 'running'));
+}
+
+// ---------------------------------------------------------------- halt and resume
+
+/** `upgrader halt`: written durably first (a restart from here on comes back halted), then the active agent is told `stop`. */
+function haltRequested(ctx: Context, event: Extract<Event, { type: 'halt-requested' }>, config: Config): Step {
+  const active = ctx.active;
+  if (!active) return step(ctx, [refuseHalt(ctx)]);
+  const halt: Halt = { version: active.version, since: event.at, by: event.by, reason: null };
+  const effects: Effect[] = [];
+  if (ctx.probation) {
+    const cut = ctx.probation.version;
+    effects.push({ kind: 'cancel-timer', timer: 'probation' }, report({ type: 'probation-failed', version: cut, code: 'superseded', reason: `the probation of ${cut} was cut short by a halt` }));
+  }
+  // The durable write names the agent as retiring, so that a crash right after it leaves its PID on record.
+  const stopping = tellToStop({ ...ctx, state: 'halting', active: null, probation: null, halt }, active, config);
+  return durableStep([{ kind: 'persist' }], stopping.next, [...effects, ...stopping.effects]);
+}
+
+/** Back to halted after a failed upgrade from it (once the candidate's tree is gone, if it is still exiting). */
+function haltAgain(ctx: Context, halt: Halt, effects: Effect[]): Followup {
+  return step({ ...ctx, state: ctx.retiring.length > 0 ? 'halting' : 'halted', halt }, effects);
+}
+
+/** The last agent of a halt is gone: halted. */
+function halted(ctx: Context): Followup {
+  const halt = ctx.halt!;
+  return step({ ...ctx, state: 'halted' }, [persist(), report({ type: 'halted', version: halt.version, since: halt.since })]);
+}
+
+function refuseHalt(ctx: Context): Effect {
+  if (ctx.handoff || ctx.pending) return report({ type: 'refused', request: 'halt', code: 'in-progress', reason: `a handoff is in progress (the upgrader is ${ctx.state}); halt once it has ended` });
+  if (ctx.state === 'halting') return report({ type: 'refused', request: 'halt', code: 'in-progress', reason: 'the agent is already being halted' });
+  return report({ type: 'refused', request: 'halt', code: 'not-running', reason: `the upgrader is ${ctx.state}, with no active agent to halt` });
+}
+
+function refuseResume(ctx: Context): Effect {
+  if (ctx.state === 'halting') return report({ type: 'refused', request: 'resume', code: 'in-progress', reason: 'the agent is still being halted; resume once it is halted' });
+  return report({ type: 'refused', request: 'resume', code: 'not-halted', reason: `the upgrader is ${ctx.state}, not halted: there is nothing to resume` });
+}
+
+/** `upgrader resume`: the halt is lifted durably, then the version `current` names starts as the active agent. */
+function resume(ctx: Context, config: Config): Step {
+  const halt = ctx.halt!;
+  const lifted = durableStep([{ kind: 'persist' }], { ...ctx, halt: null });
+  const started = then(lifted, (c) => startNow(c, { role: 'active', version: halt.version, fromVersion: null }, config));
+  return then(started, (c) => step(c, [report({ type: 'resumed', version: halt.version })]));
+}
+
+/** `upgrader upgrade` from halted: the candidate starts with nobody to take over from, and gets `go` once ready. */
+function upgradeFromHalt(ctx: Context, event: Extract<Event, { type: 'upgrade-requested' }>, config: Config): Step {
+  if (event.origin !== 'operator') return ignore(ctx, 'no agent runs while halted');
+  if (event.problem) return step(ctx, [answer(event, null, event.problem)]);
+  const from = ctx.halt!.version;
+  const handoff: Handoff = { origin: 'operator', from, to: event.version, mode: 'sequential', startedAt: event.at, retiring: null, failure: null };
+  const effects: Effect[] = [report({ type: 'accepted', version: event.version })];
+  if (event.force) effects.unshift({ kind: 'lift-quarantine', version: event.version });
+  const accepted = durableStep([{ kind: 'persist' }], { ...ctx, handoff }, effects);
+  return then(accepted, (c) => startNow(c, { role: 'candidate', version: event.version, fromVersion: from }, config));
 }
 
 /**
@@ -516,6 +594,10 @@ function ioFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, co
   if (trigger.type === 'upgrade-requested') {
     return step(ctx, [answer(trigger, ctx.active, { code: 'io', reason: `the upgrade could not be recorded durably (${event.error}); nothing was changed` })]);
   }
+  if (trigger.type === 'halt-requested' || trigger.type === 'resume-requested') {
+    const request = trigger.type === 'halt-requested' ? 'halt' : 'resume';
+    return step(ctx, [report({ type: 'refused', request, code: 'io', reason: `the ${request} could not be recorded durably (${event.error}); nothing was changed` })]);
+  }
   if (trigger.type === 'ready' && ctx.handoff && ctx.candidate?.id === trigger.id) {
     // The move of `current` is undone where it got that far (layout.ts); pointing it at `from` again makes
     // sure, so that `current`, the state and the reported failure agree.
@@ -524,7 +606,7 @@ function ioFailed(ctx: Context, event: Extract<Event, { type: 'io-failed' }>, co
     if (failed.effects.some((e) => e.kind === 'commit-current')) return failed;
     return { ...failed, effects: [{ kind: 'commit-current', version: from }, ...failed.effects] };
   }
-  return ignore(ctx, 'only an accepted upgrade and a candidate\'s ready write durably first');
+  return ignore(ctx, 'only an accepted upgrade, a halt, a resume and a candidate\'s ready write durably first');
 }
 
 /** The result an operator waits for is durable now: only now is it told. */
@@ -552,16 +634,22 @@ function recordFailed(ctx: Context, event: Extract<Event, { type: 'record-failed
 // ---------------------------------------------------------------- the table
 
 const stopOnSignal: Cell<'shutdown'> = (ctx, event, config) => shutDown(ctx, event.signal, config);
+const refusesHalt: Cell<'halt-requested'> = (ctx) => step(ctx, [refuseHalt(ctx)]);
+const refusesResume: Cell<'resume-requested'> = (ctx) => step(ctx, [refuseResume(ctx)]);
 /** A state with no timer of its own: retiring agents' deadlines and the record retry, nothing else. */
 const onlyCommonTimers: Cell<'timeout'> = (ctx, event, config) => commonTimeout(ctx, event.timer, config) ?? ignore(ctx, 'a timer of a state already left');
 
 const idle: Row = {
   start: (ctx, event, config) => {
+    // Halted before the restart: halted still, and nothing is started.
+    if (event.halt) return step({ ...ctx, state: 'halted', previous: event.previous, halt: { ...event.halt, version: event.version } }, [persist()]);
     const started = startNow({ ...ctx, previous: event.previous, probation: event.probation }, { role: 'active', version: event.version, fromVersion: null }, config);
     if (!event.probation) return started;
     return { ...started, effects: [...started.effects, { kind: 'start-timer', timer: 'probation', ms: config.probationMs }] };
   },
   'upgrade-requested': (ctx, event) => (event.origin === 'operator' ? step(ctx, [answer(event, null, refusal(ctx, event)!)]) : ignore(ctx, 'no agent exists yet')),
+  'halt-requested': refusesHalt,
+  'resume-requested': refusesResume,
   ready: ignoring('no agent exists yet'),
   stopped: ignoring('no agent exists yet'),
   status: ignoring('no agent exists yet'),
@@ -577,6 +665,8 @@ const idle: Row = {
 const running: Row = {
   start: startAgain,
   'upgrade-requested': upgradeRequested,
+  'halt-requested': haltRequested,
+  'resume-requested': refusesResume,
   ready: activeReady,
   stopped: stoppedOutOfTurn,
   status: recordStatus,
@@ -605,6 +695,8 @@ const running: Row = {
 const verifying: Row = {
   start: startAgain,
   'upgrade-requested': upgradeRequested,
+  'halt-requested': refusesHalt,
+  'resume-requested': refusesResume,
   ready: (ctx, event, config) => (ctx.candidate?.id === event.id && !ctx.candidate.ready ? candidateReady(ctx, config) : activeReady(ctx, event)),
   stopped: stoppedOutOfTurn,
   status: recordStatus,
@@ -633,6 +725,8 @@ const verifying: Row = {
 const draining: Row = {
   start: startAgain,
   'upgrade-requested': upgradeRequested,
+  'halt-requested': refusesHalt,
+  'resume-requested': refusesResume,
   ready: ignoring('no agent here is waiting to report ready: the candidate has, the retiring agent is leaving'),
   stopped: (ctx, event, config) => {
     const handoff = ctx.handoff!;
@@ -661,6 +755,8 @@ const draining: Row = {
 const waiting: Row = {
   start: startAgain,
   'upgrade-requested': upgradeRequested,
+  'halt-requested': refusesHalt,
+  'resume-requested': refusesResume,
   ready: activeReady,
   stopped: stoppedOutOfTurn,
   status: recordStatus,
@@ -682,9 +778,49 @@ const waiting: Row = {
   'record-failed': recordFailed,
 };
 
+const halting: Row = {
+  start: startAgain,
+  'upgrade-requested': (ctx, event) => (event.origin === 'operator' ? step(ctx, [answer(event, null, { code: 'in-progress', reason: 'the agent is being halted; upgrade once it is halted' })]) : ignore(ctx, 'the retiring agent may not ask for an upgrade')),
+  'halt-requested': refusesHalt,
+  'resume-requested': refusesResume,
+  ready: ignoring('the agent is being halted; nothing waits for ready'),
+  stopped: ignoring('a halted agent is awaited by its exit'),
+  status: recordStatus,
+  'protocol-error': ignoring('a retiring agent is not judged by its lines (they are logged)'),
+  exited: (ctx, event) => {
+    if (!isRetiring(ctx, event.id)) return ignore(ctx, 'not an agent of this upgrader');
+    return ctx.retiring.length > 1 ? retiredExit(ctx, event.id) : then(forget(ctx, event.id), halted);
+  },
+  timeout: onlyCommonTimers,
+  // The halt is on record: stopping keeps it, and the next start comes back halted.
+  shutdown: stopOnSignal,
+  'io-failed': ioFailed,
+  recorded,
+  'record-failed': recordFailed,
+};
+
+const haltedRow: Row = {
+  start: startAgain,
+  'upgrade-requested': upgradeFromHalt,
+  'halt-requested': (ctx) => step(ctx, [report({ type: 'halted', version: ctx.halt!.version, since: ctx.halt!.since })]),
+  'resume-requested': (ctx, _event, config) => resume(ctx, config),
+  ready: ignoring('no agent runs while halted'),
+  stopped: ignoring('no agent runs while halted'),
+  status: ignoring('no agent runs while halted'),
+  'protocol-error': ignoring('no agent runs while halted'),
+  exited: ignoring('no agent runs while halted'),
+  timeout: onlyCommonTimers,
+  shutdown: (ctx) => step({ ...ctx, state: 'exited', exitCode: 0 }, [persist(), { kind: 'exit', code: 0 }]),
+  'io-failed': ioFailed,
+  recorded,
+  'record-failed': recordFailed,
+};
+
 const stopping: Row = {
   start: startAgain,
   'upgrade-requested': (ctx, event) => (event.origin === 'operator' ? step(ctx, [answer(event, null, refusal(ctx, event)!)]) : ignore(ctx, 'only the active agent may ask for an upgrade, and none is left')),
+  'halt-requested': refusesHalt,
+  'resume-requested': refusesResume,
   ready: ignoring('the upgrader is stopping'),
   stopped: ignoring('the upgrader is stopping; each agent is awaited by its exit'),
   status: recordStatus,
@@ -695,7 +831,7 @@ const stopping: Row = {
   },
   timeout: onlyCommonTimers,
   shutdown: ignoring('already stopping: the running deadlines bound the stop'),
-  'io-failed': ignoring('only an accepted upgrade and a candidate\'s ready write durably first'),
+  'io-failed': ignoring('only an accepted upgrade, a halt, a resume and a candidate\'s ready write durably first'),
   recorded,
   'record-failed': recordFailed,
 };
@@ -703,6 +839,8 @@ const stopping: Row = {
 const exitedRow: Row = {
   start: ignoring('the upgrader has exited'),
   'upgrade-requested': ignoring('the upgrader has exited'),
+  'halt-requested': ignoring('the upgrader has exited'),
+  'resume-requested': ignoring('the upgrader has exited'),
   ready: ignoring('the upgrader has exited'),
   stopped: ignoring('the upgrader has exited'),
   status: ignoring('the upgrader has exited'),
@@ -715,7 +853,7 @@ const exitedRow: Row = {
   'record-failed': ignoring('the upgrader has exited'),
 };
 
-export const TABLE: Record<StateName, Row> = { idle, running, verifying, draining, waiting, stopping, exited: exitedRow };
+export const TABLE: Record<StateName, Row> = { idle, running, verifying, draining, waiting, halting, halted: haltedRow, stopping, exited: exitedRow };
 
 /** The whole state machine: the cell of the table for this state and event. */
 export function transition(ctx: Context, event: Event, config: Config): Step {
@@ -734,6 +872,10 @@ export function publicState(ctx: Context): PublicState {
     case 'draining':
     case 'waiting':
       return 'upgrading';
+    case 'halting':
+      return 'halting';
+    case 'halted':
+      return 'halted';
     case 'stopping':
       return 'stopping';
     case 'exited':

@@ -9,12 +9,16 @@ import type { Report } from './handoff.js';
 import type { Logger } from './log.js';
 import type { UpgradeRequest } from './upgrade-request.js';
 
-type Waiting = { replier: Replier; version: string; until: WaitUntil; phase: 'handoff' | 'probation' };
+type Waiting =
+  | { kind: 'handoff'; replier: Replier; version: string; until: WaitUntil; phase: 'handoff' | 'probation' }
+  | { kind: 'halt' | 'resume'; replier: Replier };
 
 export type SessionHost = {
   /** The version a rollback returns to, or null. */
   previousVersion(): string | null;
   requestUpgrade(request: UpgradeRequest): void;
+  requestHalt(by: string): void;
+  requestResume(): void;
 };
 
 export class OperatorSession {
@@ -47,7 +51,9 @@ export class OperatorSession {
 
   report(report: Report): void {
     const waiting = this.waiting;
-    if (!waiting || report.version !== waiting.version) return;
+    if (!waiting) return;
+    if (waiting.kind !== 'handoff') return this.haltReport(waiting.kind, report);
+    if (!('version' in report) || report.version !== waiting.version) return;
     const isProbationReport = report.type === 'probation-passed' || report.type === 'probation-failed';
     if (isProbationReport !== (waiting.phase === 'probation')) return;
     switch (report.type) {
@@ -69,25 +75,41 @@ export class OperatorSession {
     }
   }
 
+  /** The one report a halt or a resume waits for: done, or refused. */
+  private haltReport(kind: 'halt' | 'resume', report: Report): void {
+    if (kind === 'halt' && report.type === 'halted') return this.finish({ type: 'halted', version: report.version, since: report.since });
+    if (kind === 'resume' && report.type === 'resumed') return this.finish({ type: 'resumed', version: report.version });
+    if (report.type === 'refused' && report.request === kind) return this.finish({ type: 'failed', version: null, reason: report.reason, code: report.code });
+  }
+
   private onRequest(request: ControlRequest, replier: Replier): void {
     const refuse = (reason: string, code: 'busy' | 'no-previous'): void => {
       replier.send({ type: 'failed', version: null, reason, code });
       replier.end();
     };
-    if (this.waiting) {
-      const { version, phase } = this.waiting;
-      return refuse(`another operator is waiting for ${phase === 'probation' ? `the probation of ${version}` : `the handoff to ${version}`} to end`, 'busy');
-    }
+    if (this.waiting) return refuse(`another operator is waiting for ${describeWait(this.waiting)} to end`, 'busy');
+    if (request.type === 'halt' || request.type === 'resume') return this.haltOrResume(request, replier);
     const version = request.type === 'rollback' ? this.host.previousVersion() : request.version;
     if (!version) return refuse('no previous version is recorded: there is nothing to roll back to', 'no-previous');
     const until: WaitUntil = request.until ?? (request.wait ? 'succeeded' : 'accepted');
-    const waiting: Waiting = { replier, version, until, phase: 'handoff' };
+    const waiting: Waiting = { kind: 'handoff', replier, version, until, phase: 'handoff' };
     this.waiting = waiting;
     replier.onClose(() => {
       if (this.waiting === waiting) this.waiting = null;
     });
     this.log.info({ request, version }, `operator asks for ${request.type === 'rollback' ? `a rollback to ${version}` : `an upgrade to ${version}`}`);
     this.host.requestUpgrade({ origin: 'operator', id: 0, version, mode: 'live', force: request.force });
+  }
+
+  private haltOrResume(request: Extract<ControlRequest, { type: 'halt' | 'resume' }>, replier: Replier): void {
+    const waiting: Waiting = { kind: request.type, replier };
+    this.waiting = waiting;
+    replier.onClose(() => {
+      if (this.waiting === waiting) this.waiting = null;
+    });
+    this.log.info({ request }, request.type === 'halt' ? `operator ${request.by} asks for a halt` : 'operator asks to resume');
+    if (request.type === 'halt') this.host.requestHalt(request.by);
+    else this.host.requestResume();
   }
 
   private finish(reply: Parameters<Replier['send']>[0]): void {
@@ -99,4 +121,9 @@ export class OperatorSession {
     this.waiting?.replier.end();
     this.waiting = null;
   }
+}
+
+function describeWait(waiting: Waiting): string {
+  if (waiting.kind !== 'handoff') return `a ${waiting.kind}`;
+  return waiting.phase === 'probation' ? `the probation of ${waiting.version}` : `the handoff to ${waiting.version}`;
 }

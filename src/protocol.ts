@@ -47,6 +47,7 @@ export const REFUSAL_CODES = [
   'io',
   'not-recorded',
   'invalid-request',
+  'not-halted',
 ] as const;
 export type RefusalCode = (typeof REFUSAL_CODES)[number];
 

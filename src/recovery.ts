@@ -60,7 +60,9 @@ export async function startSupervisor(options: StartOptions): Promise<Supervisor
 
   const records = new Records(layout, stateFile, options.ownership, log, { history, current: version, repair: chosen.repair ?? saved?.repair ?? null });
   const supervisor = new Supervisor({ layout, records, config: options.config, log, systemd: new SystemdStatus(options.notifier), readyOnSpawn: options.readyOnSpawn, env: options.env });
-  supervisor.dispatch({ type: 'start', version, previous: saved?.previous ?? null, probation });
+  const halt = saved?.halt ?? null;
+  if (halt) log.warn({ halt }, `the root is halted since ${halt.since} (asked by ${halt.by}): no agent is started until upgrader resume or upgrade`);
+  supervisor.dispatch({ type: 'start', version, previous: saved?.previous ?? null, probation: halt ? null : probation, halt });
   await supervisor.operator.open();
   return supervisor;
 }

@@ -55,12 +55,16 @@ const OpenHandoff = z.object({
   startedAt: Iso,
 });
 
+/** `upgrader halt`: no agent runs until `resume` or an upgrade; `reason` says why it still holds after a failed upgrade from it. */
+const Halt = z.object({ version: Version, since: Iso, by: z.string().max(256), reason: z.string().max(4096).nullable() });
+export type Halt = z.infer<typeof Halt>;
+
 /** What start-up did when `current` named a version that could not run. */
 const Repair = z.object({ at: Iso, problem: z.string().max(4096), version: Version });
 export type Repair = z.infer<typeof Repair>;
 
 /** The one-word state of a running upgrader, as the state file, `status` and STATUS= show it. */
-export const PublicState = z.enum(['starting', 'running', 'upgrading', 'stopping', 'stopped']);
+export const PublicState = z.enum(['starting', 'running', 'upgrading', 'halting', 'halted', 'stopping', 'stopped']);
 export type PublicState = z.infer<typeof PublicState>;
 
 export const PersistedState = z.object({
@@ -70,8 +74,10 @@ export const PersistedState = z.object({
   agents: z.array(RecordedAgent),
   handoff: OpenHandoff.nullable(),
   probation: z
-    .object({ version: Version, from: Version, mode: HandoffMode, startedAt: Iso, previous: Version.nullable() })
+    .object({ version: Version, from: Version, mode: HandoffMode, startedAt: Iso, previous: Version.nullable(), halt: Halt.nullable().default(null) })
     .nullable(),
+  /** An operator's halt (handoff.ts `Halt`): while set, a restarted upgrader starts no agent (absent in older files). */
+  halt: Halt.nullable().default(null),
   history: z.array(UpgradeRecord).max(HISTORY_LIMIT),
   /** The last time start-up had to run another version than `current` named (absent in older files). */
   repair: Repair.nullable().default(null),
@@ -94,6 +100,7 @@ export function emptyState(): PersistedState {
     agents: [],
     handoff: null,
     probation: null,
+    halt: null,
     history: [],
     repair: null,
     updatedAt: new Date(0).toISOString(),

@@ -12,7 +12,7 @@ import { Layout } from './layout.js';
 import { readFollower } from './follower-record.js';
 import { readOwnerRecord } from './ownership.js';
 import { isSameProcessAlive } from './proc.js';
-import { StateFile, type PublicState, type RecordedAgent, type Repair, type UpgradeRecord } from './state.js';
+import { StateFile, type Halt, type PublicState, type RecordedAgent, type Repair, type UpgradeRecord } from './state.js';
 import { Quarantine, type QuarantineEntry } from './quarantine.js';
 
 export type AgentView = { pid: number; version: string; role: string; ready: boolean; since: string; uptimeMs: number };
@@ -37,6 +37,8 @@ export type StatusReport = {
   candidate: AgentView | null;
   handoff: { from: string; to: string; mode: string; phase: string; startedAt: string } | null;
   probation: { version: string; from: string } | null;
+  /** An operator's halt on record (`upgrader halt`): no agent runs, and a restarted upgrader starts none. */
+  halt: Halt | null;
   agentStatus: AgentStatus | null;
   quarantined: QuarantineEntry[];
   lastUpgrade: UpgradeRecord | null;
@@ -83,6 +85,7 @@ export function readStatus(layout: Layout, now = Date.now()): StatusReport {
     candidate: view(saved?.agents.find((a) => a.role === 'candidate')),
     handoff: owner ? (saved?.handoff ?? null) : null,
     probation: owner && saved?.probation ? { version: saved.probation.version, from: saved.probation.from } : null,
+    halt: saved?.halt ?? null,
     agentStatus: new AgentStatusFile(layout.stateDir).read(),
     quarantined: new Quarantine(layout.stateDir).list(),
     lastUpgrade: history[0] ?? null,
@@ -136,6 +139,7 @@ function unopenedReport(root: string, state: 'broken' | 'unreadable', problem: s
     candidate: null,
     handoff: null,
     probation: null,
+    halt: null,
     agentStatus: null,
     quarantined: [],
     lastUpgrade: null,
@@ -166,6 +170,11 @@ function describeAgent(a: AgentView): string {
   return `PID ${a.pid}, ${a.version}, ${a.role}, ${a.ready ? 'ready' : 'not ready'}, up ${formatDuration(a.uptimeMs)}`;
 }
 
+function describeHalt(h: Halt, now: number): string {
+  const still = h.reason ? `; still halted after: ${h.reason}` : '';
+  return `since ${ago(h.since, now)}, asked by ${h.by} (current ${h.version})${still}; nothing runs until upgrader resume or upgrade`;
+}
+
 function describeState(r: StatusReport): string {
   if (r.running) return `${r.state} (upgrader PID ${r.upgraderPid})`;
   if (r.state === 'unreadable') return `unreadable: ${r.problem}`;
@@ -182,6 +191,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   ];
   if (r.candidate) rows.push(['candidate', describeAgent(r.candidate)]);
   if (r.handoff) rows.push(['handoff', `${r.handoff.from} -> ${r.handoff.to} (${r.handoff.mode}), ${r.handoff.phase} since ${ago(r.handoff.startedAt, now)}`]);
+  if (r.halt) rows.push(['halted', describeHalt(r.halt, now)]);
   if (r.probation) rows.push(['probation', `${r.probation.version} rolls back to ${r.probation.from} if it exits`]);
   if (r.agentStatus) rows.push(['message', `${JSON.stringify(r.agentStatus.message)} (${r.agentStatus.version}, ${ago(r.agentStatus.at, now)})`]);
   rows.push(['last upgrade', r.lastUpgrade ? describeUpgrade(r.lastUpgrade, now) : 'none']);

@@ -83,7 +83,16 @@ export class Supervisor {
     ({ layout: this.layout, records: this.records, config: this.config, log: this.log, systemd: this.systemd, readyOnSpawn: this.readyOnSpawn } = parts);
     this.env = parts.env ?? realEnv;
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
-    this.operator = new OperatorSession(this.layout.stateDir, { previousVersion: () => this.ctx.previous, requestUpgrade: (request) => this.requestUpgrade(request) }, this.log);
+    this.operator = new OperatorSession(
+      this.layout.stateDir,
+      {
+        previousVersion: () => this.ctx.previous,
+        requestUpgrade: (request) => this.requestUpgrade(request),
+        requestHalt: (by) => this.dispatch({ type: 'halt-requested', by, at: new Date().toISOString() }),
+        requestResume: () => this.dispatch({ type: 'resume-requested' }),
+      },
+      this.log,
+    );
   }
 
   /** The machine's context: for tests and the last-resort kill. */
@@ -370,7 +379,8 @@ export class Supervisor {
 
   private requestUpgrade(request: UpgradeRequest): void {
     const active = this.ctx.active;
-    const from = active && (request.origin === 'operator' || active.id === request.id) ? active.version : null;
+    // From halted, the jump is judged from the version that ran before the halt.
+    const from = active && (request.origin === 'operator' || active.id === request.id) ? active.version : request.origin === 'operator' ? (this.ctx.halt?.version ?? null) : null;
     this.dispatch(vetUpgradeRequest(this.layout, request, from));
   }
 
@@ -401,6 +411,7 @@ export class Supervisor {
       agents,
       handoff: handoff ? { from: handoff.from, to: handoff.to, mode: handoff.mode, phase: next.state, startedAt: handoff.startedAt } : null,
       probation: next.probation,
+      halt: next.halt,
     };
   }
 

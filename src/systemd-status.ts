@@ -1,5 +1,5 @@
 /**
- * What systemd hears of the upgrader: READY=1 once the first active agent is ready, STOPPING=1 when it
+ * What systemd hears of the upgrader: READY=1 once the first active agent is ready (or the root is halted), STOPPING=1 when it
  * stops, and a STATUS= line after every transition for `systemctl status` (what runs, and what the last
  * upgrade did).
  */
@@ -14,7 +14,8 @@ export class SystemdStatus {
 
   update(previous: Context, next: Context, lastUpgrade: UpgradeRecord | undefined, pidOf: (id: number) => number | undefined): void {
     if (!this.notifier.enabled) return;
-    if (next.active?.ready && !this.announcedReady) {
+    // A root that starts halted is up as asked: the unit must not fail its start waiting for an agent.
+    if ((next.active?.ready || next.state === 'halted') && !this.announcedReady) {
       this.announcedReady = true;
       this.notifier.ready();
     }
@@ -38,6 +39,12 @@ export function statusLine(ctx: Context, last: UpgradeRecord | undefined, pidOf:
     case 'running': {
       const active = ctx.active!;
       return `running ${active.version} (pid ${pidOf(active.id)}${active.ready ? '' : ', not ready yet'}${ctx.probation ? ', on probation' : ''})${lastText}`;
+    }
+    case 'halting':
+      return `halting ${ctx.halt?.version} (asked by ${ctx.halt?.by}): waiting for the agent to exit${lastText}`;
+    case 'halted': {
+      const halt = ctx.halt!;
+      return `halted since ${halt.since} (asked by ${halt.by}): no agent runs until upgrader resume or upgrade${halt.reason ? `; ${halt.reason}` : ''}${lastText}`;
     }
     default:
       return `${ctx.state}${lastText}`;

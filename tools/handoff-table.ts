@@ -33,7 +33,8 @@ function reach(events: Event[]): Context {
   return events.reduce((ctx, event) => transition(ctx, event, config).next, initialContext());
 }
 
-const start: Event = { type: 'start', version: '1', previous: null, probation: null };
+const start: Event = { type: 'start', version: '1', previous: null, probation: null, halt: null };
+const halt: Event = { type: 'halt-requested', by: 'ops', at };
 const started: Event[] = [start, { type: 'ready', id: 1 }];
 
 /** For each state, the contexts it is shown in: each reached from start by real events. */
@@ -55,6 +56,14 @@ export const CONTEXTS: Record<StateName, Record<string, Event[]>> = {
   waiting: {
     'candidate waits': [...started, upgrade(1, '2'), { type: 'ready', id: 2 }, { type: 'stopped', id: 1 }, upgrade(2, '3')],
     'restart waits': [...started, upgrade(1, '2'), { type: 'ready', id: 2 }, { type: 'stopped', id: 1 }, exit(2)],
+  },
+  halting: {
+    'asked by an operator': [...started, halt],
+    'upgrade from halted failed': [...started, halt, exit(1), upgrade(0, '2', 'live', 'operator'), { type: 'timeout', timer: 'ready' }],
+  },
+  halted: {
+    'nothing runs': [...started, halt, exit(1)],
+    'started halted': [{ ...start, halt: { version: '1', since: at, by: 'ops', reason: null } as const }],
   },
   stopping: { 'agents retiring': [...started, { type: 'shutdown', signal: 'SIGTERM' }] },
   exited: { done: [...started, { type: 'shutdown', signal: 'SIGTERM' }, exit(1)] },
@@ -80,6 +89,8 @@ export const ROWS: { label: string; event: (ctx: Context) => Event | null }[] = 
   })),
   { label: 'upgrade from active, refused by vetting', event: (ctx) => withId(ctx, 'active', (id) => ({ ...(upgrade(id, '9') as Extract<Event, { type: 'upgrade-requested' }>), problem: { code: 'missing', reason: 'not installed' } })) },
   { label: 'upgrade from operator', event: () => upgrade(0, '9', 'live', 'operator') },
+  { label: 'halt from operator', event: () => halt },
+  { label: 'resume from operator', event: () => ({ type: 'resume-requested' }) },
   ...(['active', 'candidate', 'retiring'] as const).map((sender) => ({ label: `ready from ${sender}`, event: (ctx: Context) => withId(ctx, sender, (id) => ({ type: 'ready', id })) })),
   ...(['active', 'candidate', 'retiring'] as const).map((sender) => ({ label: `stopped from ${sender}`, event: (ctx: Context) => withId(ctx, sender, (id) => ({ type: 'stopped', id })) })),
   { label: 'status from active', event: (ctx) => withId(ctx, 'active', (id) => ({ type: 'status', id, message: 'ok' })) },
@@ -91,6 +102,7 @@ export const ROWS: { label: string; event: (ctx: Context) => Event | null }[] = 
   { label: 'retiring agent\'s timer', event: (ctx) => withId(ctx, 'retiring', (id) => ({ type: 'timeout', timer: `retire:${id}` })) },
   { label: 'SIGTERM, SIGINT or SIGHUP', event: () => ({ type: 'shutdown', signal: 'SIGTERM' }) },
   { label: 'intent write failed', event: (ctx) => ({ type: 'io-failed', trigger: upgrade(ctx.active?.id ?? 1, '9'), error: 'ENOSPC' }) },
+  { label: 'halt write failed', event: () => ({ type: 'io-failed', trigger: halt, error: 'ENOSPC' }) },
   { label: 'move of current failed', event: (ctx) => withId(ctx, 'candidate', (id) => ({ type: 'io-failed', trigger: { type: 'ready', id }, error: 'EIO' })) },
   { label: 'success recorded', event: () => ({ type: 'recorded', outcome: success }) },
   { label: 'success not recorded', event: () => ({ type: 'record-failed', outcome: success, error: 'ENOSPC' }) },

@@ -55,3 +55,19 @@ export async function checkInvariant(root: string, upgraderPid: number, expectat
   expect(saved.agents.filter((a: { role: string }) => a.role === 'active').map((a: { pid: number }) => a.pid)).toEqual([agent.pid]);
   return version;
 }
+
+/** The invariant of a halted root: no agent at all, the halt on record and shown by status, `current` on the version halted. */
+export async function checkHalted(root: string, upgraderPid: number, version: string): Promise<void> {
+  const deadline = Date.now() + INVARIANT_BOUND_MS;
+  // Until the restarted upgrader owns the root and has written its own state, the file is the killed one's.
+  const halted = async () => savedState(root)?.state === 'halted' && rootProcesses(root).length === 0 && (await statusJson(root)).report.upgraderPid === upgraderPid;
+  while (!(await halted())) {
+    if (Date.now() > deadline) throw new Error(`within ${INVARIANT_BOUND_MS} ms, expected a halted root with no agent under upgrader ${upgraderPid}; found ${JSON.stringify(rootProcesses(root))}, state ${savedState(root)?.state}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  expect(readlinkSync(join(root, 'current'))).toBe(`versions/${version}`);
+  const { code, report } = await statusJson(root);
+  expect(code).toBe(4);
+  expect(report).toMatchObject({ running: true, upgraderPid, state: 'halted', agent: null, candidate: null, halt: { version } });
+  expect(savedState(root).handoff).toBeNull();
+}

@@ -7,10 +7,10 @@
  */
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { askUpgrade, cleanUpAfterEach, cleanupRoots, logged, makeRoot, missing, savedState, scratchDir, startUpgrader, titled, Upgrader, waitForSavedState } from '../helpers.js';
+import { askUpgrade, cleanUpAfterEach, cleanupRoots, logged, makeRoot, missing, runCli, savedState, scratchDir, startUpgrader, titled, Upgrader, waitForSavedState } from '../helpers.js';
 import { runArgs } from '../timing.js';
 import { countCalls, killTracee, startTraced, STATE_SYSCALLS } from './strace.js';
-import { checkInvariant } from './invariant.js';
+import { checkHalted, checkInvariant } from './invariant.js';
 
 // Under strace the upgrader is slower: its candidate gets more time to say ready.
 const FAST = runArgs({ ready: '5s' });
@@ -38,6 +38,78 @@ async function handoff(up: Upgrader, root: string, mode: 'live' | 'sequential'):
   await Promise.race([died, done]);
 }
 
+/**
+ * Runs start-up, `upgrader halt`, then `upgrader upgrade --to 2.0.0` from halted; resolves once done or the
+ * upgrader died. It returns only once no command of it is still under way: one still running would reach
+ * the upgrader the sweep starts next.
+ */
+async function haltThenUpgrade(up: Upgrader, root: string): Promise<void> {
+  let dead = false;
+  const died = up.exit.then(() => {
+    dead = true;
+    return 'died' as const;
+  });
+  const ready = up.waitForTransition('ready', 'running', 10_000).then(
+    () => 'ready' as const,
+    () => 'died' as const,
+  );
+  if ((await Promise.race([died, ready])) === 'died') return;
+  if (dead || (await runCli(['halt', '--root', root])).code !== 0) return;
+  if (dead || (await runCli(['upgrade', '--root', root, '--to', '2.0.0'])).code !== 0) return;
+  const quiet = (s: any) => s.halt === null && s.history[0]?.result === 'succeeded' && s.agents.length === 1;
+  await Promise.race([died, waitForSavedState(root, quiet, '2.0.0 running after the halt', 10_000).catch(() => undefined)]);
+}
+
+/** Sweeps every state-changing call of `scenario` with a kill -9, restarting after each and checking the root with `check`. */
+async function sweep(label: string, scenario: (up: Upgrader, root: string) => Promise<void>, check: (root: string, upgraderPid: number, before: any) => Promise<string>): Promise<void> {
+  const dir = scratchDir('sweep-');
+  const baselineRoot = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+  const baseline = startTraced(baselineRoot, join(dir, 'baseline.trace'), STATE_SYSCALLS, FAST);
+  await scenario(baseline, baselineRoot);
+  expect(savedState(baselineRoot).history[0]).toMatchObject({ to: '2.0.0', result: 'succeeded' });
+  killTracee(baseline);
+  await baseline.exit;
+  const total = countCalls(join(dir, 'baseline.trace'));
+  const points = STATE_SYSCALLS.split(',').flatMap((name) => Array.from({ length: countCalls(join(dir, 'baseline.trace'), name) }, (_, i) => ({ name, n: i + 1 })));
+  expect(points).toHaveLength(total);
+  const outcomes = new Map<string, number>();
+  let died = 0;
+  for (const { name, n } of points) {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    const victim = startTraced(root, join(dir, `kill-${name}-${n}.trace`), name, FAST, `signal=SIGKILL:when=${n}`);
+    await scenario(victim, root);
+    if (victim.child.exitCode !== null || victim.child.signalCode !== null) died += 1;
+    killTracee(victim);
+    await victim.exit;
+    const before = savedState(root);
+    const up = startUpgrader(root, FAST);
+    try {
+      const ended = await check(root, up.pid, before);
+      outcomes.set(ended, (outcomes.get(ended) ?? 0) + 1);
+    } catch (error) {
+      const seen = before && { state: before.state, current: before.current, halt: before.halt, handoff: before.handoff, last: before.history?.[0] };
+      throw new Error(`after a kill at ${name} #${n} (state file before the restart: ${JSON.stringify(seen)}): ${(error as Error).message}`);
+    }
+    up.kill('SIGTERM');
+    await up.waitForExit();
+    cleanupRoots();
+  }
+  process.stdout.write(`kill sweep (${label}): ${total} kill points, ${died} killed mid-way, ended: ${JSON.stringify(Object.fromEntries(outcomes))}\n`);
+  expect(died).toBeGreaterThan(total * 0.9);
+}
+
+describe.skipIf(noStrace)(titled('kill -9 at every state-changing system call of a halt and an upgrade from halted', noStrace), () => {
+  it('comes back running 1.0.0 before the halt is on record, halted (nothing runs) after it, and on 2.0.0 once that succeeded', async () => {
+    await sweep('halt', haltThenUpgrade, async (root, pid, before) => {
+      if (before?.history?.[0]?.result === 'succeeded') return checkInvariant(root, pid, { allowed: ['2.0.0'], mustRun: '2.0.0' });
+      if (before?.halt) {
+        await checkHalted(root, pid, '1.0.0');
+        return 'halted';
+      }
+      return checkInvariant(root, pid, { allowed: ['1.0.0'] });
+    });
+  }, 600_000);
+});
 
 describe.skipIf(noStrace)(titled('kill -9 at every state-changing system call', noStrace), () => {
   for (const mode of ['live', 'sequential'] as const) {

@@ -18,7 +18,7 @@ function play(events: Event[], ctx = initialContext()): { ctx: Context; durable:
 }
 
 const at = '2026-01-01T00:00:00.000Z';
-const start: Event = { type: 'start', version: '1', previous: null, probation: null };
+const start: Event = { type: 'start', version: '1', previous: null, probation: null, halt: null };
 const upgrade = (id: number, version: string, mode: 'live' | 'sequential' = 'live'): Event => ({ type: 'upgrade-requested', origin: 'agent', id, version, mode, problem: null, force: false, at });
 const sends = (effects: Effect[]) => effects.flatMap((e) => (e.kind === 'send' ? [`${e.message.type}->${e.id}`] : []));
 
@@ -246,6 +246,8 @@ describe('handoff invariants under random events', () => {
     for (const write of durable) if (write.kind === 'commit-current') expect(world.ctx.candidate && world.ready.has(world.ctx.candidate.id) && world.ctx.candidate.version === write.version).toBeTruthy();
     for (const effect of effects) {
       if (effect.kind === 'spawn') {
+        // A halt is lifted only by an operator: from it, an active agent starts on resume and nothing else.
+        if (world.ctx.halt && effect.role === 'active') expect(event.type).toBe('resume-requested');
         // Nothing starts beside an agent on its way out: the only other process may be the working active one.
         expect([...world.live].filter((id) => id !== world.ctx.active?.id)).toEqual([]);
         world.live.add(effect.id);
@@ -270,6 +272,8 @@ describe('handoff invariants under random events', () => {
     for (const id of world.working) if (world.ctx.active?.id === id) world.proven.add(world.ctx.active.version);
     if (next.state === 'running') expect(next.active).not.toBeNull();
     if (next.state === 'verifying') expect(next.candidate).not.toBeNull();
+    if (next.state === 'halted') expect([...world.live]).toEqual([]);
+    if (next.state === 'halting' || next.state === 'halted') expect(next.halt).not.toBeNull();
   }
 
   const eventFor = (world: World, pick: number, kind: number, version: number, mode: boolean, problem: boolean): Event | null => {
@@ -294,7 +298,10 @@ describe('handoff invariants under random events', () => {
       case 5:
         return { type: 'protocol-error', id, detail: 'x' };
       case 6:
-        return pick % 10 === 0 ? { type: 'shutdown', signal: 'SIGTERM' } : { type: 'ready', id };
+        if (pick % 10 === 0) return { type: 'shutdown', signal: 'SIGTERM' };
+        if (pick % 10 === 1) return { type: 'halt-requested', by: 'ops', at };
+        if (pick % 10 === 2) return { type: 'resume-requested' };
+        return { type: 'ready', id };
       default:
         if (pick % 5 === 0) return { type: 'record-failed', outcome: null, error: 'ENOSPC' };
         return { type: 'io-failed', trigger: pick % 2 ? { type: 'ready', id } : upgrade(id, '2'), error: 'EIO' };
@@ -328,5 +335,66 @@ describe('handoff invariants under random events', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+});
+
+describe('halt and resume', () => {
+  const halt: Event = { type: 'halt-requested', by: 'ops', at };
+  const operatorUpgrade = (version: string): Event => ({ type: 'upgrade-requested', origin: 'operator', id: 0, version, mode: 'live', problem: null, force: false, at });
+  const reports = (effects: Effect[]) => effects.flatMap((e) => (e.kind === 'report' ? [e.report.type] : []));
+  const spawns = (effects: Effect[]) => effects.filter((e) => e.kind === 'spawn');
+  const halted = () => play([start, { type: 'ready', id: 1 }, halt, { type: 'exited', id: 1, code: 0, signal: null }]).ctx;
+
+  it('writes the halt before stop is sent, and is halted only once the agent has exited', () => {
+    let r = play([start, { type: 'ready', id: 1 }, halt]);
+    expect(r.durable).toEqual([{ kind: 'persist' }]);
+    expect(r.ctx).toMatchObject({ state: 'halting', active: null, halt: { version: '1', by: 'ops', reason: null } });
+    // The agent is on record as retiring in that write: a crash right after it leaves its PID behind.
+    expect(r.ctx.retiring).toEqual([{ id: 1, version: '1', phase: 'stopping' }]);
+    expect(sends(r.effects)).toEqual(['stop->1']);
+    expect(reports(r.effects)).toEqual([]);
+    r = play([{ type: 'exited', id: 1, code: 0, signal: null }], r.ctx);
+    expect(r.ctx.state).toBe('halted');
+    expect(reports(r.effects)).toEqual(['halted']);
+  });
+
+  it('comes back halted after a restart, starting nothing, and resumes current on request', () => {
+    let r = play([{ ...start, halt: { version: '1', since: at, by: 'ops', reason: null } } as Event]);
+    expect(r.ctx.state).toBe('halted');
+    expect(spawns(r.effects)).toEqual([]);
+    r = play([{ type: 'resume-requested' }], r.ctx);
+    expect(r.durable).toEqual([{ kind: 'persist' }]);
+    expect(r.ctx).toMatchObject({ state: 'running', halt: null, active: { version: '1' } });
+    expect(reports(r.effects)).toEqual(['resumed']);
+  });
+
+  it('upgrades from halted straight to go, and a failure leaves it halted with the reason, never restarting the old version', () => {
+    let r = play([operatorUpgrade('2')], halted());
+    expect(r.ctx.state).toBe('verifying');
+    r = play([{ type: 'ready', id: 2 }], r.ctx);
+    expect(r.ctx).toMatchObject({ state: 'running', halt: null, active: { id: 2, version: '2' } });
+    expect(sends(r.effects)).toEqual(['go->2']);
+
+    r = play([operatorUpgrade('2'), { type: 'exited', id: 2, code: 3, signal: null }], halted());
+    expect(r.ctx.state).toBe('halted');
+    expect(r.ctx.halt?.reason).toMatch(/the candidate 2 exited with code 3/);
+    expect(spawns(r.effects).map((e) => (e as { role: string }).role)).toEqual(['candidate']);
+    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1' });
+  });
+
+  it('a version that fails its probation after an upgrade from halted goes back to halted', () => {
+    const r = play([operatorUpgrade('2'), { type: 'ready', id: 2 }, { type: 'exited', id: 2, code: 1, signal: null }], halted());
+    expect(r.ctx.state).toBe('halted');
+    expect(r.ctx.halt).toMatchObject({ version: '1', by: 'ops' });
+    expect(spawns(r.effects)).toHaveLength(1);
+    expect(r.effects).toContainEqual({ kind: 'commit-current', version: '1' });
+  });
+
+  it('refuses a halt during a handoff, a resume when not halted, and answers a second halt with halted', () => {
+    const verifying = play([start, { type: 'ready', id: 1 }, upgrade(1, '2')]).ctx;
+    expect(play([halt], verifying).effects).toContainEqual({ kind: 'report', report: expect.objectContaining({ type: 'refused', request: 'halt', code: 'in-progress' }) });
+    const running = play([start, { type: 'ready', id: 1 }]).ctx;
+    expect(play([{ type: 'resume-requested' }], running).effects).toContainEqual({ kind: 'report', report: expect.objectContaining({ type: 'refused', request: 'resume', code: 'not-halted' }) });
+    expect(reports(play([halt], halted()).effects)).toEqual(['halted']);
   });
 });

@@ -101,7 +101,7 @@ function harness(faults: Faults = {}) {
   };
   const systemd = { update: () => undefined, stopWatchdog: () => undefined } as unknown as SystemdStatus;
   const supervisor = new Supervisor({ layout: Layout.open(root), records, config, log: createLogger('silent'), systemd, readyOnSpawn: false, env });
-  supervisor.dispatch({ type: 'start', version: '1', previous: null, probation: null });
+  supervisor.dispatch({ type: 'start', version: '1', previous: null, probation: null, halt: null });
   agents[0]!.say({ type: 'ready' });
   return { supervisor, agents, timers, writes, faults, collections };
 }
