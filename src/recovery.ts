@@ -60,7 +60,10 @@ export async function startSupervisor(options: StartOptions): Promise<Supervisor
 
   const records = new Records(layout, stateFile, options.ownership, log, { history, current: version, repair: chosen.repair ?? saved?.repair ?? null });
   const supervisor = new Supervisor({ layout, records, config: options.config, log, systemd: new SystemdStatus(options.notifier), readyOnSpawn: options.readyOnSpawn, env: options.env });
-  const halt = saved?.halt ?? null;
+  // A probation after an upgrade from halted keeps that halt: if `current` is back on the version before it
+  // (the probation failed and the upgrader died before writing so), the root is halted again, never running it.
+  const failedFromHalt = saved?.probation?.halt && saved.probation.version !== version ? { ...saved.probation.halt, reason: `the upgrader stopped while ${saved.probation.version} was going back from its probation` } : null;
+  const halt = saved?.halt ?? failedFromHalt;
   if (halt) log.warn({ halt }, `the root is halted since ${halt.since} (asked by ${halt.by}): no agent is started until upgrader resume or upgrade`);
   supervisor.dispatch({ type: 'start', version, previous: saved?.previous ?? null, probation: halt ? null : probation, halt });
   await supervisor.operator.open();

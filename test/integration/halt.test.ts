@@ -1,5 +1,6 @@
 /** `upgrader halt` and `resume` on real upgraders and agents: a halt that holds across kill -9, and the ways out of it. */
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { emptyState, encodeState } from '../../src/state.js';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cleanUpAfterEach, currentTarget, logged, makeRoot, rootProcesses, runCli, startReady, startUpgrader, statusJson, waitForSavedState, workSpans } from '../helpers.js';
@@ -72,6 +73,20 @@ describe('upgrader halt and resume', () => {
     expect(currentTarget(root)).toBe('versions/1.0.0');
     expect(up.logs.filter(logged.spawned('active'))).toHaveLength(1);
     expect(rootProcesses(root)).toEqual([]);
+  });
+
+  it('a probation that failed after an upgrade from halted, cut short by a kill before it was recorded, comes back halted', async () => {
+    const root = makeRoot({ '1.0.0': {}, '2.0.0': {} }, '1.0.0');
+    // What the state file holds when the upgrader dies between moving current back to 1.0.0 and recording it.
+    const at = new Date().toISOString();
+    const state = { ...emptyState(), state: 'running' as const, current: '2.0.0', previous: '1.0.0', probation: { version: '2.0.0', from: '1.0.0', mode: 'sequential' as const, startedAt: at, previous: null, halt: { version: '1.0.0', since: at, by: 'ops', reason: null } } };
+    mkdirSync(join(root, 'state'), { recursive: true });
+    writeFileSync(join(root, 'state/state.json'), encodeState(state));
+    const up = startUpgrader(root, FAST);
+    await waitForSavedState(root, (s) => s.state === 'halted', 'halted');
+    expect(up.logs.some(logged.spawned('active'))).toBe(false);
+    expect(rootProcesses(root)).toEqual([]);
+    expect((await statusJson(root)).report.halt).toMatchObject({ version: '1.0.0', by: 'ops', reason: expect.stringMatching(/going back from its probation/) });
   });
 
   it('refuses a halt while nothing runs, and says why', async () => {
