@@ -50,7 +50,7 @@ class StandIn implements LocalUpgrader {
   }
 
   view(): LocalView {
-    return { upgrader: this.busy ? 'upgrading' : 'running', running: this.running, current: this.running, previous: this.previous, busy: this.busy, lastUpgrade: this.lastUpgrade };
+    return { upgrader: this.busy ? 'upgrading' : 'running', running: this.running, current: this.running, previous: this.previous, busy: this.busy, haltedBy: null, lastUpgrade: this.lastUpgrade };
   }
 
   installed(version: string): boolean {
@@ -60,6 +60,15 @@ class StandIn implements LocalUpgrader {
   async stage(release: Release, _onProgress: (p: Progress) => void, _signal: AbortSignal): Promise<void> {
     events.push({ host: this.host, what: 'stage', at: Date.now(), version: release.version });
     this.installedVersions.add(release.version);
+  }
+
+  /** The bench runs rolling rollouts only: a halt or a resume is never asked for. */
+  async halt(): Promise<UpgradeOutcome> {
+    return { ok: false, reason: 'the bench stand-in does not halt', code: null, transient: false };
+  }
+
+  async resume(): Promise<UpgradeOutcome> {
+    return { ok: false, reason: 'the bench stand-in does not resume', code: null, transient: false };
   }
 
   async upgrade(version: string, onPhase: (phase: UpgradePhase) => void): Promise<UpgradeOutcome> {

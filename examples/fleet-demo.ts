@@ -8,6 +8,8 @@
  *      halts, no other host is touched.
  *   3. The halted rollout moved no host, so it is aborted and the 1.1.0 rollout is rolled back: every host
  *      returns to 1.0.0.
+ *   4. 2.0.0, which cannot run beside 1.0.0, is published with --barrier and rolled out through the barrier:
+ *      every host stages it, halts, a migration runs once, and every host starts 2.0.0 from halted.
  * `upgrader fleet status` is printed after each step. Everything is stopped and the directory removed at
  * the end and on Ctrl-C. Exits non-zero if a step does not happen; exits 0 with one sentence when etcd is
  * not installed.
@@ -186,6 +188,7 @@ async function main(): Promise<number> {
       '1.0.0': null,
       '1.1.0': null,
       '1.2.0': { verify: 'fail', reason: 'state schema 7 is newer than this build understands' },
+      '2.0.0': null,
     };
     for (const [version, behaviour] of Object.entries(behaviours)) {
       const tree = join(base, 'builds', version);
@@ -236,9 +239,20 @@ async function main(): Promise<number> {
     await showStatus("The canary's upgrader kept 1.0.0 running; the rollout halted before any prod host started (status exits 4: needs attention):");
     const afterHalt = await view();
     if (afterHalt.rollout?.state !== 'halted' || !afterHalt.hosts.every((h) => h.running === '1.0.0')) throw new Error('the 1.2.0 rollout did not halt with every host on 1.0.0');
-    console.log('  An operator would now abort it (upgrader fleet abort) and publish a fixed release.');
+    if (await run(['abort', '--reason', 'the 1.2.0 build is bad']) !== 0) throw new Error('fleet abort failed');
 
-    console.log(bold(`\nDemo complete in ${Math.round((Date.now() - began) / 1000)} s: a canaried rollout, a rollback, a bad release halted at its canary. Stopping the hosts and etcd.`));
+    console.log(bold('\n4. 2.0.0 changes the state schema: 1.0.0 cannot run beside it. Publish it as needing a barrier and roll it out through one'));
+    const migrationLog = join(base, 'migration.log');
+    if (await run(['publish', '--version', '2.0.0', '--artifact', releases['2.0.0']!.archive, '--sha256', releases['2.0.0']!.sha256, '--barrier']) !== 0) throw new Error('publish 2.0.0 failed');
+    console.log('  Phases: stage (every host installs 2.0.0), halt (every agent stops), migrate (once, here), switch (waves):');
+    const migrate = `echo "$(date +%T) migrated the state schema of fleet $UPGRADER_FLEET from $UPGRADER_FROM_VERSION to $UPGRADER_TO_VERSION" >> ${migrationLog}; sleep 1`;
+    if (await run(['rollout', '--to', '2.0.0', '--barrier', '--migrate', migrate, '--batch', '2']) !== 0) throw new Error('the 2.0.0 barrier rollout did not succeed');
+    const migrated = existsSync(migrationLog) ? readFileSync(migrationLog, 'utf8').trim().split('\n') : [];
+    console.log(`  The migration ran ${migrated.length} time(s), after every host halted and before any started 2.0.0:\n${indent(migrated.join('\n'))}`);
+    await showStatus('Every host runs 2.0.0; the rollout shows its barrier phases and the migration:');
+    if (migrated.length !== 1 || !(await view()).hosts.every((h) => h.running === '2.0.0')) throw new Error('the barrier rollout did not end with one migration and every host on 2.0.0');
+
+    console.log(bold(`\nDemo complete in ${Math.round((Date.now() - began) / 1000)} s: a canaried rollout, a rollback, a bad release halted at its canary, a barrier rollout with a migration. Stopping the hosts and etcd.`));
     return 0;
   } catch (error) {
     if (interrupted) return 130;

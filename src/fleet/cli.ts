@@ -18,7 +18,8 @@ import { closeEtcd, connectEtcd, describeEtcdError, ETCD_ARG_OPTIONS, etcdSettin
 import { Follower } from './follower.js';
 import { RootUpgrader } from './local.js';
 import { advanceIfWaveEnded, beginRollback, beginRollout, changeRollout } from './rollout.js';
-import { ENDED, fleetPrefix, KEYS, parseRecord, Release, SCHEMA, serialize, type Plan } from './schema.js';
+import { ENDED, fleetPrefix, KEYS, parseRecord, Release, SCHEMA, serialize, type BarrierPhase, type Migration, type Plan } from './schema.js';
+import { driveBarrier, excludeHosts, pastNoReturn, type BarrierEvents } from './barrier.js';
 import { FleetStore } from './store.js';
 import type { Watcher } from 'etcd3';
 import { fleetExitCode, readFleetView, stalledOn, type FleetView } from './view.js';
@@ -58,9 +59,11 @@ ${ETCD_HELP}
 Exit status: 0 after SIGTERM or SIGINT; 64 bad arguments; 78 the root is unusable or another user's.`,
   fleet: `Usage: upgrader fleet <command> --fleet <name> [options]
 
-  publish --version <v> --artifact <path|file://|http(s)://> --sha256 <hex>   record a release
+  publish --version <v> --artifact <path|file://|http(s)://> --sha256 <hex> [--barrier]   record a release
   rollout --to <v> [--groups a,b] [--canaries <n>] [--batch <n|p%>] [--max-failures <n>]
           [--pause <time>] [--no-wait] [--json]                                roll it out in waves
+  rollout --to <v> --barrier [--migrate "<command>"] [--exclude <host,...>] [wave options]
+  rollout --resume [--exclude <host,...>] [--rerun-migration]               a barrier rollout
   pause | resume | abort [--reason <text>]                                     steer the rollout
   rollback [--no-wait] [--json]       take the hosts the last rollout moved back where they were
   status [--json]                     the rollout and one line per host
@@ -71,6 +74,17 @@ also works), --pause apart (default 0s). Each host stages the release ahead of i
 once it runs the new version and its probation has passed. More than --max-failures failures (default
 0) halt the rollout: no further host starts, hosts in flight finish. It waits and shows progress unless
 --no-wait; the rollout goes on in etcd whatever happens to this command.
+
+rollout --barrier: for a release whose old and new versions cannot run side by side (publish --barrier
+makes a plain rollout of it refused). Phases, each recorded in etcd before it starts: stage (every known
+host installs it; any failure stops here, nothing changed), barrier (waits for offline hosts, listed with
+their last-seen time; --exclude goes on without them, and keeps them off the old version until they are
+upgraded), halt (every host halts its agent), migrate (--migrate runs once, here, with UPGRADER_FLEET,
+UPGRADER_FROM_VERSION and UPGRADER_TO_VERSION; its exit status decides), switch (hosts start the new
+version from halted, in waves of --batch). This command drives the phases up to the switch: if it dies,
+fleet rollout --resume carries on from the recorded phase. A migration whose end was never recorded is
+not run again unless --rerun-migration. abort before the migration resumes every host on its old
+version; after it, hosts stay halted.
 
 ${ETCD_HELP}
 
@@ -230,7 +244,7 @@ async function withStore<T>(v: Values, fn: (store: FleetStore) => Promise<T>): P
 }
 
 async function publish(args: string[]): Promise<number> {
-  const v = parse(args, { ...COMMON, version: { type: 'string' }, artifact: { type: 'string' }, sha256: { type: 'string' }, json: { type: 'boolean', default: false } });
+  const v = parse(args, { ...COMMON, version: { type: 'string' }, artifact: { type: 'string' }, sha256: { type: 'string' }, barrier: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } });
   if (v.help) return help('fleet');
   const version = name(v, 'version');
   const artifact = need(v, 'artifact');
@@ -243,7 +257,7 @@ async function publish(args: string[]): Promise<number> {
   try {
     const fetched = await fetchArtifact({ source: artifact, sha256, dir, maxBytes: 1024 ** 3, timeoutMs: 60_000, attempts: 3 });
     const manifest = await readReleaseManifest(fetched.file);
-    release = { schema: SCHEMA, version, artifact, sha256, size: fetched.bytes, upgradeFrom: manifest.upgradeFrom, sequential: manifest.sequential, publishedAt: new Date().toISOString() };
+    release = { schema: SCHEMA, version, artifact, sha256, size: fetched.bytes, upgradeFrom: manifest.upgradeFrom, sequential: manifest.sequential, barrier: v.barrier === true, publishedAt: new Date().toISOString() };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -270,9 +284,22 @@ function batchOption(v: Values, fallback: string): string {
   return raw;
 }
 
+const BARRIER_OPTIONS = {
+  barrier: { type: 'boolean', default: false },
+  migrate: { type: 'string' },
+  exclude: { type: 'string' },
+  resume: { type: 'boolean', default: false },
+  'rerun-migration': { type: 'boolean', default: false },
+} as const;
+
 async function rollout(args: string[]): Promise<number> {
-  const v = parse(args, { ...COMMON, ...WAIT_OPTIONS, ...WAVE_OPTIONS, to: { type: 'string' }, groups: { type: 'string' } });
+  const v = parse(args, { ...COMMON, ...WAIT_OPTIONS, ...WAVE_OPTIONS, ...BARRIER_OPTIONS, to: { type: 'string' }, groups: { type: 'string' } });
   if (v.help) return help('fleet');
+  const exclude = typeof v.exclude === 'string' ? v.exclude.split(',').filter(Boolean) : [];
+  for (const h of exclude) if (versionNameProblem(h)) throw new UpgraderError('E_USAGE', `--exclude: ${JSON.stringify(h)} is not a host name.`);
+  if (v.resume) return resumeBarrier(v, exclude);
+  if (v['rerun-migration']) throw new UpgraderError('E_USAGE', '--rerun-migration goes with --resume (see --help).');
+  if (!v.barrier && (v.migrate !== undefined || exclude.length)) throw new UpgraderError('E_USAGE', '--migrate and --exclude go with --barrier (see --help).');
   const to = name(v, 'to');
   const groups = typeof v.groups === 'string' ? v.groups.split(',').filter(Boolean) : [];
   for (const g of groups) if (versionNameProblem(g)) throw new UpgraderError('E_USAGE', `--groups: ${JSON.stringify(g)} is not a group name.`);
@@ -283,12 +310,64 @@ async function rollout(args: string[]): Promise<number> {
     batch: batchOption(v, '1'),
     maxFailures: count(v, 'max-failures', 0),
     pauseMs: v.pause === undefined ? 0 : parseDuration(v.pause as string, '--pause'),
+    ...(v.barrier && { barrier: { command: typeof v.migrate === 'string' && v.migrate !== '' ? v.migrate : null, exclude } }),
   };
   return withStore(v, async (store) => {
     const { rollout: started, plan } = await beginRollout(store, options);
-    say(v, { type: 'started', id: started.id, to, plan: plan.groups }, `rollout ${started.id}: ${to} to ${planSummary(plan)}`);
+    const excluded = started.barrier?.excluded.length ? `; excluded: ${started.barrier.excluded.join(', ')}` : '';
+    say(v, { type: 'started', id: started.id, to, barrier: started.barrier, plan: plan.groups }, `${started.barrier ? 'barrier rollout' : 'rollout'} ${started.id}: ${to} to ${planSummary(plan)}${excluded}`);
+    if (started.barrier) return followBarrier(store, started.id, v, false);
     return v['no-wait'] ? EXIT.ok : watchRollout(store, started.id, v);
   });
+}
+
+/** `fleet rollout --resume`: carries the fleet's barrier rollout on from its recorded phase. */
+async function resumeBarrier(v: Values, exclude: string[]): Promise<number> {
+  return withStore(v, async (store) => {
+    const { rollout: read } = await store.control();
+    const current = read.value;
+    if (!current?.barrier) throw new FleetError('no-rollout', current ? `Rollout ${current.id} is not a barrier rollout: --resume carries on a barrier rollout (a rolling one goes on by itself).` : 'This fleet has no rollout to resume.');
+    const m = current.barrier.migration;
+    // Only a migration that failed or whose end is missing runs again; never one that succeeded or has not run.
+    if (v['rerun-migration'] && (m === null || m.exitCode === 0)) {
+      throw new UpgraderError('E_USAGE', `--rerun-migration: the migration of rollout ${current.id} ${m === null ? 'has not run yet' : 'succeeded'}; there is nothing to run again.`);
+    }
+    await excludeHosts(store, current.id, exclude);
+    say(v, { type: 'resumed', id: current.id, phase: current.barrier.phase, state: current.state, migration: m }, `barrier rollout ${current.id} to ${current.to}: resuming at ${current.barrier.phase} (${current.state})${m ? `; migration ${describeMigration(m)}` : ''}`);
+    return followBarrier(store, current.id, v, v['rerun-migration'] === true);
+  });
+}
+
+/** Drives a barrier rollout's phases (barrier.ts), then waits for its switch like any rollout. */
+async function followBarrier(store: FleetStore, id: string, v: Values, rerunMigration: boolean): Promise<number> {
+  const events: BarrierEvents = {
+    phase: (phase) => say(v, { type: 'phase', id, phase }, `phase ${phase}: ${PHASE_TEXT[phase]}`),
+    waiting: (phase, hosts) => {
+      const offline = hosts.filter((h) => !h.online);
+      const text = `${phase}: waiting on ${plural(hosts.length, 'host')}${offline.length ? `; offline, holding the barrier: ${offline.map((h) => `${h.host} (last seen ${h.lastSeen ? ago(h.lastSeen) : 'never'})`).join(', ')} (bring them back, or fleet rollout --resume --exclude <host,...>)` : ''}`;
+      say(v, { type: 'waiting', id, phase, hosts }, text);
+    },
+    migration: (m) => say(v, { type: 'migration', id, migration: m }, `migration ${describeMigration(m)}`),
+  };
+  const rollout = await driveBarrier(store, id, { rerunMigration, events });
+  if (rollout.state === 'halted' || rollout.state === 'aborted') {
+    say(v, { type: 'ended', id, state: rollout.state, reason: rollout.reason }, `rollout ${id} ${rollout.state}${rollout.reason ? `: ${printable(rollout.reason)}` : ''}${rollout.barrier && pastNoReturn(rollout.barrier) ? '; hosts stay halted' : ''}`);
+    return EXIT.refused;
+  }
+  return v['no-wait'] ? EXIT.ok : watchRollout(store, id, v);
+}
+
+const PHASE_TEXT: Record<BarrierPhase, string> = {
+  stage: 'every host downloads and installs the release',
+  barrier: 'only offline hosts are left to stage; the barrier waits for them',
+  halt: 'every host halts its agent',
+  migrate: 'the migration runs here, once',
+  switch: 'hosts start the new version from halted, wave by wave',
+};
+
+function describeMigration(m: Migration): string {
+  if (m.endedAt === null) return `started ${m.startedAt} on ${m.by}${m.runs > 1 ? ` (run ${m.runs})` : ''}, not ended`;
+  return `exited with status ${m.exitCode} at ${m.endedAt}${m.runs > 1 ? ` (run ${m.runs})` : ''}`;
 }
 
 async function rollback(args: string[]): Promise<number> {
@@ -318,7 +397,9 @@ async function steer(action: 'pause' | 'resume' | 'abort', args: string[]): Prom
   return withStore(v, async (store) => {
     const changed = await changeRollout(store, action, typeof v.reason === 'string' ? v.reason : null);
     if (action === 'resume') await advanceIfWaveEnded(store);
-    say(v, { type: action, id: changed.id, state: changed.state }, `rollout ${changed.id} is ${changed.state}`);
+    const b = changed.barrier;
+    const after = action !== 'abort' || !b ? '' : pastNoReturn(b) ? `; its hosts stay halted: ${b.migration ? `the migration ${describeMigration(b.migration)}` : 'new versions may already run'}, so the old version may not run any more (roll forward with a new barrier rollout)` : '; its halted hosts resume their old version';
+    say(v, { type: action, id: changed.id, state: changed.state }, `rollout ${changed.id} is ${changed.state}${after}`);
     return EXIT.ok;
   });
 }
@@ -418,7 +499,7 @@ function progressBars(view: FleetView): string {
 function progressLine(view: FleetView): string {
   const r = view.rollout!;
   const groups = r.groups.map((g) => `${printable(g.name)} ${g.done}/${g.hosts} done${g.inFlight ? `, ${g.inFlight} in flight` : ''}${g.failed ? `, ${g.failed} failed` : ''}`);
-  return `${r.state}: group ${printable(r.group ?? '-')} wave ${r.wave + 1}; ${groups.join('; ')}`;
+  return `${r.state}${r.barrier ? ` (${r.barrier.phase})` : ''}: group ${printable(r.group ?? '-')} wave ${r.wave + 1}; ${groups.join('; ')}`;
 }
 
 function say(v: Values, json: object, text: string): void {
@@ -443,6 +524,11 @@ export function formatFleet(view: FleetView, now = Date.now()): string {
   const r = view.rollout;
   if (r) {
     out.push(`${r.kind} ${r.id}${r.to ? ` to ${r.to}` : ''}: ${r.state}${r.reason ? ` (${cell(r.reason)})` : ''}, ${r.failures} failed, updated ${ago(r.updatedAt, now)}`);
+    if (r.barrier) {
+      const m = r.barrier.migration;
+      const excluded = r.barrier.excluded.length ? `; excluded: ${r.barrier.excluded.join(', ')}` : '';
+      out.push(`  barrier phase ${r.barrier.phase}; migration ${m ? cell(describeMigration(m)) : r.barrier.command === null ? 'none' : 'not started'}${excluded}`);
+    }
     for (const g of r.groups) out.push(`  ${g.name}: ${g.done} done, ${g.inFlight} in flight, ${g.failed} failed, ${g.pending} pending of ${g.hosts}`);
     const stalled = stalledOn(view);
     if (stalled.length) out.push(`  waiting on offline ${stalled.map((h) => `${h.host} (last seen ${ago(h.reportedAt, now)})`).join(', ')}: the wave cannot end without them; bring them back or abort`);

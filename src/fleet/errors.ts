@@ -25,6 +25,11 @@ export const FLEET_ERROR_CODES = [
   'nothing-moved',
   'conflict',
   'bad-plan',
+  'needs-barrier',
+  'barrier-blocked',
+  'migration-interrupted',
+  'migration-failed',
+  'halt-failed',
 ] as const;
 
 export type FleetErrorCode = (typeof FLEET_ERROR_CODES)[number];

@@ -10,11 +10,12 @@
  */
 import type { IKeyValue, Lease, Watcher } from 'etcd3';
 import type { Logger } from '../log.js';
+import { haltedByRollout, pastNoReturn } from './barrier-phase.js';
 import { UPGRADER_VERSION } from '../upgrader-version.js';
 import { FleetError } from './errors.js';
-import type { LocalUpgrader, LocalView, Progress } from './local.js';
-import { positionOf, STAGE_AHEAD, stagesNow, targetOf, type Position } from './plan.js';
-import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readPlan, readRun, startRun, type RunKey } from './rollout.js';
+import type { LocalUpgrader, LocalView, Progress, UpgradeOutcome } from './local.js';
+import { positionOf, STAGE_AHEAD, stagesNow, targetOf, waveHosts, type Position } from './plan.js';
+import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readPlan, readRun, startRun, writeRun, type RunKey } from './rollout.js';
 import { isActive, KEYS, parseRecord, Release, Rollout as RolloutSchema, SCHEMA, serialize, type HostPhase, type HostRecord, type Plan, type Rollout, type Run } from './schema.js';
 import type { FleetStore } from './store.js';
 
@@ -65,7 +66,7 @@ export class Follower {
   private asked: HostRecord['asked'] = null;
   private published = '';
   /** The rollout and state the last pass acted on (see farFrom). */
-  private acted: { id: string; state: string; plan: Plan } | null = null;
+  private acted: { id: string; state: string; phase: string | null; plan: Plan } | null = null;
   private publishing: Promise<void> = Promise.resolve();
   private lastProgressAt = 0;
   private wake: (() => void) | null = null;
@@ -113,7 +114,7 @@ export class Follower {
     if (key !== KEYS.rollout && !key.endsWith(`/${KEYS.rollout}`)) return false;
     const next = parseRecord(RolloutSchema, kv.value.toString()).value;
     if (next && this.notInFront(next)) return true;
-    if (!next || !this.acted || next.id !== this.acted.id || next.state !== this.acted.state) return false;
+    if (!next || !this.acted || next.id !== this.acted.id || next.state !== this.acted.state || (next.barrier?.phase ?? null) !== this.acted.phase) return false;
     const at = positionOf(this.acted.plan.groups, this.o.host);
     if (!at) return true;
     if (at.group !== next.group) return true;
@@ -224,8 +225,9 @@ export class Follower {
       return this.publish();
     }
     const plan = rollout ? await readPlan(this.o.store, rollout.id) : null;
-    this.acted = rollout && plan ? { id: rollout.id, state: rollout.state, plan } : null;
+    this.acted = rollout && plan ? { id: rollout.id, state: rollout.state, phase: rollout.barrier?.phase ?? null, plan } : null;
     const at = plan ? positionOf(plan.groups, this.o.host) : null;
+    if (rollout?.barrier && plan) return this.followBarrier(rollout, plan, control.rollout.mod!, at, control.pause.mod !== null, control.desired.value?.version ?? null);
     if (rollout && plan && at && rollout.state !== 'succeeded') {
       // Paused whenever the key exists, readable or not: the start transaction compares its existence.
       await this.followRollout(rollout, plan, control.rollout.mod!, at, control.pause.mod !== null);
@@ -270,6 +272,142 @@ export class Follower {
     if (!(await startRun(this.o.store, k, rolloutMod, mod, local.running, target))) throw new RetryLater('the start lost its compare');
     const started = await readRun(this.o.store, k);
     await this.carryOut(k, started.run!, false);
+  }
+
+  /**
+   * This host's part in a barrier rollout (docs/fleet.md "Barrier rollouts"): stage in `stage` and
+   * `barrier`, halt in `halt`, nothing during `migrate`, then start the new version from halted at its
+   * wave in `switch`. An abort before the point of no return resumes the host, if this rollout halted it;
+   * after it, the host stays halted. A host the barrier goes on without (excluded, or not in the plan) is
+   * kept off the old version.
+   */
+  private async followBarrier(rollout: Rollout, plan: Plan, rolloutMod: string, at: Position | null, paused: boolean, desired: string | null): Promise<void> {
+    const barrier = rollout.barrier!;
+    const to = rollout.to!;
+    if (!at || barrier.excluded.includes(this.o.host)) return this.keepOffOldVersion(rollout, desired);
+    if (rollout.state === 'succeeded') return this.converge(desired);
+    const k: RunKey = { rolloutId: rollout.id, at, host: this.o.host };
+    this.asked = { version: to, rolloutId: rollout.id };
+    const { run, mod } = await readRun(this.o.store, k);
+    const state = run?.state ?? null;
+    if (state === 'upgrading') return this.carryOut(k, run!, true);
+    if (rollout.state === 'aborted') {
+      // Before the point of no return the old version can still run: the abort gives the host back to it,
+      // if this rollout halted it (whatever its run record says: the halt may have landed before the record).
+      if (!pastNoReturn(barrier) && (state === 'halted' || state === 'staged')) return this.resumeAfterAbort(k, run!);
+      return this.publish();
+    }
+    if (state === 'done' || state === 'failed' || state === 'resumed') {
+      await this.publish();
+      if (barrier.phase === 'switch' && rollout.group === at.group && rollout.wave === at.wave) await advanceIfWaveEnded(this.o.store);
+      return;
+    }
+    if (!isActive(rollout.state)) return this.publish();
+    if (state === null) return this.stageForBarrier(k, to);
+    if (barrier.phase === 'halt' && state === 'staged' && rollout.state === 'running') return this.haltForBarrier(k, run!);
+    if (barrier.phase === 'switch' && onlyExcluded(plan, rollout)) await advanceIfWaveEnded(this.o.store);
+    const ourWave = rollout.group === at.group && rollout.wave === at.wave;
+    if (barrier.phase !== 'switch' || state !== 'halted' || rollout.state !== 'running' || !ourWave || paused) return this.publish();
+    if (!(await startRun(this.o.store, k, rolloutMod, mod, null, to))) throw new RetryLater('the start lost its compare');
+    const started = await readRun(this.o.store, k);
+    await this.carryOut(k, started.run!, false);
+  }
+
+  private async stageForBarrier(k: RunKey, to: string): Promise<void> {
+    const local = this.o.local.view();
+    const staged = await this.stage(to);
+    if (staged === true) {
+      await markStaged(this.o.store, k, local.running, to);
+      return this.publish();
+    }
+    const failed: Run = { schema: SCHEMA, host: this.o.host, state: 'staged', from: local.running, to, reason: null, code: null, startedAt: null, endedAt: null };
+    this.error = staged;
+    this.setPhase('failed');
+    await endRunFailed(this.o.store, k, failed, staged.message, staged.code);
+    await this.publish();
+  }
+
+  private async haltForBarrier(k: RunKey, run: Run): Promise<void> {
+    const outcome = await this.haltHere(haltedByRollout(k.rolloutId));
+    if (outcome.ok) {
+      await writeRun(this.o.store, k, { ...run, state: 'halted' });
+      return this.publish();
+    }
+    this.setPhase('failed');
+    await endRunFailed(this.o.store, k, run, `could not halt: ${outcome.reason}`, outcome.code ?? 'halt-failed');
+    await this.publish();
+  }
+
+  /** Halts the local agent (retried later when the upgrader says "not now"); a refusal is returned. */
+  private async haltHere(by: string): Promise<UpgradeOutcome> {
+    this.setPhase('halting');
+    const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
+    const outcome = await this.o.local.halt(by, deadline);
+    if (outcome.ok) {
+      this.setPhase('halted');
+      return outcome;
+    }
+    this.error = { message: outcome.reason, code: outcome.code, at: now() };
+    if (outcome.transient) {
+      await this.publish();
+      throw new RetryLater(outcome.reason);
+    }
+    return outcome;
+  }
+
+  /** Resumes the old version after an abort, only if this rollout halted the root (not an operator, nor an earlier rollout). */
+  private async resumeAfterAbort(k: RunKey, run: Run | null): Promise<void> {
+    const view = this.o.local.view();
+    if (view.haltedBy === haltedByRollout(k.rolloutId)) {
+      const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
+      const outcome = await this.o.local.resume(deadline);
+      if (!outcome.ok) {
+        this.error = { message: outcome.reason, code: outcome.code, at: now() };
+        await this.publish();
+        throw new RetryLater(outcome.reason);
+      }
+      this.setPhase('idle');
+      if (run) await writeRun(this.o.store, k, { ...run, state: 'resumed' });
+    } else if (view.upgrader !== 'halted' && view.running === null) {
+      // The upgrader is away or between states: whether this rollout's halt is on record is not known yet.
+      throw new RetryLater('the local upgrader does not say whether it is halted');
+    }
+    await this.publish();
+  }
+
+  /**
+   * A host the barrier goes on without (excluded, or not in the plan). From the halt phase on, its old
+   * version must not work beside the migration or the new version: it is halted (as the rollout's own
+   * hosts are, so that an abort before the point of no return resumes it too), and taken to the rollout's
+   * version from halted once the rollout has succeeded.
+   */
+  private async keepOffOldVersion(rollout: Rollout, desired: string | null): Promise<void> {
+    const barrier = rollout.barrier!;
+    const to = rollout.to!;
+    const view = this.o.local.view();
+    if (rollout.state === 'aborted' && !pastNoReturn(barrier)) return this.resumeAfterAbort({ rolloutId: rollout.id, at: { group: 0, wave: 0 }, host: this.o.host }, null);
+    const haltsNow = barrier.phase === 'halt' || pastNoReturn(barrier);
+    if (!haltsNow || view.running === to) return this.converge(desired);
+    if (view.busy || (view.running === null && view.upgrader !== 'halted')) throw new RetryLater('the local upgrader is busy or away; the old version must not come back');
+    if (view.running !== null) {
+      const outcome = await this.haltHere(haltedByRollout(rollout.id));
+      if (!outcome.ok) return this.publish();
+    }
+    if (rollout.state !== 'succeeded' || desired !== to || this.gaveUp.has(to)) return this.publish();
+    this.asked = { version: to, rolloutId: rollout.id };
+    const staged = await this.stage(to);
+    const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
+    const outcome = staged === true ? await this.o.local.upgrade(to, (phase) => this.setPhase(phase), deadline) : { ok: false as const, reason: staged.message, code: staged.code, transient: false };
+    if (outcome.ok) {
+      this.setPhase('succeeded');
+      this.error = null;
+    } else {
+      if (outcome.transient) throw new RetryLater(outcome.reason);
+      this.gaveUp.add(to);
+      this.setPhase('failed');
+      this.error = { message: outcome.reason, code: outcome.code, at: now() };
+    }
+    await this.publish();
   }
 
   /** Takes the host to `run.to`, or reads back how a handoff begun before a restart ended. */
@@ -443,6 +581,12 @@ const now = () => new Date().toISOString();
 
 /** The phase a failure leaves: `rolled-back` when the new version ran and failed its probation. */
 const failedPhase = (code: string | null): HostPhase => (code === 'rolled-back' ? 'rolled-back' : 'failed');
+
+/** Whether every host of a barrier rollout's current wave is excluded: nobody of it will end it, so any follower moves it on. */
+function onlyExcluded(plan: Plan, rollout: Rollout): boolean {
+  const excluded = new Set(rollout.barrier?.excluded ?? []);
+  return waveHosts(plan.groups, { group: rollout.group, wave: rollout.wave }).every((h) => excluded.has(h));
+}
 
 /** A pass that could not finish for a passing reason (already in the host record): try again after the backoff. */
 class RetryLater extends Error {}

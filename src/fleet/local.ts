@@ -19,6 +19,8 @@ export type LocalView = {
   previous: string | null;
   /** A handoff or a probation is under way. */
   busy: boolean;
+  /** Who halted the root (`upgrader halt --by`), while a halt is on record; null otherwise. */
+  haltedBy: string | null;
   lastUpgrade: { from: string; to: string; result: string; reason: string | null; code: string | null; at: string } | null;
 };
 
@@ -37,6 +39,10 @@ export interface LocalUpgrader {
   upgrade(version: string, onPhase: (phase: UpgradePhase) => void, signal: AbortSignal): Promise<UpgradeOutcome>;
   /** Resolves once no handoff or probation is under way (after a follower restart in the middle of one). */
   settle(signal: AbortSignal): Promise<void>;
+  /** `upgrader halt`: the agent stopped, and kept stopped; ok once it has exited (or was halted already). */
+  halt(by: string, signal: AbortSignal): Promise<UpgradeOutcome>;
+  /** `upgrader resume`: `current` started again on a halted root. */
+  resume(signal: AbortSignal): Promise<UpgradeOutcome>;
 }
 
 /** Refusals that say "not now" rather than "no": the follower waits and asks again. */
@@ -91,6 +97,7 @@ export class RootUpgrader implements LocalUpgrader {
       current: s.current,
       previous: s.previous,
       busy: s.handoff !== null || s.probation !== null,
+      haltedBy: s.halt?.by ?? null,
       lastUpgrade: last ? { from: last.from, to: last.to, result: last.result, reason: last.reason, code: last.code, at: last.at } : null,
     };
   }
@@ -124,6 +131,26 @@ export class RootUpgrader implements LocalUpgrader {
     if (reply.type === 'failed') return { ok: false, reason: reply.reason, code: reply.code ?? null, transient: TRANSIENT.has(reply.code ?? '') };
     // The channel closed before the end (the upgrader stopped): the outcome is read back on the next pass.
     return { ok: false, reason: `the upgrader of ${this.root} stopped answering after "${(last as ControlReply | null)?.type ?? 'nothing'}"`, code: 'interrupted', transient: true };
+  }
+
+  halt(by: string, signal: AbortSignal): Promise<UpgradeOutcome> {
+    return this.ask({ type: 'halt', by }, 'halted', signal);
+  }
+
+  resume(signal: AbortSignal): Promise<UpgradeOutcome> {
+    return this.ask({ type: 'resume' }, 'resumed', signal);
+  }
+
+  /** One halt or resume request; `not-halted` to a resume means someone resumed it already, which is what was asked. */
+  private async ask(request: { type: 'halt'; by: string } | { type: 'resume' }, goal: 'halted' | 'resumed', signal: AbortSignal): Promise<UpgradeOutcome> {
+    const outcome = await sendControlRequest(this.layout.stateDir, request, () => undefined, signal);
+    if (outcome.kind === 'unreachable') return { ok: false, reason: `the upgrader of ${this.root} does not answer (${outcome.code})`, code: 'not-running', transient: true };
+    const reply = outcome.reply;
+    if (reply.type === goal) return { ok: true };
+    if (reply.type === 'failed' && goal === 'resumed' && reply.code === 'not-halted' && this.view().running !== null) return { ok: true };
+    const reason = reply.type === 'failed' ? reply.reason : `unexpected reply ${reply.type}`;
+    const code = reply.type === 'failed' ? (reply.code ?? null) : null;
+    return { ok: false, reason, code, transient: TRANSIENT.has(code ?? '') };
   }
 
   async settle(signal: AbortSignal): Promise<void> {

@@ -10,12 +10,22 @@
  * abort changes the record's revision, so a start decided before it fails its compare.
  */
 import { randomBytes } from 'node:crypto';
+import { pastNoReturn } from './barrier-phase.js';
 import { FleetError } from './errors.js';
 import { buildPlan, firstPosition, frontOf, nextPosition, waveHosts, type Position } from './plan.js';
 import { isActive, KEYS, Plan as PlanSchema, Presence, Release, Run as RunSchema, serialize, HostRecord, SCHEMA, type Desired, type Plan, type PlanGroup, type Rollout, type RolloutState, type Run } from './schema.js';
 import { parsed, type FleetStore, type Write } from './store.js';
 
-export type RolloutOptions = { to: string; groups: string[]; canaries: number; batch: string; maxFailures: number; pauseMs: number };
+export type RolloutOptions = {
+  to: string;
+  groups: string[];
+  canaries: number;
+  batch: string;
+  maxFailures: number;
+  pauseMs: number;
+  /** A barrier rollout (barrier.ts): the migration command, and hosts to go on without. */
+  barrier?: { command: string | null; exclude: string[] };
+};
 
 const now = () => new Date().toISOString();
 
@@ -59,7 +69,7 @@ function refuseIfActive(current: Rollout | null): void {
  */
 function record(base: Omit<Rollout, 'schema' | 'state' | 'group' | 'wave' | 'front' | 'failures' | 'failed' | 'reason' | 'startedAt' | 'updatedAt'>, groups: PlanGroup[], start: Position): Rollout {
   const at = now();
-  const front = base.kind === 'rollout' ? frontOf(groups, { ...start, canaries: base.canaries }) : null;
+  const front = base.kind === 'rollout' && !base.barrier ? frontOf(groups, { ...start, canaries: base.canaries }) : null;
   return { schema: SCHEMA, ...base, state: 'running', group: start.group, wave: start.wave, front, failures: 0, failed: [], reason: null, startedAt: at, updatedAt: at };
 }
 
@@ -76,20 +86,29 @@ async function begin(store: FleetStore, mod: string | null, rollout: Rollout, pl
 export async function beginRollout(store: FleetStore, o: RolloutOptions): Promise<Begun> {
   const release = await store.read(Release, KEYS.release(o.to));
   if (!release.value) throw new FleetError('no-release', release.problem ? `The release ${o.to} is unreadable (${release.problem}).` : `No release ${o.to} is published in this fleet: publish it first (upgrader fleet publish).`);
+  if (release.value.barrier && !o.barrier) throw new FleetError('needs-barrier', `Release ${o.to} was published as needing a barrier (old and new cannot run side by side): roll it out with --barrier.`);
   const control = await store.control();
   refuseIfActive(control.rollout.value);
   await refuseIfInFlight(store, control.rollout.value);
   const { online, offline } = await knownHosts(store);
-  const groups = buildPlan(online.map((h) => ({ host: h.host, group: h.group })), o.groups, o.canaries, o.batch);
+  // A barrier waits for every known host, offline ones included (they hold it until excluded).
+  const excluded = new Set(o.barrier?.exclude ?? []);
+  const members = o.barrier ? [...online, ...offline].filter((h) => !excluded.has(h.host)) : online;
+  const groups = buildPlan(members.map((h) => ({ host: h.host, group: h.group })), o.groups, o.canaries, o.batch);
   const start = firstPosition(groups);
   if (!start) throw new FleetError('no-hosts', 'No host of this fleet is present (no follower has a live presence key): nothing to roll out to.');
   const id = newRolloutId();
   const next = record(
-    { id, kind: 'rollout', to: o.to, undoes: null, groupNames: groups.map((g) => g.name), canaries: o.canaries, batch: o.batch, maxFailures: o.maxFailures, pauseMs: o.pauseMs, previousDesired: control.desired.value?.version ?? null, desiredAfter: o.to },
+    {
+      id, kind: 'rollout', to: o.to, undoes: null, groupNames: groups.map((g) => g.name), canaries: o.canaries, batch: o.batch,
+      // A barrier rollout stops at the first failure: every host is halted by then, and the next wave must not start.
+      maxFailures: o.barrier ? 0 : o.maxFailures, pauseMs: o.pauseMs, previousDesired: control.desired.value?.version ?? null, desiredAfter: o.to,
+      barrier: o.barrier ? { phase: 'stage', command: o.barrier.command, migration: null, excluded: [...excluded].sort() } : null,
+    },
     groups,
     start,
   );
-  return begin(store, control.rollout.mod, next, { schema: SCHEMA, id, groups, targets: null, offline: offline.map((h) => h.host) });
+  return begin(store, control.rollout.mod, next, { schema: SCHEMA, id, groups, targets: null, offline: o.barrier ? [] : offline.map((h) => h.host) });
 }
 
 const plans = new Map<string, Plan>();
@@ -134,6 +153,7 @@ export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOp
   if (!last) throw new FleetError('no-rollout', 'This fleet has no rollout to roll back.');
   refuseIfActive(last);
   if (last.kind === 'rollback') throw new FleetError('no-rollout', `The last rollout (${last.id}) is itself a rollback; start a rollout to the version you want instead.`);
+  if (last.barrier && pastNoReturn(last.barrier)) throw new FleetError('no-rollout', `The last rollout (${last.id}) passed a barrier and ran its migration: the versions before it may not run any more, so it is not rolled back; roll forward with a new barrier rollout.`);
   const runs = await refuseIfInFlight(store, last);
   const targets: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const run of runs.values()) if (run.state === 'done' && run.from && run.from !== run.to) targets[run.host] = run.from;
@@ -146,7 +166,7 @@ export async function beginRollback(store: FleetStore, o: Partial<Pick<RolloutOp
     {
       id, kind: 'rollback', to: null, undoes: last.id, groupNames: groups.map((g) => g.name),
       canaries: o.canaries ?? last.canaries, batch: o.batch ?? last.batch, maxFailures: o.maxFailures ?? last.maxFailures, pauseMs: o.pauseMs ?? last.pauseMs,
-      previousDesired: control.desired.value?.version ?? null, desiredAfter: last.previousDesired,
+      previousDesired: control.desired.value?.version ?? null, desiredAfter: last.previousDesired, barrier: null,
     },
     groups,
     start,
@@ -192,6 +212,11 @@ const runKey = (k: RunKey) => KEYS.run(k.rolloutId, k.at.group, k.at.wave, k.hos
 export async function readRun(store: FleetStore, k: RunKey): Promise<{ run: Run | null; mod: string | null }> {
   const { value, mod } = await store.read(RunSchema, runKey(k));
   return { run: value, mod };
+}
+
+/** A host's own change of its run record outside a start (halted, resumed): only the host writes it then. */
+export async function writeRun(store: FleetStore, k: RunKey, run: Run): Promise<void> {
+  await store.ns.put(runKey(k)).value(serialize(run));
 }
 
 /** Staged ahead of its wave: only the host itself writes its run record before it starts. */
@@ -265,9 +290,12 @@ export async function advanceIfWaveEnded(store: FleetStore): Promise<void> {
     const { rollout } = await store.control();
     const current = rollout.value;
     if (!current || current.state !== 'running') return;
+    // A barrier rollout's waves move only in its switch phase (barrier.ts moves the phases before it).
+    if (current.barrier && current.barrier.phase !== 'switch') return;
     const at: Position = { group: current.group, wave: current.wave };
     const plan = await readPlan(store, current.id);
-    const hosts = waveHosts(plan.groups, at);
+    const excluded = new Set(current.barrier?.excluded ?? []);
+    const hosts = waveHosts(plan.groups, at).filter((h) => !excluded.has(h));
     const runs = await runsOf(store, current.id, at);
     if (!hosts.every((h) => runs.get(h)?.state === 'done' || runs.get(h)?.state === 'failed')) return;
     const next = nextPosition(plan.groups, at);
@@ -285,7 +313,8 @@ function finished(current: Rollout): [Rollout, ...Write[]] {
 }
 
 async function toWave(store: FleetStore, current: Rollout, plan: Plan, next: Position): Promise<[Rollout, ...Write[]]> {
-  const front = current.kind === 'rollout' ? frontOf(plan.groups, { ...next, canaries: current.canaries }) : null;
+  // A barrier rollout names no front: hosts outside its plan must see every change (follower.ts keepOffOldVersion).
+  const front = current.kind === 'rollout' && !current.barrier ? frontOf(plan.groups, { ...next, canaries: current.canaries }) : null;
   const moved: Rollout = { ...current, group: next.group, wave: next.wave, front, updatedAt: now() };
   if (current.pauseMs === 0) return [moved];
   const seconds = Math.max(MIN_LEASE_SECONDS, Math.ceil(current.pauseMs / 1000));

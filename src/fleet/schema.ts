@@ -57,7 +57,7 @@ export type Presence = z.infer<typeof Presence>;
 
 // ---------------------------------------------------------------- host record (durable)
 
-export const HOST_PHASES = ['idle', 'downloading', 'staged', 'upgrading', 'watching', 'succeeded', 'failed', 'rolled-back'] as const;
+export const HOST_PHASES = ['idle', 'downloading', 'staged', 'halting', 'halted', 'upgrading', 'watching', 'succeeded', 'failed', 'rolled-back'] as const;
 export const HostPhase = z.enum(HOST_PHASES);
 export type HostPhase = z.infer<typeof HostPhase>;
 
@@ -94,6 +94,8 @@ export const Release = z.object({
   size: z.number().int().nonnegative().nullable(),
   upgradeFrom: z.string().max(1024).nullable(),
   sequential: z.boolean().nullable(),
+  /** Old and new cannot run side by side anywhere in the fleet: only a barrier rollout may take hosts to it. */
+  barrier: z.boolean().default(false),
   publishedAt: Iso,
 });
 export type Release = z.infer<typeof Release>;
@@ -127,6 +129,33 @@ export const Plan = z.object({
 });
 export type Plan = z.infer<typeof Plan>;
 
+/** A barrier rollout's phases, in order (docs/fleet.md "Barrier rollouts"). */
+export const BARRIER_PHASES = ['stage', 'barrier', 'halt', 'migrate', 'switch'] as const;
+export const BarrierPhase = z.enum(BARRIER_PHASES);
+export type BarrierPhase = z.infer<typeof BarrierPhase>;
+
+export const Migration = z.object({
+  /** Where and by whom it ran: the machine and process of the rollout command. */
+  by: z.string().max(256),
+  startedAt: Iso,
+  endedAt: Iso.nullable(),
+  /** The command's exit status (128 + n for a signal); null while it runs or if its end was never recorded. */
+  exitCode: z.number().int().nullable(),
+  /** How many times it was started (more than one only with --rerun-migration). */
+  runs: z.number().int().positive(),
+});
+export type Migration = z.infer<typeof Migration>;
+
+export const Barrier = z.object({
+  phase: BarrierPhase,
+  /** The --migrate command (run by `sh -c` on the rollout command's machine), or null. */
+  command: z.string().max(4096).nullable(),
+  migration: Migration.nullable(),
+  /** Hosts the operator let the rollout go on without (--exclude): kept halted off the old version until upgraded. */
+  excluded: z.array(Name).max(10_000),
+});
+export type Barrier = z.infer<typeof Barrier>;
+
 export const Rollout = z.object({
   schema: z.literal(SCHEMA),
   id: Name,
@@ -150,6 +179,8 @@ export const Rollout = z.object({
    * them. Null: too many to carry, or a rollback; every host reads the plan. Absent in older records: null.
    */
   front: z.array(Name).max(2048).nullable().default(null),
+  /** Set for a barrier rollout (`--barrier`): its phase, migration and exclusions; null for a rolling one. */
+  barrier: Barrier.nullable().default(null),
   failures: z.number().int().nonnegative(),
   failed: z.array(z.object({ host: Name, reason: Reason, code: Code.nullable() })).max(100),
   reason: Reason.nullable(),
@@ -170,7 +201,8 @@ export type Pause = z.infer<typeof Pause>;
 
 // ---------------------------------------------------------------- a host's run in a rollout
 
-export const RUN_STATES = ['staged', 'upgrading', 'done', 'failed'] as const;
+/** `halted` and `resumed`: a barrier rollout's host halted for the migration, and resumed on its old version by an abort before it. */
+export const RUN_STATES = ['staged', 'halted', 'resumed', 'upgrading', 'done', 'failed'] as const;
 export const RunState = z.enum(RUN_STATES);
 export type RunState = z.infer<typeof RunState>;
 

@@ -27,7 +27,7 @@ export type HostLine = {
 
 export type FleetView = {
   desired: string | null;
-  rollout: (Pick<Rollout, 'id' | 'kind' | 'to' | 'state' | 'reason' | 'failures' | 'failed' | 'startedAt' | 'updatedAt'> & { offline: string[]; group: string | null; groupIndex: number; wave: number; groups: GroupCounts[] }) | null;
+  rollout: (Pick<Rollout, 'id' | 'kind' | 'to' | 'state' | 'reason' | 'failures' | 'failed' | 'startedAt' | 'updatedAt' | 'barrier'> & { offline: string[]; group: string | null; groupIndex: number; wave: number; groups: GroupCounts[] }) | null;
   hosts: HostLine[];
   problems: string[];
 };
@@ -64,6 +64,7 @@ export async function readFleetView(store: FleetStore): Promise<FleetView> {
           reason: rollout.reason,
           failures: rollout.failures,
           failed: rollout.failed,
+          barrier: rollout.barrier,
           offline: plan?.offline ?? [],
           startedAt: rollout.startedAt,
           updatedAt: rollout.updatedAt,

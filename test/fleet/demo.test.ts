@@ -1,4 +1,4 @@
-/** `npm run demo -- --fleet` end to end: a real etcd and five real hosts, a rollout, a rollback, a halted bad release. */
+/** `npm run demo -- --fleet` end to end: a real etcd and five real hosts, a rollout, a rollback, a halted bad release, a barrier rollout. */
 import { execa } from 'execa';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
@@ -6,7 +6,7 @@ import { missing, REPO, titled } from '../helpers.js';
 
 const skip = missing('etcd');
 
-it.skipIf(skip)(titled('the fleet demo rolls out 1.1.0 with a canary, rolls it back, halts 1.2.0 at its canary, and leaves nothing behind', skip), async () => {
+it.skipIf(skip)(titled('the fleet demo rolls out 1.1.0 with a canary, rolls it back, halts 1.2.0 at its canary, takes 2.0.0 through a barrier with one migration, and leaves nothing behind', skip), async () => {
   const began = Date.now();
   const demo = await execa(process.execPath, [join(REPO, 'dist/examples/demo.js'), '--fleet'], { reject: false, timeout: 180_000, all: true });
   const out = demo.all ?? '';
@@ -32,6 +32,15 @@ it.skipIf(skip)(titled('the fleet demo rolls out 1.1.0 with a canary, rolls it b
   expect(out).toMatch(/rollout \S+ halted: canary-1 failed: the candidate 1\.2\.0 exited/);
   expect(out).toMatch(/^ +canary-1 +canary +online +1\.0\.0 +failed +failed .*\[candidate-failed\]/m);
   expect(out).toMatch(/prod: 0 done, 0 in flight, 0 failed, 4 pending of 4/);
+
+  // 4. The barrier: a plain rollout would be refused; every phase in order, the migration once, every host on 2.0.0.
+  const barrier = out.slice(out.indexOf('4. '));
+  const phases = [...barrier.matchAll(/^ +phase (\w+):/gm)].map((m) => m[1]);
+  expect(phases).toEqual(['halt', 'migrate', 'switch']);
+  expect(barrier).toMatch(/The migration ran 1 time\(s\)/);
+  expect(barrier).toMatch(/migrated the state schema of fleet \S+ from 1\.0\.0 to 2\.0\.0/);
+  expect(barrier).toMatch(/barrier phase switch; migration exited with status 0/);
+  for (const host of ['canary-1', 'prod-1', 'prod-2', 'prod-3', 'prod-4']) expect(barrier).toMatch(new RegExp(`^ +${host} +\\S+ +online +2\\.0\\.0 `, 'm'));
   expect(out).toMatch(/^Demo complete in \d+ s/m);
 
   // Nothing scary when all goes well: no stack trace, no warning, no error line of the demo's own.
