@@ -5,7 +5,7 @@
  * phase is carried on by --resume; an abort before the migration gives every host its old version back.
  */
 import { execa, type ResultPromise } from 'execa';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { startEtcd } from '../etcd.js';
@@ -67,7 +67,7 @@ async function slowHaltingHost(etcd: string[], name: string): Promise<Host> {
 }
 
 describe.skipIf(skip)(titled('a barrier rollout through a real etcd', skip), () => {
-  it('halts all 10 hosts, runs the migration once between the old version\'s last work and the new one\'s first, then switches in waves', async () => {
+  it('stops at a failed stage with nothing changed; then halts all 10 hosts, runs the migration once between the old version\'s last work and the new one\'s first, then switches in waves', async () => {
     const etcd = await startEtcd({ members: 1 });
     const hosts = await startHosts(etcd.endpoints, { canary: 2, prod: 8 });
     await publishBarrierRelease(etcd.endpoints, '2.0.0');
@@ -76,6 +76,18 @@ describe.skipIf(skip)(titled('a barrier rollout through a real etcd', skip), () 
     expect(refused.stderr).toMatch(/published as needing a barrier .* --barrier/);
 
     const marker = join(scratchDir('migration-'), 'marker');
+    // A stage that fails on one host stops the rollout there: nobody halted, no migration, 1.0.0 everywhere.
+    const swapped = await releaseArchive('1.5.0');
+    expect((await fleetCli(etcd.endpoints, ['publish', '--version', '1.5.0', '--artifact', swapped.archive, '--sha256', swapped.sha256, '--barrier'])).code).toBe(0);
+    writeFileSync(swapped.archive, 'not the published archive');
+    const stopped = await fleetCli(etcd.endpoints, ['rollout', '--to', '1.5.0', '--barrier', '--migrate', migration(marker)], 120_000);
+    expect(stopped.code, stopped.stdout).toBe(1);
+    expect(stopped.stdout).toMatch(/rollout \S+ halted: \S+ failed: The artifact .* has SHA-256 \w+, not the expected/);
+    let { view } = await fleetStatus(etcd.endpoints);
+    expect(view.rollout.barrier).toMatchObject({ phase: 'stage', migration: null });
+    expect(view.hosts.every((h: { running: string }) => h.running === '1.0.0')).toBe(true);
+    expect(markerLines(marker)).toEqual([]);
+
     const out = await fleetCli(etcd.endpoints, ['rollout', '--to', '2.0.0', '--barrier', '--migrate', migration(marker), '--batch', '4'], 200_000);
     expect(out.code, `${out.stdout}\n${out.stderr}`).toBe(0);
     for (const phase of ['halt', 'migrate', 'switch']) expect(out.stdout).toContain(`phase ${phase}:`);
@@ -84,7 +96,7 @@ describe.skipIf(skip)(titled('a barrier rollout through a real etcd', skip), () 
     expect(lines).toHaveLength(2);
     expect(lines[0]).toMatch(/^start \d+ 1\.0\.0 2\.0\.0$/);
     expectNoOverlapWithMigration(hosts, marker);
-    const { view } = await fleetStatus(etcd.endpoints);
+    ({ view } = await fleetStatus(etcd.endpoints));
     expect(view.desired).toBe('2.0.0');
     expect(view.hosts.map((h: { running: string }) => h.running)).toEqual(hosts.map(() => '2.0.0'));
     expect(view.rollout.barrier).toMatchObject({ phase: 'switch', migration: { exitCode: 0, runs: 1 } });

@@ -107,6 +107,20 @@ t_kill_main_restarts_and_recovers() {
   c "$BIN" status --root /var/lib/upgrader/a | grep -q "current *2.0.0"
 }
 
+t_halt_keeps_unit_active() {
+  c "$BIN" halt --root /var/lib/upgrader/a --by systemd-test
+  no_agents || { echo "agents left after the halt: $(agents)"; return 1; }
+  state_is a active || { echo "the unit is $(prop a ActiveState) once halted"; return 1; }
+  status_has a "halted since" || { echo "STATUS= once halted: $(prop a StatusText)"; return 1; }
+  # A restart comes back halted: READY=1 without an agent, nothing started.
+  c systemctl restart upgrader@a.service
+  state_is a active || { echo "the unit is $(prop a ActiveState) after a restart while halted"; return 1; }
+  status_has a "asked by systemd-test" || { echo "STATUS= after the restart: $(prop a StatusText)"; return 1; }
+  no_agents || { echo "an agent started after the restart: $(agents)"; return 1; }
+  c "$BIN" resume --root /var/lib/upgrader/a
+  wait_until 20 "one agent again" sh -c "[ \"\$($IN pgrep -fc $AGENT)\" = 1 ]"
+}
+
 t_stop_idle_leaves_nothing() {
   c systemctl stop upgrader@a.service
   state_is a inactive
@@ -162,6 +176,7 @@ scenario "the unit is active only after the agent's ready, and STATUS= shows the
 scenario "a live handoff keeps MainPID and the unit active throughout" t_live_handoff_keeps_main_pid
 scenario "a failed candidate leaves the unit active on the old version, reason in STATUS=" t_failed_candidate_stays_active
 scenario "SIGKILL of the upgrader: systemd restarts it and the root recovers with one agent" t_kill_main_restarts_and_recovers
+scenario "upgrader halt keeps the unit active with no agent, STATUS= says who halted it, a restart comes back halted, resume starts it again" t_halt_keeps_unit_active
 scenario "systemctl stop while idle leaves no process" t_stop_idle_leaves_nothing
 scenario "systemctl stop mid-handoff leaves no process and current on the old version" t_stop_mid_handoff_leaves_nothing
 scenario "a crash-looping agent hits the start limit" t_crash_loop_is_limited
