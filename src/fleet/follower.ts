@@ -16,7 +16,7 @@ import { FleetError } from './errors.js';
 import type { LocalUpgrader, LocalView, Progress, UpgradeOutcome } from './local.js';
 import { positionOf, STAGE_AHEAD, stagesNow, targetOf, waveHosts, type Position } from './plan.js';
 import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readPlan, readRun, startRun, writeRun, type RunKey } from './rollout.js';
-import { isActive, KEYS, parseRecord, Release, Rollout as RolloutSchema, SCHEMA, serialize, type HostPhase, type HostRecord, type Plan, type Rollout, type Run } from './schema.js';
+import { isActive, KEYS, parseRecord, Release, RolloutWake, SCHEMA, serialize, type HostPhase, type HostRecord, type Plan, type Rollout, type Run } from './schema.js';
 import type { FleetStore } from './store.js';
 
 export type FollowerOptions = {
@@ -99,7 +99,7 @@ export class Follower {
    * a later wave, or not in the plan and converges once the rollout has ended. So a new rollout wakes its
    * first wave, not the whole fleet.
    */
-  private notInFront(rollout: Rollout): boolean {
+  private notInFront(rollout: Pick<Rollout, 'kind' | 'state' | 'front'>): boolean {
     return rollout.kind === 'rollout' && isActive(rollout.state) && rollout.front !== null && !rollout.front.includes(this.o.host);
   }
 
@@ -112,7 +112,7 @@ export class Follower {
   private farFrom(kv: IKeyValue): boolean {
     const key = kv.key.toString();
     if (key !== KEYS.rollout && !key.endsWith(`/${KEYS.rollout}`)) return false;
-    const next = parseRecord(RolloutSchema, kv.value.toString()).value;
+    const next = parseRecord(RolloutWake, kv.value.toString()).value;
     if (next && this.notInFront(next)) return true;
     if (!next || !this.acted || next.id !== this.acted.id || next.state !== this.acted.state || (next.barrier?.phase ?? null) !== this.acted.phase) return false;
     const at = positionOf(this.acted.plan.groups, this.o.host);

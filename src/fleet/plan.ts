@@ -94,17 +94,22 @@ export function stagesNow(rollout: Pick<Rollout, 'state' | 'group' | 'wave' | 'c
 export const FRONT_MAX_BYTES = 4096;
 
 /**
- * The hosts that may act at the rollout's position: its wave and the waves that stage ahead of it (the
- * only hosts `stagesNow` or a start can concern). The rollout record carries them, so that a wave move or
- * a new rollout wakes these hosts and no other: a host that is not in the front has nothing to do yet and
- * need not read the plan. Null when the front is too large to carry (every host then reads the plan).
+ * The hosts with something new to do at the rollout's position: its wave (they start now), and the waves
+ * that may stage now but could not at the position before (they download now). The rollout record
+ * carries them, so that a new rollout or a wave move wakes these hosts and no other; the waves staged
+ * already wait quietly for their turn, and the rest need not read the plan yet. Null when the front is
+ * too large to carry (every host then reads the plan).
  */
 export function frontOf(plan: PlanGroup[], rollout: Pick<Rollout, 'group' | 'wave' | 'canaries'>): string[] | null {
   const waves = plan[rollout.group]?.waves ?? [];
+  const now = { ...rollout, state: 'running' as const };
+  const before = { ...now, wave: rollout.wave - 1 };
   const front: string[] = [];
   let bytes = 0;
   for (let w = rollout.wave; w < waves.length; w++) {
-    if (!stagesNow({ ...rollout, state: 'running' }, { group: rollout.group, wave: w })) break;
+    const at = { group: rollout.group, wave: w };
+    if (!stagesNow(now, at)) break;
+    if (w !== rollout.wave && rollout.wave > 0 && stagesNow(before, at)) continue;
     for (const host of waves[w]!) {
       bytes += host.length + 3;
       if (bytes > FRONT_MAX_BYTES) return null;

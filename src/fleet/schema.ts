@@ -192,6 +192,22 @@ export const Rollout = z.object({
 });
 export type Rollout = z.infer<typeof Rollout>;
 
+/**
+ * The part of a rollout record a follower needs to decide whether a change can concern it, checked with
+ * cheaper rules than the full record (a name here only decides whether to wake up; the pass that follows
+ * reads and validates the whole record). At 1,000 hosts every wave move is parsed by every follower.
+ */
+export const RolloutWake = z.object({
+  id: z.string().max(128),
+  kind: z.enum(['rollout', 'rollback']),
+  state: RolloutState,
+  group: z.number().int().nonnegative(),
+  wave: z.number().int().nonnegative(),
+  front: z.array(z.string().max(128)).max(2048).nullable().default(null),
+  barrier: z.object({ phase: z.string().max(16) }).nullable().default(null),
+});
+export type RolloutWake = z.infer<typeof RolloutWake>;
+
 export const Desired = z.object({ schema: z.literal(SCHEMA), version: Name, rolloutId: Name.nullable(), since: Iso });
 export type Desired = z.infer<typeof Desired>;
 

@@ -82,19 +82,27 @@ describe('the rollout plan', () => {
 });
 
 describe("the rollout record's front", () => {
-  it('names every host that may stage or start at the position, and no host of an ended wave', () => {
+  it('names the wave that starts and every host that may stage now but could not before, and nobody else', () => {
     fc.assert(
       fc.property(hostsArb, fc.integer({ min: 0, max: 3 }), batchArb, (hosts, canaries, batch) => {
         const plan = buildPlan(hosts, ['canary'], canaries, batch);
+        const woken = new Set<string>();
         for (const at of walk(plan)) {
           const rollout = { state: 'running' as const, ...at, canaries };
+          const before = at.wave > 0 ? { ...rollout, wave: at.wave - 1 } : null;
           const front = frontOf(plan, rollout)!;
           for (const h of hosts) {
             const mine = positionOf(plan, h.host)!;
-            const acts = (mine.group === at.group && mine.wave === at.wave) || (stagesNow(rollout, mine) && mine.group === at.group && mine.wave >= at.wave);
-            expect(front.includes(h.host)).toBe(acts);
+            const starts = mine.group === at.group && mine.wave === at.wave;
+            const stagesAhead = mine.group === at.group && mine.wave > at.wave && stagesNow(rollout, mine);
+            const newly = stagesAhead && !(before && stagesNow(before, mine));
+            expect(front.includes(h.host), `${h.host} at ${JSON.stringify(mine)}, rollout at ${JSON.stringify(at)}`).toBe(starts || newly);
+            if (front.includes(h.host)) woken.add(h.host);
+            // A host staging ahead now was woken at this position or an earlier one: none is left unwoken.
+            if (stagesAhead) expect(woken.has(h.host)).toBe(true);
           }
         }
+        expect(woken.size).toBe(hosts.length);
       }),
     );
   });
@@ -103,7 +111,8 @@ describe("the rollout record's front", () => {
     const hosts = Array.from({ length: 600 }, (_, i) => ({ host: `web-${String(i).padStart(4, '0')}`, group: 'prod' }));
     const plan = buildPlan(hosts, [], 0, '200');
     expect(frontOf(plan, { group: 0, wave: 0, canaries: 0 })).toBeNull();
-    expect(frontOf(plan, { group: 0, wave: 2, canaries: 0 })).toHaveLength(200);
+    // Past the first wave only two waves are new: the one that starts and the one that may stage now.
+    expect(frontOf(plan, { group: 0, wave: 1, canaries: 0 })).toHaveLength(200);
     expect(200 * 11).toBeLessThan(FRONT_MAX_BYTES);
   });
 });
