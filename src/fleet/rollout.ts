@@ -111,16 +111,27 @@ export async function beginRollout(store: FleetStore, o: RolloutOptions): Promis
   return begin(store, control.rollout.mod, next, { schema: SCHEMA, id, groups, targets: null, offline: o.barrier ? [] : offline.map((h) => h.host) });
 }
 
-const plans = new Map<string, Plan>();
+const plans = new Map<string, Promise<Plan>>();
 
-/** A rollout's plan. Plans never change, so each is read once per process (the last few are kept). */
-export async function readPlan(store: FleetStore, id: string): Promise<Plan> {
+/**
+ * A rollout's plan. Plans never change, so each is read once per process (the last few are kept), and
+ * callers that ask while it is being read share that read: a process running many followers (the fleet
+ * bench) fetches and parses it once, as one host does.
+ */
+export function readPlan(store: FleetStore, id: string): Promise<Plan> {
   const known = plans.get(id);
   if (known) return known;
+  const reading = fetchPlan(store, id);
+  if (plans.size >= 8) plans.delete(plans.keys().next().value!);
+  plans.set(id, reading);
+  // A failed read (etcd away, a bad record) is not kept: the next caller reads again.
+  reading.catch(() => plans.get(id) === reading && plans.delete(id));
+  return reading;
+}
+
+async function fetchPlan(store: FleetStore, id: string): Promise<Plan> {
   const read = await store.read(PlanSchema, KEYS.plan(id));
   if (!read.value || read.value.id !== id) throw new FleetError('bad-plan', `The plan of rollout ${id} is ${read.problem ?? 'missing'}; abort the rollout.`);
-  if (plans.size >= 8) plans.delete(plans.keys().next().value!);
-  plans.set(id, read.value);
   return read.value;
 }
 
