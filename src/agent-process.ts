@@ -170,7 +170,13 @@ export class AgentProcess implements AgentHandle {
     return this.pid === undefined || (this.exited && this.leftovers().length === 0);
   }
 
-  private leftovers(): number[] {
+  /** Ends the agent's stdin, as an upgrader that died would (`upgrader check`: an agent must then exit). */
+  closeInput(): void {
+    this.child.stdin?.end();
+  }
+
+  /** The live processes of its group and those carrying its marker: what would outlive it. */
+  leftovers(): number[] {
     if (this.pid === undefined) return [];
     return findLiveProcesses({ processGroup: this.pid, environment: agentMarker(this.spec.root, this.spec.id) });
   }

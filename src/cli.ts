@@ -18,6 +18,7 @@ import { userInfo } from 'node:os';
 import { resolve } from 'node:path';
 import { parse, requireRoot } from './args.js';
 import { DEFAULTS, runConfig } from './config.js';
+import { parseDuration } from './duration.js';
 import { describeError, EXIT, UpgraderError } from './errors.js';
 import { assertVersionName, DEFAULT_ENTRY, Layout } from './layout.js';
 import { sendControlRequest, type ControlReply, type ControlRequest, type WaitUntil } from './control.js';
@@ -47,6 +48,7 @@ Usage:
   upgrader prune --root <dir> --keep <n>    remove old versions
   upgrader upgrade --root <dir> --to <v>    ask the running upgrader for a handoff to <v>
   upgrader rollback --root <dir>            ask it for a handoff back to the previous version
+  upgrader check <dir | .tar.gz>            prove an agent against protocol v1 in a scratch root
   upgrader halt --root <dir>                stop the agent and keep it stopped (upgrader run stays up)
   upgrader resume --root <dir>              start current again on a halted root
   upgrader follow --root <dir> --fleet <name>   follow a fleet's rollouts through etcd (beside run)
@@ -155,6 +157,22 @@ Options and exit status as for upgrade.
 
 Example:
   upgrader rollback --root /var/lib/upgrader/myagent`,
+  check: `Usage: upgrader check [--entry <path>] [--ready-timeout 30s] [--stop-timeout 30s] [--json] <dir | .tar.gz>
+
+Proves an agent against protocol v1 before it meets a live root: installs the version into a scratch
+root of its own (removed after) and runs it in the roles the upgrader gives it, one line per check:
+as active (starts; says ready, optionally; exits within 5 s once its stdin is closed, with no process
+left behind), as candidate (ready within --ready-timeout; nothing but ready and status before go; keeps
+running after go), told stop (stopped, then exit within --stop-timeout; nothing but status after it),
+a live handoff from the agent to itself, upgrade-failed (it must not exit), SIGTERM (it must exit), and
+its stdout (every line a protocol v1 message; its upgrade requests well-formed). It takes about as long
+as the agent's start-up and stop, a few times over.
+
+Exit status: 0 every check passed (warnings allowed); 1 a check failed; 64 bad arguments; 65 an archive
+that cannot be unpacked; 78 no entry point.
+
+Example:
+  upgrader check ./build --ready-timeout 10s      # in the agent's own CI, on every build`,
   halt: `Usage: upgrader halt --root <dir> [--by <who>] [--json]
 
 Stops the active agent through the protocol (stop, then SIGTERM after the run's stop timeout, then SIGKILL
@@ -387,6 +405,20 @@ async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]):
   return reachedGoal(last, until) ? EXIT.ok : EXIT.refused;
 }
 
+async function check(args: string[]): Promise<number> {
+  const v = parse(args, { entry: { type: 'string' }, 'ready-timeout': { type: 'string', default: '30s' }, 'stop-timeout': { type: 'string', default: '30s' }, json: { type: 'boolean', default: false } }, ['source']);
+  if (v.help) return help('check');
+  if (typeof v.source !== 'string') throw new UpgraderError('E_USAGE', 'The agent to check (a version directory or a .tar.gz archive) is required (see --help).');
+  const readyMs = parseDuration(v['ready-timeout'] as string, '--ready-timeout');
+  const stopMs = parseDuration(v['stop-timeout'] as string, '--stop-timeout');
+  const { checkAgent, formatChecks } = await import('./check.js');
+  const results = await checkAgent({ source: resolve(v.source), entry: (v.entry as string | undefined) ?? DEFAULT_ENTRY, readyMs, stopMs });
+  const failed = results.some((r) => r.status === 'failed');
+  if (v.json) printJson({ passed: !failed, checks: results });
+  else process.stdout.write(`${formatChecks(results)}\n${failed ? 'FAILED: the agent breaks protocol v1 (see the FAIL lines)' : 'passed: the agent keeps protocol v1'}\n`);
+  return failed ? EXIT.refused : EXIT.ok;
+}
+
 /** `upgrader halt` and `upgrader resume`: one request, one answer. */
 async function haltOrResume(command: 'halt' | 'resume', args: string[]): Promise<number> {
   const v = parse(args, command === 'halt' ? { root: { type: 'string' }, by: { type: 'string' }, json: { type: 'boolean', default: false } } : { root: { type: 'string' }, json: { type: 'boolean', default: false } });
@@ -470,6 +502,8 @@ export async function main(argv: string[]): Promise<number> {
       return versions(rest);
     case 'prune':
       return prune(rest);
+    case 'check':
+      return check(rest);
     case 'halt':
     case 'resume':
       return haltOrResume(command, rest);

@@ -320,8 +320,8 @@ export async function stopAllUpgraders(): Promise<void> {
   }
 }
 
-export async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const result = await execa(process.execPath, [CLI, ...args], { reject: false, timeout: 10_000 });
+export async function runCli(args: string[], timeoutMs = 10_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  const result = await execa(process.execPath, [CLI, ...args], { reject: false, timeout: timeoutMs });
   return { code: result.exitCode ?? -1, stdout: result.stdout, stderr: result.stderr };
 }
 

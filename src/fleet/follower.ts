@@ -252,6 +252,7 @@ export class Follower {
     }
     if (run?.state === 'upgrading') return this.carryOut(k, run, true);
     const local = this.o.local.view();
+    const startsNow = rollout.state === 'running' && rollout.group === at.group && rollout.wave === at.wave && !paused;
     if (!run && stagesNow(rollout, at)) {
       const staged = await this.stage(target);
       if (staged !== true) {
@@ -262,16 +263,20 @@ export class Follower {
         await this.publish();
         return;
       }
-      await markStaged(this.o.store, k, local.running, target);
-      ({ run, mod } = await readRun(this.o.store, k));
+      // A host whose wave is on starts at once: its start creates the run record (no `staged` in between).
+      if (startsNow) run = { schema: SCHEMA, host: this.o.host, state: 'staged', from: local.running, to: target, reason: null, code: null, startedAt: null, endedAt: null };
+      else {
+        await markStaged(this.o.store, k, local.running, target);
+        ({ run, mod } = await readRun(this.o.store, k));
+      }
     }
-    await this.publish();
-    const ourWave = rollout.group === at.group && rollout.wave === at.wave;
-    if (rollout.state !== 'running' || !ourWave || paused || !run) return;
+    if (!startsNow || !run) return this.publish();
+    // The record is written beside the start, not before it: it only reports.
+    void this.publish().catch(() => undefined);
     // Lost to a change of the rollout record (a failure, a pause) or of the run: read again, after a backoff.
-    if (!(await startRun(this.o.store, k, rolloutMod, mod, local.running, target))) throw new RetryLater('the start lost its compare');
-    const started = await readRun(this.o.store, k);
-    await this.carryOut(k, started.run!, false);
+    const started = await startRun(this.o.store, k, rolloutMod, mod, local.running, target);
+    if (!started) throw new RetryLater('the start lost its compare');
+    await this.carryOut(k, started, false);
   }
 
   /**
@@ -308,9 +313,9 @@ export class Follower {
     if (barrier.phase === 'switch' && onlyExcluded(plan, rollout)) await advanceIfWaveEnded(this.o.store);
     const ourWave = rollout.group === at.group && rollout.wave === at.wave;
     if (barrier.phase !== 'switch' || state !== 'halted' || rollout.state !== 'running' || !ourWave || paused) return this.publish();
-    if (!(await startRun(this.o.store, k, rolloutMod, mod, null, to))) throw new RetryLater('the start lost its compare');
-    const started = await readRun(this.o.store, k);
-    await this.carryOut(k, started.run!, false);
+    const started = await startRun(this.o.store, k, rolloutMod, mod, null, to);
+    if (!started) throw new RetryLater('the start lost its compare');
+    await this.carryOut(k, started, false);
   }
 
   private async stageForBarrier(k: RunKey, to: string): Promise<void> {
@@ -394,20 +399,7 @@ export class Follower {
       if (!outcome.ok) return this.publish();
     }
     if (rollout.state !== 'succeeded' || desired !== to || this.gaveUp.has(to)) return this.publish();
-    this.asked = { version: to, rolloutId: rollout.id };
-    const staged = await this.stage(to);
-    const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
-    const outcome = staged === true ? await this.o.local.upgrade(to, (phase) => this.setPhase(phase), deadline) : { ok: false as const, reason: staged.message, code: staged.code, transient: false };
-    if (outcome.ok) {
-      this.setPhase('succeeded');
-      this.error = null;
-    } else {
-      if (outcome.transient) throw new RetryLater(outcome.reason);
-      this.gaveUp.add(to);
-      this.setPhase('failed');
-      this.error = { message: outcome.reason, code: outcome.code, at: now() };
-    }
-    await this.publish();
+    return this.upgradeTo(to, rollout.id);
   }
 
   /** Takes the host to `run.to`, or reads back how a handoff begun before a restart ended. */
@@ -459,10 +451,15 @@ export class Follower {
     const view = this.o.local.view();
     if (desired === null || view.running === desired || view.running === null || view.busy || this.gaveUp.has(desired)) return this.publish();
     this.gaveUp.clear();
-    this.asked = { version: desired, rolloutId: null };
-    const staged = await this.stage(desired);
+    return this.upgradeTo(desired, null);
+  }
+
+  /** Outside a rollout's waves: stage `version` and hand off to it; a failure is not tried again until the version changes. */
+  private async upgradeTo(version: string, rolloutId: string | null): Promise<void> {
+    this.asked = { version, rolloutId };
+    const staged = await this.stage(version);
     const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
-    const outcome = staged === true ? await this.o.local.upgrade(desired, (phase) => this.setPhase(phase), deadline) : { ok: false as const, reason: staged.message, code: staged.code, transient: false };
+    const outcome = staged === true ? await this.o.local.upgrade(version, (phase) => this.setPhase(phase), deadline) : { ok: false as const, reason: staged.message, code: staged.code, transient: false };
     if (outcome.ok) {
       this.setPhase('succeeded');
       this.error = null;
@@ -470,7 +467,7 @@ export class Follower {
       this.error = { message: outcome.reason, code: outcome.code, at: now() };
       throw new RetryLater(outcome.reason);
     } else {
-      this.gaveUp.add(desired);
+      this.gaveUp.add(version);
       this.setPhase(failedPhase(outcome.code));
       this.error = { message: outcome.reason, code: outcome.code, at: now() };
     }

@@ -15,7 +15,7 @@ afterEach(async () => {
 });
 
 const README = readFileSync(join(REPO, 'README.md'), 'utf8');
-const COMMANDS = ['run', 'status', 'install', 'versions', 'prune', 'upgrade', 'rollback', 'halt', 'resume', 'follow', 'fleet'] as const;
+const COMMANDS = ['run', 'status', 'install', 'versions', 'prune', 'upgrade', 'rollback', 'check', 'halt', 'resume', 'follow', 'fleet'] as const;
 /** The etcd options are listed once, after the fleet commands, for follow and fleet alike. */
 const ETCD_OPTIONS = /etcd options \(follow and fleet\):[^\n]*\n[^\n]*/;
 

@@ -464,7 +464,7 @@ describe('upgrade and rollback from the shell', () => {
   });
 
   it('every command has --help with an example', async () => {
-    for (const command of ['run', 'status', 'install', 'versions', 'prune', 'upgrade', 'rollback', 'halt', 'resume']) {
+    for (const command of ['run', 'status', 'install', 'versions', 'prune', 'upgrade', 'rollback', 'check', 'halt', 'resume']) {
       const { code, stdout } = await runCli([command, '--help']);
       expect(code).toBe(0);
       expect(stdout).toMatch(new RegExp(`^Usage: upgrader ${command}`));
