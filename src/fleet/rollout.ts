@@ -238,10 +238,10 @@ export async function markStaged(store: FleetStore, k: RunKey, from: string | nu
 
 /**
  * The admission: the host's run becomes `upgrading` only if the rollout record is still the one read
- * (running, at this wave), no pause is pending, and the run record is still the one read. A false return
- * means something moved: read again.
+ * (running, at this wave), no pause is pending, and the run record is still the one read (absent, for
+ * `runMod` null). Returns the run written, or null when something moved: read again.
  */
-export async function startRun(store: FleetStore, k: RunKey, rolloutMod: string, runMod: string | null, from: string | null, to: string): Promise<boolean> {
+export async function startRun(store: FleetStore, k: RunKey, rolloutMod: string, runMod: string | null, from: string | null, to: string): Promise<Run | null> {
   const run: Run = { schema: SCHEMA, host: k.host, state: 'upgrading', from, to, reason: null, code: null, startedAt: now(), endedAt: null };
   const key = runKey(k);
   const result = await store.ns
@@ -250,7 +250,7 @@ export async function startRun(store: FleetStore, k: RunKey, rolloutMod: string,
     .and(key, runMod === null ? 'Create' : 'Mod', '==', runMod ?? 0)
     .then(store.ns.put(key).value(serialize(run)))
     .commit();
-  return result.succeeded;
+  return result.succeeded ? run : null;
 }
 
 /** The host's run ended well: recorded, then the wave is moved on if this was its last host. */
