@@ -380,7 +380,7 @@ export async function fleetBench(argv: string[]): Promise<void> {
     const before = await scrape(etcd);
     const loadBefore = loadavg()[0]!;
     const publishAt = Date.now();
-    const release: Release = { schema: SCHEMA, version: 'v2', artifact: '/nonexistent/agent-v2.tar.gz', sha256: '0'.repeat(64), size: 1024, upgradeFrom: null, sequential: null, publishedAt: new Date().toISOString() };
+    const release: Release = { schema: SCHEMA, version: 'v2', artifact: '/nonexistent/agent-v2.tar.gz', sha256: '0'.repeat(64), size: 1024, upgradeFrom: null, sequential: null, barrier: false, publishedAt: new Date().toISOString() };
     const put = await store.ns.if(KEYS.release('v2'), 'Create', '==', 0).then(store.ns.put(KEYS.release('v2')).value(serialize(release))).commit();
     if (!put.succeeded) throw new Error('bench: release v2 exists already');
     const rolloutAt = Date.now();
