@@ -16,7 +16,7 @@ export const FIXTURES = join(REPO, 'test/fixtures');
 export const EXAMPLE_AGENT = join(REPO, 'dist/examples/example-agent.js');
 
 /** What some tests need of the machine, beyond Node.js. */
-export type Need = 'root' | 'strace' | 'mkfifo' | 'useradd' | 'systemd-nspawn' | 'mmdebstrap' | 'etcd' | 'openssl';
+export type Need = 'root' | 'strace' | 'mkfifo' | 'useradd' | 'systemd-nspawn' | 'mmdebstrap' | 'etcd' | 'openssl' | 'python3';
 
 const onPath = (tool: string) => spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0;
 const available: Record<Need, () => boolean> = {
@@ -29,6 +29,7 @@ const available: Record<Need, () => boolean> = {
   // test/etcd.ts starts etcd (Debian's etcd-server, /usr/bin/etcd) and uses etcdctl (etcd-client).
   etcd: () => onPath('etcd') && onPath('etcdctl'),
   openssl: () => onPath('openssl'),
+  python3: () => onPath('python3'),
 };
 
 /** Why tests needing `needs` cannot run here ("needs root, strace"), or null when they can: for skipIf. */

@@ -1,0 +1,108 @@
+"""Unit tests of upgrader_agent over in-memory pipes (the integration tests run it under a real upgrader)."""
+import io
+import json
+import os
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import upgrader_agent  # noqa: E402
+
+
+class Harness:
+    """An agent wired to a pipe for its stdin and a buffer for its stdout, with exits recorded, not taken."""
+
+    def __init__(self, role: str = "active") -> None:
+        read_fd, self.write_fd = os.pipe()
+        self.out = io.StringIO()
+        self.exited = threading.Event()
+        self.ended = threading.Event()
+        self.codes = []
+        env = {"UPGRADER_PROTOCOL": "1", "UPGRADER_ROLE": role, "UPGRADER_VERSION": "2.0.0", "UPGRADER_ROOT": "/srv/a", "UPGRADER_FROM_VERSION": "1.0.0"}
+        self.agent = upgrader_agent.Agent(stdin=os.fdopen(read_fd, "rb"), stdout=self.out, env=env, exit=self._exit, on_end=self.ended.set)
+
+    def _exit(self, code: int) -> None:
+        self.codes.append(code)
+        self.exited.set()
+
+    def send(self, raw: str) -> None:
+        os.write(self.write_fd, raw.encode("utf-8"))
+
+    def close(self) -> None:
+        os.close(self.write_fd)
+
+    def sent(self):
+        return [json.loads(line) for line in self.out.getvalue().splitlines()]
+
+
+class AgentTest(unittest.TestCase):
+    def test_reads_its_environment(self) -> None:
+        h = Harness("candidate")
+        self.assertTrue(h.agent.supervised)
+        self.assertEqual((h.agent.role, h.agent.version, h.agent.root, h.agent.from_version), ("candidate", "2.0.0", "/srv/a", "1.0.0"))
+        h.close()
+
+    def test_a_candidate_works_only_after_go(self) -> None:
+        h = Harness("candidate")
+        h.agent.ready()
+        self.assertFalse(h.agent.wait_for_go(0.05))
+        self.assertFalse(h.agent.is_active)
+        h.send('{"type":"go"}\n')
+        self.assertTrue(h.agent.wait_for_go(2))
+        self.assertTrue(h.agent.is_active)
+        self.assertEqual(h.sent(), [{"type": "ready"}])
+        h.close()
+
+    def test_stop_runs_the_handler_before_stopped_then_exits(self) -> None:
+        h = Harness()
+        order = []
+        h.agent.on_stop(lambda: order.append(("handler", list(h.sent()))))
+        h.send('{"type":"stop"}\n')
+        self.assertTrue(h.exited.wait(2))
+        self.assertEqual(order, [("handler", [])])
+        self.assertEqual(h.sent(), [{"type": "stopped"}])
+        self.assertEqual(h.codes, [0])
+        h.close()
+
+    def test_an_upgrade_request_gets_its_refusal_with_the_code(self) -> None:
+        h = Harness()
+        answer = []
+        asking = threading.Thread(target=lambda: answer.append(h.agent.request_upgrade("3.0.0")))
+        asking.start()
+        while not h.sent():
+            pass
+        self.assertEqual(h.sent(), [{"type": "upgrade", "version": "3.0.0", "mode": "live"}])
+        self.assertEqual(h.agent.request_upgrade("4.0.0").code, "in-progress")
+        # An answer about another version is not this request's.
+        h.send('{"type":"upgrade-failed","version":"9.9.9","reason":"x"}\n')
+        h.send('{"type":"upgrade-failed","version":"3.0.0","reason":"3.0.0 is quarantined","code":"quarantined"}\n')
+        asking.join(2)
+        self.assertEqual(answer, [upgrader_agent.UpgradeAnswer(False, "3.0.0 is quarantined", "quarantined")])
+        h.close()
+
+    def test_an_upgrade_that_goes_through_ends_with_stop(self) -> None:
+        h = Harness()
+        answer = []
+        asking = threading.Thread(target=lambda: answer.append(h.agent.request_upgrade("3.0.0")))
+        asking.start()
+        while not h.sent():
+            pass
+        h.send('{"type":"stop"}\n')
+        asking.join(2)
+        self.assertEqual(answer, [upgrader_agent.UpgradeAnswer(True)])
+        h.close()
+
+    def test_ignores_what_is_not_a_message_and_ends_with_stdin(self) -> None:
+        h = Harness("candidate")
+        h.send("not json\n" + '{"type":"go","x":' + "\n" + "{}\n" + '{"type":"upgrade-failed","version":1}\n' + "\xff\n")
+        h.send("x" * (upgrader_agent.MAX_LINE_BYTES + 10) + "\n")
+        h.send('{"type":"go"}\n')
+        self.assertTrue(h.agent.wait_for_go(2))
+        h.close()
+        self.assertTrue(h.ended.wait(2))
+        self.assertEqual(h.codes, [])
+
+
+if __name__ == "__main__":
+    unittest.main()
