@@ -101,7 +101,7 @@ allowed to reach --root at all; 78 --root does not exist or has no versions/.
 Examples:
   upgrader status --root /var/lib/upgrader/myagent --json
   upgrader status`,
-  install: `Usage: upgrader install --root <dir> --version <v> [--sha256 <hex>] [--entry <path>] [--json] <source>
+  install: `Usage: upgrader install --root <dir> --version <v> [--sha256 <hex>] [--entry <path>] [--check] [--json] <source>
 
 Puts a version in place: <source> is a directory or a .tar.gz/.tgz archive. It is assembled under a
 temporary name in versions/, checked (nothing may lead outside it; the entry point must be executable),
@@ -115,7 +115,10 @@ gets versions/ and state/ (mode 0755 less the umask), and a root with no current
 has run yet, gets current pointed at the version, so that "upgrader run" starts it. A current that
 exists, even broken, is left for "upgrader run" to repair; a root with current is only staged into.
 
-Exit status: 0 installed (or already identical); 64 bad arguments; 65 checksum mismatch, an archive
+--check first runs upgrader check on the version (in a scratch root, with the default timeouts, its lines
+on stderr): a version that fails a check is refused, and nothing is staged in the root.
+
+Exit status: 0 installed (or already identical); 1 it failed upgrader check (--check); 64 bad arguments; 65 checksum mismatch, an archive
 that cannot be unpacked, or an entry or link that would escape; 73 the version exists with other
 content; 74 a full disk or I/O error; 75 another command holds the layout; 77 not allowed (as root:
 also a new root whose parent another user could change); 78 no entry point, a new root whose parent is
@@ -300,7 +303,7 @@ function status(args: string[]): number {
 }
 
 async function install(args: string[]): Promise<number> {
-  const v = parse(args, { root: { type: 'string' }, version: { type: 'string' }, sha256: { type: 'string' }, entry: { type: 'string' }, json: { type: 'boolean', default: false } }, ['source']);
+  const v = parse(args, { root: { type: 'string' }, version: { type: 'string' }, sha256: { type: 'string' }, entry: { type: 'string' }, check: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } }, ['source']);
   if (v.help) return help('install');
   if (typeof v.version !== 'string') throw new UpgraderError('E_USAGE', '--version <v> is required (see --help).');
   if (typeof v.source !== 'string') throw new UpgraderError('E_USAGE', 'The source (a directory or a .tar.gz archive) is required (see --help).');
@@ -315,8 +318,9 @@ async function install(args: string[]): Promise<number> {
   const actor = plan.create === 'root' ? actorForNewRoot(root) : actorFor(root);
   if (actor.kind === 'owner') {
     const options = Object.entries({ '--sha256': v.sha256, '--entry': v.entry }).flatMap(([flag, value]) => (typeof value === 'string' ? [flag, value] : []));
-    return runAsOwner(actor, ['install', '--root', root, '--version', v.version, ...options, ...(v.json ? ['--json'] : []), source]);
+    return runAsOwner(actor, ['install', '--root', root, '--version', v.version, ...options, ...(v.check ? ['--check'] : []), ...(v.json ? ['--json'] : []), source]);
   }
+  if (v.check) await refuseUnlessChecked(source, (v.entry as string | undefined) ?? DEFAULT_ENTRY);
   const { describeInstall, installVersion } = await import('./install.js');
   const result = await installVersion({
     root,
@@ -403,6 +407,15 @@ async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]):
   });
   if (typeof last === 'number') return last;
   return reachedGoal(last, until) ? EXIT.ok : EXIT.refused;
+}
+
+/** `install --check`: the agent proved against the protocol in a scratch root before anything is staged in the real one. */
+async function refuseUnlessChecked(source: string, entry: string): Promise<void> {
+  const { checkAgent, formatChecks } = await import('./check.js');
+  const results = await checkAgent({ source, entry, readyMs: parseDuration(DEFAULTS.readyTimeout, 'ready'), stopMs: parseDuration(DEFAULTS.stopTimeout, 'stop') });
+  process.stderr.write(`${formatChecks(results)}\n`);
+  const failed = results.find((r) => r.status === 'failed');
+  if (failed) throw new UpgraderError('E_REFUSED', `The version fails upgrader check (${failed.check}: ${failed.detail}); nothing was installed.`);
 }
 
 async function check(args: string[]): Promise<number> {

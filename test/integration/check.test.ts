@@ -2,7 +2,7 @@
  * `upgrader check` on real agents: it passes the agents of this repository (the Node example, the fixture
  * agent, the sh agent) and fails each purpose-built broken agent in test/fixtures/check/ with a clear line.
  */
-import { chmodSync, copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cleanUpAfterEach, makeRoot, REPO, runCli, scratchDir } from '../helpers.js';
@@ -62,6 +62,18 @@ describe('upgrader check', () => {
       expect(out.stdout.trim().split('\n').at(-1)).toBe('FAILED: the agent breaks protocol v1 (see the FAIL lines)');
     });
   }, 90_000);
+
+  it('install --check refuses a version that fails a check, staging nothing; it installs one that passes', async () => {
+    const root = makeRoot({ '1.0.0': {} }, '1.0.0');
+    const broken = await runCli(['install', '--root', root, '--version', '2.0.0', '--check', versionWith(join(REPO, 'test/fixtures/check/exits-on-upgrade-failed.sh'))], 120_000);
+    expect(broken.code, broken.stderr).toBe(1);
+    expect(broken.stderr).toMatch(/The version fails upgrader check \(upgrade-failed does not make it exit: it exited with status 3 .*\); nothing was installed/);
+    expect(readdirSync(join(root, 'versions'))).toEqual(['1.0.0']);
+    const good = await runCli(['install', '--root', root, '--version', '2.0.0', '--check', join(root, 'versions/1.0.0')], 120_000);
+    expect(good.code, good.stderr).toBe(0);
+    expect(good.stderr).toMatch(/^ok {4}a live handoff to itself/m);
+    expect(readdirSync(join(root, 'versions')).sort()).toEqual(['1.0.0', '2.0.0']);
+  }, 150_000);
 
   it('--json prints every check; a version without an entry point is refused (78)', async () => {
     const out = await check(versionWith(join(REPO, 'test/fixtures/check/never-ready.sh')), ['--json']);
