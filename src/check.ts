@@ -15,7 +15,8 @@ import type { UpgraderMessage } from './protocol.js';
 
 export type CheckStatus = 'passed' | 'failed' | 'warning' | 'n/a';
 export type CheckResult = { check: string; status: CheckStatus; detail: string };
-export type CheckOptions = { source: string; entry?: string; readyMs: number; stopMs: number };
+/** `sha256`: the archive's expected digest, checked before anything is unpacked (install --check --sha256). */
+export type CheckOptions = { source: string; entry?: string; sha256?: string; readyMs: number; stopMs: number };
 
 /** How long an agent may take to exit once its stdin is closed (the upgrader that ran it is gone). */
 export const EOF_EXIT_MS = 5000;
@@ -26,11 +27,20 @@ const VERSION = 'check';
 /** Runs every check on the agent in `source` (a version directory or a .tar.gz); the scratch root is removed after. */
 export async function checkAgent(o: CheckOptions): Promise<CheckResult[]> {
   const root = join(mkdtempSync(join(tmpdir(), 'upgrader-check-')), 'root');
+  let runs: Runs | null = null;
+  // Interrupted (Ctrl-C, a CI job cancelled): the copies, which run in sessions of their own, go too.
+  const interrupted = () => {
+    runs?.killNow();
+    rmSync(join(root, '..'), { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
   try {
-    await installVersion({ root, version: VERSION, source: o.source, entry: o.entry });
+    await installVersion({ root, version: VERSION, source: o.source, entry: o.entry, sha256: o.sha256 });
     const layout = Layout.open(root, o.entry);
     const results: CheckResult[] = [];
-    const runs = new Runs(layout);
+    runs = new Runs(layout);
     try {
       results.push(...(await checkActive(runs, o)));
       results.push(...(await checkCandidateAndStop(runs, o)));
@@ -42,6 +52,8 @@ export async function checkAgent(o: CheckOptions): Promise<CheckResult[]> {
     }
     return results;
   } finally {
+    process.removeListener('SIGINT', interrupted);
+    process.removeListener('SIGTERM', interrupted);
     rmSync(join(root, '..'), { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   }
 }
@@ -54,7 +66,9 @@ type Seen = { at: number; event: AgentLineEvent };
 class Run {
   readonly seen: Seen[] = [];
   readonly started = Date.now();
-  exit: { code: number | null; signal: NodeJS.Signals | null; at: number } | null = null;
+  exit: { code: number | null; signal: NodeJS.Signals | null; error: string | null; at: number } | null = null;
+  /** Its stdout has ended: every line it wrote has been read. */
+  outputEnded = false;
 
   /** The exit, read afresh (a method, so that a check made before an await does not narrow what follows it). */
   exitNow(): Run['exit'] {
@@ -67,9 +81,12 @@ class Run {
     this.agent = new AgentProcess(
       { id, root: layout.root, version: VERSION, versionDir: layout.versionDir(VERSION), entryPath: layout.entryPath(VERSION), role, fromVersion },
       {
-        onLine: (event) => this.note({ at: Date.now(), event }),
-        onExit: (code, signal) => {
-          this.exit = { code, signal, at: Date.now() };
+        onLine: (event) => {
+          if (event.kind === 'end') this.outputEnded = true;
+          this.note({ at: Date.now(), event });
+        },
+        onExit: (code, signal, error) => {
+          this.exit = { code, signal, error: error && code === null && signal === null ? error.message : null, at: Date.now() };
           this.wake();
         },
       },
@@ -114,7 +131,24 @@ class Run {
 
   describeExit(): string {
     if (!this.exit) return 'still running';
+    if (this.exit.error) return `could not be started (${this.exit.error})`;
     return this.exit.signal ? `was killed by ${this.exit.signal}` : `exited with status ${this.exit.code}`;
+  }
+
+  /** Once it has exited, the lines still in the pipe are read before anything is judged (bounded). */
+  async settled(): Promise<void> {
+    if (this.exit) await this.until(() => this.outputEnded, 500);
+  }
+
+  /** The messages it sent after the `index`-th thing seen, other than status: what must not come then. */
+  messagesAfter(index: number): Seen[] {
+    return this.seen.slice(index + 1).filter((s) => s.event.kind === 'message' && s.event.message.type !== 'status');
+  }
+
+  /** Ends this copy and its tree, if it is still there, so that the next check does not run beside it. */
+  async end(): Promise<void> {
+    if (!this.exit) await this.agent.killTree();
+    else this.agent.killGroupAndMarked();
   }
 
   since(at: number): string {
@@ -126,6 +160,8 @@ class Run {
 class Runs {
   private readonly all: Run[] = [];
   private nextId = 1;
+  /** Whether the agent said ready as active: if not, later active copies are not waited for in vain. */
+  activeSaysReady = true;
   constructor(private readonly layout: Layout) {}
 
   start(role: 'active' | 'candidate', fromVersion: string | null = null): Run {
@@ -156,7 +192,18 @@ class Runs {
   }
 
   async killAll(): Promise<void> {
-    await Promise.all(this.all.map((r) => r.agent.killTree()));
+    await Promise.all(this.all.map((r) => r.end()));
+  }
+
+  /** On an interrupt: SIGKILL to every copy's group and marked descendants, synchronously. */
+  killNow(): void {
+    for (const r of this.all) r.agent.killGroupAndMarked();
+  }
+
+  /** An active copy is up: it said ready, or (an agent that does not) it is simply running. */
+  async activeUp(run: Run, o: CheckOptions): Promise<void> {
+    const wait = this.activeSaysReady ? o.readyMs : KEEPS_RUNNING_MS;
+    await run.until(() => run.messages('ready').length > 0 || run.exit !== null, wait);
   }
 }
 
@@ -170,21 +217,32 @@ const fail = (check: string, detail: string): CheckResult => ({ check, status: '
 async function checkActive(runs: Runs, o: CheckOptions): Promise<CheckResult[]> {
   const run = runs.start('active');
   const results: CheckResult[] = [];
-  const ready = await run.until(() => run.messages('ready').length > 0 || run.exit !== null, o.readyMs);
-  if (run.exit) results.push(fail('as active: starts and keeps running', `it ${run.describeExit()} ${run.since(run.exit.at)}`));
-  else results.push(pass('as active: starts and keeps running', `running as PID ${run.agent.pid}`));
+  await run.until(() => run.messages('ready').length > 0 || run.exit !== null, o.readyMs);
+  // Up means still up a moment later, not only at the instant it said ready.
+  await run.until(() => run.exitNow() !== null, KEEPS_RUNNING_MS);
   const said = run.messages('ready')[0];
-  results.push(ready && said ? pass('as active: says ready (optional)', `ready ${run.since(said.at)}`) : { check: 'as active: says ready (optional)', status: 'warning', detail: `no ready within ${o.readyMs / 1000} s: run it with --ready-on-spawn` });
-  if (run.exit) return results;
+  runs.activeSaysReady = said !== undefined;
+  const exit = run.exitNow();
+  if (exit) results.push(fail('as active: starts and keeps running', `it ${run.describeExit()} ${run.since(exit.at)}`));
+  else results.push(pass('as active: starts and keeps running', `running as PID ${run.agent.pid}`));
+  results.push(said ? pass('as active: says ready (optional)', `ready ${run.since(said.at)}`) : { check: 'as active: says ready (optional)', status: 'warning', detail: `no ready within ${o.readyMs / 1000} s: run it with --ready-on-spawn` });
+  if (exit) return results;
   run.agent.closeInput();
   const closedAt = Date.now();
   const exited = await run.until(() => run.exit !== null, EOF_EXIT_MS);
   const check = `as active: exits within ${EOF_EXIT_MS / 1000} s once its stdin is closed, leaving no process behind`;
-  if (!exited) return [...results, fail(check, `still running ${EOF_EXIT_MS / 1000} s after stdin was closed: an agent must exit when its upgrader is gone`)];
+  if (!exited) {
+    await run.end();
+    return [...results, fail(check, `still running ${EOF_EXIT_MS / 1000} s after stdin was closed: an agent must exit when its upgrader is gone`)];
+  }
   // Its children get a moment to follow it out.
   await run.until(() => run.agent.leftovers().length === 0, 1000);
   const left = run.agent.leftovers();
-  if (left.length) return [...results, fail(check, `it ${run.describeExit()} after ${((run.exit!.at - closedAt) / 1000).toFixed(2)} s, but left ${left.map(describeProcess).join(', ')} running`)];
+  if (left.length) {
+    const named = left.map(describeProcess).join(', ');
+    await run.end();
+    return [...results, fail(check, `it ${run.describeExit()} after ${((run.exit!.at - closedAt) / 1000).toFixed(2)} s, but left ${named} running`)];
+  }
   return [...results, pass(check, `it ${run.describeExit()} ${((run.exit!.at - closedAt) / 1000).toFixed(2)} s after`)];
 }
 
@@ -193,12 +251,18 @@ async function checkCandidateAndStop(runs: Runs, o: CheckOptions): Promise<Check
   const run = runs.start('candidate', VERSION);
   const results: CheckResult[] = [];
   const readyCheck = `as candidate: says ready within ${o.readyMs / 1000} s`;
-  if (!(await run.until(() => run.messages('ready').length > 0 || run.exit !== null, o.readyMs))) return [fail(readyCheck, `no ready within ${o.readyMs / 1000} s`)];
+  if (!(await run.until(() => run.messages('ready').length > 0 || run.exit !== null, o.readyMs))) {
+    await run.end();
+    return [fail(readyCheck, `no ready within ${o.readyMs / 1000} s`)];
+  }
   if (run.exit && run.messages('ready').length === 0) return [fail(readyCheck, `it ${run.describeExit()} ${run.since(run.exit.at)} without saying ready`)];
   results.push(pass(readyCheck, `ready ${run.since(run.messages('ready')[0]!.at)}`));
+  // The upgrader sends go only once the old agent has let go: a candidate waits, doing and saying nothing.
+  await run.until(() => run.exitNow() !== null, KEEPS_RUNNING_MS);
   const early = run.messages('upgrade', 'stopped')[0];
   const quiet = 'as candidate: sends nothing but ready and status before go';
   results.push(early && early.event.kind === 'message' ? fail(quiet, `it sent ${early.event.message.type} ${run.since(early.at)}, before go`) : pass(quiet, 'nothing else'));
+  if (run.exitNow()) return [...results, fail('as candidate: keeps running after go', `it ${run.describeExit()} before go`)];
   const goAt = run.send({ type: 'go' });
   await run.until(() => run.exit !== null, KEEPS_RUNNING_MS);
   const keeps = 'as candidate: keeps running after go';
@@ -209,13 +273,22 @@ async function checkCandidateAndStop(runs: Runs, o: CheckOptions): Promise<Check
 
 /** Told stop: `stopped`, then exit within --stop-timeout, and nothing but status after `stopped`. */
 async function checkStop(run: Run, o: CheckOptions, label: string): Promise<CheckResult[]> {
+  const from = run.seen.length;
   const sentAt = run.send({ type: 'stop' });
   const check = `${label}: says stopped, then exits within ${o.stopMs / 1000} s`;
   await run.until(() => run.exit !== null, o.stopMs);
-  const stopped = run.messages('stopped').find((s) => s.at >= sentAt);
-  if (!stopped) return [fail(check, run.exit ? `it ${run.describeExit()} without saying stopped` : `no stopped within ${o.stopMs / 1000} s of stop`)];
-  if (!run.exit) return [fail(check, `it said stopped after ${((stopped.at - sentAt) / 1000).toFixed(2)} s but is still running ${o.stopMs / 1000} s after stop`)];
-  const after = run.seen.filter((s) => s.at > stopped.at && s.event.kind === 'message' && s.event.message.type !== 'status');
+  await run.settled();
+  const index = run.seen.findIndex((s, i) => i >= from && s.event.kind === 'message' && s.event.message.type === 'stopped');
+  const stopped = run.seen[index];
+  if (!stopped) {
+    await run.end();
+    return [fail(check, run.exit ? `it ${run.describeExit()} without saying stopped` : `no stopped within ${o.stopMs / 1000} s of stop`)];
+  }
+  if (!run.exit) {
+    await run.end();
+    return [fail(check, `it said stopped after ${((stopped.at - sentAt) / 1000).toFixed(2)} s but is still running ${o.stopMs / 1000} s after stop`)];
+  }
+  const after = run.messagesAfter(index);
   const results = [pass(check, `stopped after ${((stopped.at - sentAt) / 1000).toFixed(2)} s, ${run.describeExit()} after ${((run.exit.at - sentAt) / 1000).toFixed(2)} s`)];
   const quiet = `${label}: sends nothing but status after stopped`;
   const first = after[0];
@@ -227,31 +300,38 @@ async function checkStop(run: Run, o: CheckOptions, label: string): Promise<Chec
 async function checkLiveHandoff(runs: Runs, o: CheckOptions): Promise<CheckResult[]> {
   const check = 'a live handoff to itself: the old copy has said its last before the new copy is told go';
   const old = runs.start('active');
-  await old.until(() => old.messages('ready').length > 0 || old.exit !== null, o.readyMs);
-  if (old.exit) return [fail(check, `the old copy ${old.describeExit()} ${old.since(old.exit.at)}`)];
+  await runs.activeUp(old, o);
+  if (old.exitNow()) return [fail(check, `the old copy ${old.describeExit()} ${old.since(old.exitNow()!.at)}`)];
   const next = runs.start('candidate', VERSION);
   if (!(await next.until(() => next.messages('ready').length > 0 || next.exit !== null, o.readyMs)) || next.exit) {
+    await old.end();
     return [fail(check, `the new copy ${next.exit ? next.describeExit() : `said no ready within ${o.readyMs / 1000} s`}`)];
   }
+  const stopIndex = old.seen.length;
   const stopAt = old.send({ type: 'stop' });
-  await old.until(() => old.messages('stopped').some((s) => s.at >= stopAt) || old.exit !== null, o.stopMs);
+  await old.until(() => old.seen.slice(stopIndex).some((s) => s.event.kind === 'message' && s.event.message.type === 'stopped') || old.exit !== null, o.stopMs);
+  const early = next.messages('upgrade', 'stopped')[0];
+  const goIndex = old.seen.length;
   const goAt = next.send({ type: 'go' });
   await old.until(() => old.exit !== null, o.stopMs);
-  const late = old.seen.filter((s) => s.at > goAt && s.event.kind === 'message' && s.event.message.type !== 'status');
+  await old.settled();
+  const late = old.messagesAfter(goIndex - 1);
   const results: CheckResult[] = [];
   if (!old.exit) results.push(fail(check, `the old copy is still running ${(o.stopMs / 1000).toFixed(0)} s after stop`));
   else if (late.length && late[0]!.event.kind === 'message') results.push(fail(check, `the old copy sent ${late[0]!.event.message.type} after the new copy was told go`));
+  else if (early && early.event.kind === 'message') results.push(fail(check, `the new copy sent ${early.event.message.type} before it was told go`));
   else results.push(pass(check, `old copy ${old.describeExit()}; new copy told go ${((goAt - stopAt) / 1000).toFixed(2)} s after stop`));
+  await old.end();
   await next.until(() => next.exit !== null, KEEPS_RUNNING_MS);
   results.push(next.exit ? fail('a live handoff to itself: the new copy keeps running', `it ${next.describeExit()} after go`) : pass('a live handoff to itself: the new copy keeps running', 'running after go'));
-  if (!next.exit) await checkStop(next, o, 'the new copy, told stop');
+  if (!next.exit) results.push(...(await checkStop(next, o, 'the new copy, told stop')));
   return results;
 }
 
 /** `upgrade-failed` is an answer, not an order to leave; SIGTERM is. */
 async function checkUpgradeFailedAndSigterm(runs: Runs, o: CheckOptions): Promise<CheckResult[]> {
   const run = runs.start('active');
-  await run.until(() => run.messages('ready').length > 0 || run.exit !== null, o.readyMs);
+  await runs.activeUp(run, o);
   if (run.exitNow()) return [fail('upgrade-failed does not make it exit', `it ${run.describeExit()} before anything was sent`)];
   const sentAt = run.send({ type: 'upgrade-failed', version: 'check-2', reason: 'upgrader check: a refused upgrade', code: 'missing' });
   await run.until(() => run.exit !== null, KEEPS_RUNNING_MS);
@@ -262,6 +342,7 @@ async function checkUpgradeFailedAndSigterm(runs: Runs, o: CheckOptions): Promis
   const check = `SIGTERM makes it exit within ${o.stopMs / 1000} s`;
   await run.until(() => run.exit !== null, o.stopMs);
   results.push(run.exit ? pass(check, `it ${run.describeExit()} ${((run.exit.at - termAt) / 1000).toFixed(2)} s after SIGTERM`) : fail(check, `still running ${o.stopMs / 1000} s after SIGTERM`));
+  await run.end();
   return results;
 }
 

@@ -320,7 +320,7 @@ async function install(args: string[]): Promise<number> {
     const options = Object.entries({ '--sha256': v.sha256, '--entry': v.entry }).flatMap(([flag, value]) => (typeof value === 'string' ? [flag, value] : []));
     return runAsOwner(actor, ['install', '--root', root, '--version', v.version, ...options, ...(v.check ? ['--check'] : []), ...(v.json ? ['--json'] : []), source]);
   }
-  if (v.check) await refuseUnlessChecked(source, (v.entry as string | undefined) ?? DEFAULT_ENTRY);
+  if (v.check) await refuseUnlessChecked(source, (v.entry as string | undefined) ?? DEFAULT_ENTRY, v.sha256 as string | undefined);
   const { describeInstall, installVersion } = await import('./install.js');
   const result = await installVersion({
     root,
@@ -410,9 +410,10 @@ async function operatorHandoff(command: 'upgrade' | 'rollback', args: string[]):
 }
 
 /** `install --check`: the agent proved against the protocol in a scratch root before anything is staged in the real one. */
-async function refuseUnlessChecked(source: string, entry: string): Promise<void> {
+async function refuseUnlessChecked(source: string, entry: string, sha256: string | undefined): Promise<void> {
   const { checkAgent, formatChecks } = await import('./check.js');
-  const results = await checkAgent({ source, entry, readyMs: parseDuration(DEFAULTS.readyTimeout, 'ready'), stopMs: parseDuration(DEFAULTS.stopTimeout, 'stop') });
+  // The digest is checked before the scratch install unpacks anything, as it is for the real one.
+  const results = await checkAgent({ source, entry, sha256, readyMs: parseDuration(DEFAULTS.readyTimeout, 'ready'), stopMs: parseDuration(DEFAULTS.stopTimeout, 'stop') });
   process.stderr.write(`${formatChecks(results)}\n`);
   const failed = results.find((r) => r.status === 'failed');
   if (failed) throw new UpgraderError('E_REFUSED', `The version fails upgrader check (${failed.check}: ${failed.detail}); nothing was installed.`);
@@ -539,7 +540,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'help':
       return help('main');
     default:
-      throw new UpgraderError('E_USAGE', `Unknown command ${JSON.stringify(command)}; the commands are run, status, install, versions, prune, upgrade, rollback, follow and fleet (see --help).`);
+      throw new UpgraderError('E_USAGE', `Unknown command ${JSON.stringify(command)}; the commands are run, status, install, versions, prune, upgrade, rollback, check, halt, resume, follow and fleet (see --help).`);
   }
 }
 

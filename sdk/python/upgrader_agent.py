@@ -31,6 +31,11 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
 """The longest line either side may send; a longer one is dropped whole, as the upgrader does."""
 
+MAX_STATUS_CHARS = 1024
+"""The upgrader keeps this much of a status message; status() sends no more."""
+
+MODES = ("live", "sequential")
+
 
 @dataclass(frozen=True)
 class UpgradeAnswer:
@@ -106,35 +111,50 @@ class Agent:
 
     def request_upgrade(self, version: str, mode: str = "live", timeout: Optional[float] = None) -> UpgradeAnswer:
         """Asks the upgrader to hand off to `version` and waits for the answer: ok when the new version is
-        ready and this agent is told to stop (the stop handler then runs), or the refusal or failure (this
-        agent carries on). One request at a time: another while one is pending is refused here."""
+        ready and this agent is told to stop, or the refusal or failure (this agent carries on). One request
+        at a time: another while one is pending is refused here.
+
+        On ok the stop handler is about to run in the library's thread, after which the process exits: the
+        caller must not end the main thread first (Python would end the process before `stopped` is sent)."""
+        if not isinstance(version, str) or not version:
+            raise ValueError(f"version must be a non-empty string, not {version!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         with self._state_lock:
             if self._pending is not None:
                 return UpgradeAnswer(False, f"an upgrade to {self._pending.version} is already pending", "in-progress")
             pending = self._pending = _Pending(version)
         self._send({"type": "upgrade", "version": version, "mode": mode})
         if not pending.done.wait(timeout):
+            # Given up on: a later request may be made (an answer to this one, if any, is then ignored).
+            with self._state_lock:
+                if self._pending is pending:
+                    self._pending = None
             return UpgradeAnswer(False, f"no answer from the upgrader within {timeout} s", None)
         return pending.answer or UpgradeAnswer(False, "no answer", None)
 
     def status(self, message: str) -> None:
         """A short message that `upgrader status` shows as the agent's latest."""
-        self._send({"type": "status", "message": message})
+        self._send({"type": "status", "message": str(message)[:MAX_STATUS_CHARS]})
 
     # ------------------------------------------------------------------ the protocol
 
     def _send(self, message: Dict[str, object]) -> None:
-        line = json.dumps(message, separators=(",", ":"), ensure_ascii=False) + "\n"
+        # ASCII JSON: valid whatever the locale's encoding, and whatever a message holds.
+        line = json.dumps(message, separators=(",", ":"), ensure_ascii=True) + "\n"
         with self._write_lock:
             self._stdout.write(line)
             self._stdout.flush()
 
     def _read(self) -> None:
-        for line in _lines(self._stdin):
-            message = _parse(line)
-            if message is not None:
-                self._handle(message)
-        self._on_end()
+        try:
+            for line in _lines(self._stdin):
+                message = _parse(line)
+                if message is not None:
+                    self._handle(message)
+        finally:
+            # Whatever ended the loop (stdin closed, a read error), the upgrader is gone for this agent.
+            self._on_end()
 
     def _settle(self, answer: UpgradeAnswer) -> None:
         with self._state_lock:
@@ -157,11 +177,15 @@ class Agent:
             self._stopping = True
             self._settle(UpgradeAnswer(True))
             try:
-                self._stop_handler()
-            except Exception as error:  # the handler's failure must not keep `stopped` from being sent
-                sys.stderr.write(f"stop handler failed: {error!r}\n")
-            self._send({"type": "stopped"})
-            self._exit(0)
+                try:
+                    self._stop_handler()
+                except BaseException as error:  # even sys.exit() in the handler: `stopped` must still be sent
+                    sys.stderr.write(f"stop handler failed: {error!r}\n")
+                self._send({"type": "stopped"})
+            except BaseException as error:  # the upgrader's end of the pipe is gone: nothing to tell it
+                sys.stderr.write(f"could not send stopped: {error!r}\n")
+            finally:
+                self._exit(0)
 
 
 def _lines(stream: IO[bytes]):
@@ -204,9 +228,9 @@ def _parse(line: str) -> Optional[Dict[str, object]]:
     """An upgrader message, or None for anything else (not JSON, an unknown type, a field of the wrong kind)."""
     try:
         message = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(message, dict) or message.get("type") not in _SHAPES:
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str) or message["type"] not in _SHAPES:
         return None
     for field, kind in _SHAPES[message["type"]].items():
         if not isinstance(message.get(field), kind):

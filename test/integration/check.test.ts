@@ -51,6 +51,8 @@ describe('upgrader check', () => {
     ['leaves-child.sh', /^FAIL {2}as active: exits within 5 s once its stdin is closed, leaving no process behind: .* but left PID \d+ \(sleep 600\) running$/m],
     ['writes-garbage.sh', /^FAIL {2}every stdout line is protocol v1: \d+ line\(s\) that are not protocol v1 messages .*; the first is garbage: "starting up\.\.\."$/m],
     ['stopped-keeps-running.sh', /^FAIL {2}stop: says stopped, then exits within 3 s: it said stopped after [\d.]+ s but is still running 3 s after stop$/m],
+    ['upgrade-before-go.sh', /^FAIL {2}as candidate: sends nothing but ready and status before go: it sent upgrade [\d.]+ s after start, before go$/m],
+    ['talks-after-stopped.sh', /^FAIL {2}stop: sends nothing but status after stopped: it sent ready after stopped$/m],
   ];
 
   it('fails each purpose-built broken agent with a clear line, and exits 1', async () => {

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -34,6 +35,14 @@ class Harness:
 
     def sent(self):
         return [json.loads(line) for line in self.out.getvalue().splitlines()]
+
+    def wait_until_sent(self, deadline_s: float = 2.0) -> None:
+        """Waits, with a deadline, until the agent has written a line."""
+        end = time.monotonic() + deadline_s
+        while not self.out.getvalue():
+            if time.monotonic() > end:
+                raise AssertionError("the agent wrote nothing in time")
+            time.sleep(0.005)
 
 
 class AgentTest(unittest.TestCase):
@@ -70,8 +79,7 @@ class AgentTest(unittest.TestCase):
         answer = []
         asking = threading.Thread(target=lambda: answer.append(h.agent.request_upgrade("3.0.0")))
         asking.start()
-        while not h.sent():
-            pass
+        h.wait_until_sent()
         self.assertEqual(h.sent(), [{"type": "upgrade", "version": "3.0.0", "mode": "live"}])
         self.assertEqual(h.agent.request_upgrade("4.0.0").code, "in-progress")
         # An answer about another version is not this request's.
@@ -86,16 +94,37 @@ class AgentTest(unittest.TestCase):
         answer = []
         asking = threading.Thread(target=lambda: answer.append(h.agent.request_upgrade("3.0.0")))
         asking.start()
-        while not h.sent():
-            pass
+        h.wait_until_sent()
         h.send('{"type":"stop"}\n')
         asking.join(2)
         self.assertEqual(answer, [upgrader_agent.UpgradeAnswer(True)])
         h.close()
 
+    def test_refuses_a_request_the_upgrader_would_never_answer_and_sends_ascii(self) -> None:
+        h = Harness()
+        with self.assertRaises(ValueError):
+            h.agent.request_upgrade("1.2", mode="fast")
+        self.assertEqual(h.agent.request_upgrade("1.2", timeout=0.01).ok, False)
+        # Given up on, it no longer blocks the next request.
+        self.assertNotEqual(h.agent.request_upgrade("1.3", timeout=0.01).code, "in-progress")
+        h.agent.status("caf\u00e9 \udcff" + "x" * 5000)
+        last = h.out.getvalue().splitlines()[-1]
+        self.assertTrue(last.isascii())
+        self.assertEqual(len(json.loads(last)["message"]), upgrader_agent.MAX_STATUS_CHARS)
+        h.close()
+
+    def test_a_stop_handler_that_calls_sys_exit_still_sends_stopped(self) -> None:
+        h = Harness()
+        h.agent.on_stop(lambda: sys.exit(3))
+        h.send('{"type":"stop"}\n')
+        self.assertTrue(h.exited.wait(2))
+        self.assertEqual(h.sent(), [{"type": "stopped"}])
+        h.close()
+
     def test_ignores_what_is_not_a_message_and_ends_with_stdin(self) -> None:
         h = Harness("candidate")
-        h.send("not json\n" + '{"type":"go","x":' + "\n" + "{}\n" + '{"type":"upgrade-failed","version":1}\n' + "\xff\n")
+        h.send("not json\n" + '{"type":"go","x":' + "\n" + "{}\n" + '{"type":[]}\n' + '{"type":"upgrade-failed","version":1}\n')
+        os.write(h.write_fd, b"\xff\xfe not utf-8\n")
         h.send("x" * (upgrader_agent.MAX_LINE_BYTES + 10) + "\n")
         h.send('{"type":"go"}\n')
         self.assertTrue(h.agent.wait_for_go(2))
