@@ -28,7 +28,6 @@ import { knownHosts, readPlan, runsOf } from './rollout.js';
 import { isActive, KEYS, type Barrier, type BarrierPhase, type Migration, type Rollout, type Run } from './schema.js';
 import type { FleetStore } from './store.js';
 
-export { pastNoReturn } from './barrier-phase.js';
 import { pastNoReturn } from './barrier-phase.js';
 
 export type BarrierEvents = {

@@ -15,7 +15,7 @@ import { UPGRADER_VERSION } from '../upgrader-version.js';
 import { FleetError } from './errors.js';
 import type { LocalUpgrader, LocalView, Progress, UpgradeOutcome } from './local.js';
 import { positionOf, STAGE_AHEAD, stagesNow, targetOf, waveHosts, type Position } from './plan.js';
-import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readPlan, readRun, startRun, writeRun, type RunKey } from './rollout.js';
+import { advanceIfWaveEnded, endRunDone, endRunFailed, markStaged, readPlan, readRun, stagedRun, startRun, writeRun, type RunKey } from './rollout.js';
 import { isActive, KEYS, parseRecord, Release, RolloutWake, SCHEMA, serialize, type HostPhase, type HostRecord, type Plan, type Rollout, type Run } from './schema.js';
 import type { FleetStore } from './store.js';
 
@@ -254,17 +254,9 @@ export class Follower {
     const local = this.o.local.view();
     const startsNow = rollout.state === 'running' && rollout.group === at.group && rollout.wave === at.wave && !paused;
     if (!run && stagesNow(rollout, at)) {
-      const staged = await this.stage(target);
-      if (staged !== true) {
-        const failed: Run = { schema: SCHEMA, host: this.o.host, state: 'staged', from: local.running, to: target, reason: null, code: null, startedAt: null, endedAt: null };
-        this.error = staged;
-        this.setPhase('failed');
-        await endRunFailed(this.o.store, k, failed, staged.message, staged.code);
-        await this.publish();
-        return;
-      }
+      if (!(await this.stageOrFail(k, local.running, target))) return;
       // A host whose wave is on starts at once: its start creates the run record (no `staged` in between).
-      if (startsNow) run = { schema: SCHEMA, host: this.o.host, state: 'staged', from: local.running, to: target, reason: null, code: null, startedAt: null, endedAt: null };
+      if (startsNow) run = stagedRun(this.o.host, local.running, target);
       else {
         await markStaged(this.o.store, k, local.running, target);
         ({ run, mod } = await readRun(this.o.store, k));
@@ -299,7 +291,7 @@ export class Follower {
     if (rollout.state === 'aborted') {
       // Before the point of no return the old version can still run: the abort gives the host back to it,
       // if this rollout halted it (whatever its run record says: the halt may have landed before the record).
-      if (!pastNoReturn(barrier) && (state === 'halted' || state === 'staged')) return this.resumeAfterAbort(k, run!);
+      if (!pastNoReturn(barrier) && (state === 'halted' || state === 'staged') && (await this.resumeIfHaltedBy(rollout.id))) await writeRun(this.o.store, k, { ...run!, state: 'resumed' });
       return this.publish();
     }
     if (state === 'done' || state === 'failed' || state === 'resumed') {
@@ -319,17 +311,20 @@ export class Follower {
   }
 
   private async stageForBarrier(k: RunKey, to: string): Promise<void> {
-    const local = this.o.local.view();
+    const from = this.o.local.view().running;
+    if (await this.stageOrFail(k, from, to)) await markStaged(this.o.store, k, from, to);
+    await this.publish();
+  }
+
+  /** Stages `to` for this host's run; a failure is the run's failure (recorded, the host record says why). */
+  private async stageOrFail(k: RunKey, from: string | null, to: string): Promise<boolean> {
     const staged = await this.stage(to);
-    if (staged === true) {
-      await markStaged(this.o.store, k, local.running, to);
-      return this.publish();
-    }
-    const failed: Run = { schema: SCHEMA, host: this.o.host, state: 'staged', from: local.running, to, reason: null, code: null, startedAt: null, endedAt: null };
+    if (staged === true) return true;
     this.error = staged;
     this.setPhase('failed');
-    await endRunFailed(this.o.store, k, failed, staged.message, staged.code);
+    await endRunFailed(this.o.store, k, stagedRun(this.o.host, from, to), staged.message, staged.code);
     await this.publish();
+    return false;
   }
 
   private async haltForBarrier(k: RunKey, run: Run): Promise<void> {
@@ -346,8 +341,7 @@ export class Follower {
   /** Halts the local agent (retried later when the upgrader says "not now"); a refusal is returned. */
   private async haltHere(by: string): Promise<UpgradeOutcome> {
     this.setPhase('halting');
-    const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
-    const outcome = await this.o.local.halt(by, deadline);
+    const outcome = await this.o.local.halt(by, this.handoffDeadline());
     if (outcome.ok) {
       this.setPhase('halted');
       return outcome;
@@ -360,24 +354,25 @@ export class Follower {
     return outcome;
   }
 
-  /** Resumes the old version after an abort, only if this rollout halted the root (not an operator, nor an earlier rollout). */
-  private async resumeAfterAbort(k: RunKey, run: Run | null): Promise<void> {
+  /**
+   * After an abort before the point of no return: resumes the old version if this rollout halted the root
+   * (not an operator, nor an earlier rollout). True when it resumed it.
+   */
+  private async resumeIfHaltedBy(rolloutId: string): Promise<boolean> {
     const view = this.o.local.view();
-    if (view.haltedBy === haltedByRollout(k.rolloutId)) {
-      const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
-      const outcome = await this.o.local.resume(deadline);
-      if (!outcome.ok) {
-        this.error = { message: outcome.reason, code: outcome.code, at: now() };
-        await this.publish();
-        throw new RetryLater(outcome.reason);
-      }
-      this.setPhase('idle');
-      if (run) await writeRun(this.o.store, k, { ...run, state: 'resumed' });
-    } else if (view.upgrader !== 'halted' && view.running === null) {
+    if (view.haltedBy !== haltedByRollout(rolloutId)) {
       // The upgrader is away or between states: whether this rollout's halt is on record is not known yet.
-      throw new RetryLater('the local upgrader does not say whether it is halted');
+      if (view.upgrader !== 'halted' && view.running === null) throw new RetryLater('the local upgrader does not say whether it is halted');
+      return false;
     }
-    await this.publish();
+    const outcome = await this.o.local.resume(this.handoffDeadline());
+    if (!outcome.ok) {
+      this.error = { message: outcome.reason, code: outcome.code, at: now() };
+      await this.publish();
+      throw new RetryLater(outcome.reason);
+    }
+    this.setPhase('idle');
+    return true;
   }
 
   /**
@@ -390,7 +385,10 @@ export class Follower {
     const barrier = rollout.barrier!;
     const to = rollout.to!;
     const view = this.o.local.view();
-    if (rollout.state === 'aborted' && !pastNoReturn(barrier)) return this.resumeAfterAbort({ rolloutId: rollout.id, at: { group: 0, wave: 0 }, host: this.o.host }, null);
+    if (rollout.state === 'aborted' && !pastNoReturn(barrier)) {
+      await this.resumeIfHaltedBy(rollout.id);
+      return this.publish();
+    }
     const haltsNow = barrier.phase === 'halt' || pastNoReturn(barrier);
     if (!haltsNow || view.running === to) return this.converge(desired);
     if (view.busy || (view.running === null && view.upgrader !== 'halted')) throw new RetryLater('the local upgrader is busy or away; the old version must not come back');
@@ -417,7 +415,7 @@ export class Follower {
       const staged = await this.stage(run.to);
       if (staged !== true) return this.ended(k, run, staged);
       this.setPhase('upgrading');
-      const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
+      const deadline = this.handoffDeadline();
       const outcome = await local.upgrade(run.to, (phase) => this.setPhase(phase), deadline);
       if (outcome.ok) return this.ended(k, run, null);
       if (!outcome.transient) return this.ended(k, run, { message: outcome.reason, code: outcome.code, at: now() });
@@ -426,6 +424,11 @@ export class Follower {
       await sleep(delay, this.stopping.signal);
       await local.settle(this.stopping.signal);
     }
+  }
+
+  /** How long one request to the local upgrader may take (a handoff and its probation, a halt): --handoff-timeout, or until the follower stops. */
+  private handoffDeadline(): AbortSignal {
+    return AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
   }
 
   private async stillWanted(k: RunKey): Promise<boolean> {
@@ -458,7 +461,7 @@ export class Follower {
   private async upgradeTo(version: string, rolloutId: string | null): Promise<void> {
     this.asked = { version, rolloutId };
     const staged = await this.stage(version);
-    const deadline = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.o.handoffTimeoutMs)]);
+    const deadline = this.handoffDeadline();
     const outcome = staged === true ? await this.o.local.upgrade(version, (phase) => this.setPhase(phase), deadline) : { ok: false as const, reason: staged.message, code: staged.code, transient: false };
     if (outcome.ok) {
       this.setPhase('succeeded');

@@ -230,10 +230,14 @@ export async function writeRun(store: FleetStore, k: RunKey, run: Run): Promise<
   await store.ns.put(runKey(k)).value(serialize(run));
 }
 
+/** A host's run before it starts: staged from `from` to `to`. */
+export function stagedRun(host: string, from: string | null, to: string): Run {
+  return { schema: SCHEMA, host, state: 'staged', from, to, reason: null, code: null, startedAt: null, endedAt: null };
+}
+
 /** Staged ahead of its wave: only the host itself writes its run record before it starts. */
 export async function markStaged(store: FleetStore, k: RunKey, from: string | null, to: string): Promise<void> {
-  const run: Run = { schema: SCHEMA, host: k.host, state: 'staged', from, to, reason: null, code: null, startedAt: null, endedAt: null };
-  await store.ns.put(runKey(k)).value(serialize(run));
+  await store.ns.put(runKey(k)).value(serialize(stagedRun(k.host, from, to)));
 }
 
 /**

@@ -36,6 +36,14 @@ class Harness:
     def sent(self):
         return [json.loads(line) for line in self.out.getvalue().splitlines()]
 
+    def ask_in_background(self, version: str):
+        """request_upgrade(version) in a thread, once the request is on the wire: the thread and a list for its answer."""
+        answer = []
+        asking = threading.Thread(target=lambda: answer.append(self.agent.request_upgrade(version)))
+        asking.start()
+        self.wait_until_sent()
+        return asking, answer
+
     def wait_until_sent(self, deadline_s: float = 2.0) -> None:
         """Waits, with a deadline, until the agent has written a line."""
         end = time.monotonic() + deadline_s
@@ -76,10 +84,7 @@ class AgentTest(unittest.TestCase):
 
     def test_an_upgrade_request_gets_its_refusal_with_the_code(self) -> None:
         h = Harness()
-        answer = []
-        asking = threading.Thread(target=lambda: answer.append(h.agent.request_upgrade("3.0.0")))
-        asking.start()
-        h.wait_until_sent()
+        asking, answer = h.ask_in_background("3.0.0")
         self.assertEqual(h.sent(), [{"type": "upgrade", "version": "3.0.0", "mode": "live"}])
         self.assertEqual(h.agent.request_upgrade("4.0.0").code, "in-progress")
         # An answer about another version is not this request's.
@@ -91,10 +96,7 @@ class AgentTest(unittest.TestCase):
 
     def test_an_upgrade_that_goes_through_ends_with_stop(self) -> None:
         h = Harness()
-        answer = []
-        asking = threading.Thread(target=lambda: answer.append(h.agent.request_upgrade("3.0.0")))
-        asking.start()
-        h.wait_until_sent()
+        asking, answer = h.ask_in_background("3.0.0")
         h.send('{"type":"stop"}\n')
         asking.join(2)
         self.assertEqual(answer, [upgrader_agent.UpgradeAnswer(True)])
